@@ -1,0 +1,99 @@
+"""The ``cilearn`` command line.
+
+Every user mistake (a :class:`~cilearn.errors.CilearnError`) is printed as one ``error:`` line with exit
+code 2 and no traceback; a traceback means a bug in cilearn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .errors import CilearnError
+
+# Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
+# its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
+EXTRA_COMMANDS: list[str] = []
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own mistakes: same one-line form, exit 2
+        self.print_usage(sys.stderr)
+        raise CilearnError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cilearn", description="Class-incremental learning experiments from YAML configs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run an experiment config (or resume one)")
+    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set train.epochs=1 (repeatable)")
+    run.add_argument("--out", help="output folder (default: runs/<config name>/<timestamp>); never overwritten")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run directory from its last checkpoint")
+    run.add_argument("--seeds", type=int, nargs="+", help="run these seeds (same as seeds: [...] in the config)")
+
+    lst = sub.add_parser("list", help="list datasets, models and methods")
+    lst.add_argument("--options", action="store_true", help="also show every method's options")
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(f"cilearn.{module}").register(sub)  # each module adds its sub-commands
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .runner import resume_experiment, run_experiment
+
+    if args.resume:
+        if args.config or args.overrides or args.out or args.seeds:
+            raise CilearnError("--resume RUN_DIR takes no config, --set, --seeds or --out: a run continues "
+                               "with the config saved in its folder.")
+        out = resume_experiment(args.resume)
+    else:
+        if not args.config:
+            raise CilearnError("give a config file (e.g. cilearn run configs/quickstart.yaml) or --resume RUN_DIR.")
+        overrides = list(args.overrides)
+        if args.seeds:
+            overrides.append(f"seeds=[{', '.join(str(s) for s in args.seeds)}]")
+        out = run_experiment(args.config, overrides, args.out)
+    print(f"done: {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .data import list_datasets
+    from .methods import METHODS, list_methods
+    from .models import list_models
+    from .schema import describe
+
+    for title, rows in (("datasets", list_datasets()), ("models", list_models()), ("methods", list_methods())):
+        print(f"{title}:")
+        width = max(len(name) for name, _ in rows)
+        for name, text in rows:
+            print(f"  {name:<{width}}  {text}")
+            if args.options and title == "methods":
+                for option, kind, default, help_text in describe(METHODS[name].Options):
+                    if option != "name":
+                        print(f"  {'':<{width}}    {option} ({kind}, default {default!r}) {help_text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = {"run": cmd_run, "list": cmd_list}
+    try:
+        args = build_parser().parse_args(argv)
+        handler = getattr(args, "handler", None) or commands[args.command]
+        return handler(args)
+    except CilearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are saved; continue with cilearn run --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Experiment configuration: YAML file → validated :class:`Config`.
+
+One config describes one experiment.  ``methods:`` (a list of method sections) and ``seeds:`` expand
+it into several runs that share everything else; each run gets its own resolved single-run config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .schema import build_section, option, to_dict
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = option(help="dataset name (cilearn list)")
+    root: str | None = option(None, help="data folder; default: $CILEARN_DATA or ~/.cache/cilearn/data")
+    download: bool = option(False, help="download official archives when missing")
+    options: dict = option(default_factory=dict, help="dataset-specific options, e.g. path for image_folder")
+
+
+@dataclasses.dataclass
+class ScenarioConfig:
+    type: Literal["class_incremental", "task_incremental", "domain_incremental"] = option(
+        "class_incremental", help="task_incremental = class split + a head per task with task ids at test")
+    classes_per_task: int | None = option(None, min=1, help="classes added by each task after the first")
+    initial_classes: int | None = option(None, min=1, help="classes in the first task (B0: = classes_per_task)")
+    num_tasks: int | None = option(None, min=1, help="stop after this many tasks")
+    class_order: str | list[int] = option(
+        "seed", help="'seed' (permutation from the run seed), 'icarl' (seed 1993), 'sorted', or a list of labels")
+    options: dict = option(default_factory=dict, help="stream-specific options (domain streams)")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = option(help="model name (cilearn list)")
+    options: dict = option(default_factory=dict, help="model options, e.g. width for ResNets")
+    pretrained: str | None = option(None, help="start from a checkpoint: a run directory, a cilearn checkpoint or a state dict")
+    transfer: Literal["full", "linear_probe", "freeze"] = option(
+        "full", help="with pretrained: fine-tune everything, train only the head, or freeze the first freeze_stages")
+    freeze_stages: int = option(0, min=0, help="stages (stem = stage 0) kept frozen when transfer is 'freeze'")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = option(1, min=1, help="epochs per task")
+    batch_size: int = option(128, min=1)
+    lr: float = option(0.1, min=0.0)
+    momentum: float = option(0.9, min=0.0, max=1.0)
+    weight_decay: float = option(5e-4, min=0.0)
+    scheduler: Literal["multistep", "cosine", "constant"] = option("multistep")
+    milestones: list[int] = option(default_factory=list, min=1, help="epochs at which multistep multiplies lr by gamma")
+    gamma: float = option(0.2, min=0.0)
+    augment: Literal["auto", "none", "crop", "crop_flip", "flip"] = option(
+        "auto", help="auto: crop+flip for colour images, none for grey digits")
+    eval_batch_size: int = option(1024, min=1)
+    eval_every: int = option(1, min=0, help="evaluate on test data every N epochs (0: only after each task)")
+    checkpoint_every: int = option(0, min=0, help="also checkpoint every N epochs inside a task (0: only per task)")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
+    channels_last: bool = option(True)
+    num_threads: int | None = option(None, min=1, help="torch CPU threads; default: all cores")
+    bf16: bool = option(False, help="bfloat16 autocast on CUDA")
+    compile: bool = option(False, help="torch.compile the model")
+    deterministic: bool = option(False, help="torch deterministic algorithms (slower on GPU)")
+    progress: bool = option(True, help="progress bars")
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    save_checkpoints: bool = option(True, help="checkpoint after every task (needed for --resume)")
+    save_features: bool = option(True, help="save test features/predictions per task for reports")
+    max_feature_samples: int = option(2000, min=0, help="test samples whose features are saved per task")
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    method: dict
+    train: TrainConfig = option(default_factory=TrainConfig)
+    scenario: ScenarioConfig = option(default_factory=ScenarioConfig)
+    output: OutputConfig = option(default_factory=OutputConfig)
+    seed: int = option(0, min=0)
+    name: str | None = option(None, help="experiment name used for the default output folder")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(Config)} | {"methods", "seeds"}
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist. Give the path to a YAML file, "
+                          f"e.g. configs/quickstart.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, method, train).")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=1`` → (['train', 'epochs'], 1); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set train.epochs=1.")
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set '{text}': the key must be dotted names, e.g. train.lr=0.5.")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set '{text}': cannot parse the value '{value}' as YAML.") from None
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set '{text}': '{'.'.join(parts[:depth + 1])}' is not a section.")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def expand_runs(raw: dict) -> list[dict]:
+    """Split ``methods:`` and ``seeds:`` into one raw single-run config each."""
+    from .schema import did_you_mean
+
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"unknown top-level key '{key}'.{did_you_mean(key, _TOP_KEYS)} "
+                              f"Valid keys: {', '.join(sorted(_TOP_KEYS))}.")
+    if "methods" in raw and "method" in raw:
+        raise ConfigError("give either 'method' (one method) or 'methods' (a list), not both.")
+    methods = raw.get("methods", [raw.get("method")])
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError("'methods' must be a non-empty list of method sections, e.g. [{name: finetune}].")
+    seeds = raw.get("seeds", [raw.get("seed", 0)])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of non-negative integers, got {seeds!r}.")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {seeds} repeats a seed.")
+    runs = []
+    for method in methods:
+        if method is None:
+            raise ConfigError("method: required section is missing, e.g. method: {name: finetune}.")
+        if isinstance(method, str):
+            method = {"name": method}
+        for seed in seeds:
+            run = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("methods", "seeds")}
+            run["method"] = copy.deepcopy(method)
+            run["seed"] = seed
+            runs.append(run)
+    names = [run_label(r, len(seeds) > 1) for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError("methods: two entries would share a run folder; give each a distinct 'label'.")
+    return runs
+
+
+def run_label(raw: dict, with_seed: bool) -> str:
+    method = raw["method"] if isinstance(raw["method"], dict) else {"name": raw["method"]}
+    label = str(method.get("label") or method.get("name"))
+    return f"{label}/seed{raw['seed']}" if with_seed else label
+
+
+def parse_config(raw: dict) -> Config:
+    """Validate one single-run raw config (after expansion)."""
+    from .methods import method_options  # late import: methods import config types
+
+    for section in ("data", "model"):
+        if section not in raw or raw[section] is None:
+            raise ConfigError(f"{section}: required section is missing (e.g. {section}: {{name: ...}}).")
+    cfg = build_section(Config, raw, "")
+    if not isinstance(cfg.method, dict) or "name" not in cfg.method:
+        raise ConfigError("method: expected a mapping with a 'name', e.g. method: {name: finetune}.")
+    method_options(cfg.method)  # validates the method's own keys now, before any work starts
+    if cfg.scenario.type != "domain_incremental" and cfg.scenario.classes_per_task is None:
+        raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios.")
+    milestones = cfg.train.milestones
+    if milestones != sorted(milestones) or any(m > cfg.train.epochs for m in milestones):
+        raise ConfigError(f"train.milestones: {milestones} must be increasing and at most train.epochs "
+                          f"({cfg.train.epochs}).")
+    return cfg
+
+
+def load_runs(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[tuple[str, Config]]]:
+    """Read, override, expand and validate a config file: (experiment name, [(run label, config)])."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    raws = expand_runs(raw)
+    many_seeds = len({r["seed"] for r in raws}) > 1
+    return str(raw.get("name")), [(run_label(r, many_seeds), parse_config(r)) for r in raws]

@@ -1,0 +1,95 @@
+"""Core containers (:class:`ImageData`, :class:`DatasetSplits`) and the data/cache folder lookup."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class ImageData:
+    """Images as a uint8 array ``(N, H, W, C)`` with int64 labels indexing ``class_names``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        # Validate the contract once here so every consumer can rely on it without checking again.
+        if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"ImageData.images must be a uint8 array of shape (N, H, W, C), got "
+                f"{getattr(self.images, 'dtype', type(self.images))} {getattr(self.images, 'shape', '')}"
+            )
+        self.images = np.ascontiguousarray(self.images)
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or len(labels) != len(self.images):
+            raise ValueError(f"ImageData.labels must have shape ({len(self.images)},), got {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"ImageData.labels must be integers, got {labels.dtype}")
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.class_names = [str(name) for name in self.class_names]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, indices: Union[np.ndarray, list[int], slice]) -> "ImageData":
+        """Return the selected images (integer indices, boolean mask or slice); class names are kept."""
+        if not isinstance(indices, slice):
+            indices = np.asarray(indices)
+            if indices.dtype != bool:
+                indices = indices.astype(np.int64, copy=False)
+        return ImageData(self.images[indices], self.labels[indices], list(self.class_names))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train and test splits; ``display_name`` is how results must be reported."""
+
+    name: str
+    display_name: str
+    train: ImageData
+    test: ImageData
+    train_coarse_labels: Optional[np.ndarray] = None
+    test_coarse_labels: Optional[np.ndarray] = None
+    coarse_class_names: Optional[list[str]] = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def data_root(root: Optional[PathLike] = None) -> Path:
+    """The datasets folder: ``root`` if given, else env ``CILEARN_DATA``, else ``~/.cache/cilearn/data``."""
+    if root is not None and str(root) != "":
+        return Path(root).expanduser()
+    env = os.environ.get("CILEARN_DATA", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "cilearn" / "data"
+
+
+def cache_dir() -> Path:
+    """The cache folder: env ``CILEARN_CACHE``, else ``~/.cache/cilearn``."""
+    env = os.environ.get("CILEARN_CACHE", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "cilearn"

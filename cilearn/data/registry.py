@@ -1,0 +1,97 @@
+"""The dataset registry: ``load_dataset(name, ...)`` and ``list_datasets()``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cilearn.data.base import DatasetSplits, PathLike, data_root
+from cilearn.data.cifar import load_cifar10, load_cifar100
+from cilearn.data.digits import load_digits_splits
+from cilearn.data.idx import load_fashion_mnist, load_mnist
+from cilearn.data.imagefolder import load_cifar10_jpeg, load_image_folder
+from cilearn.errors import DataError
+
+
+@dataclass(frozen=True)
+class _DatasetInfo:
+    description: str
+    # Called as loader(root=Path, download=bool, **options); only the options it lists are accepted.
+    loader: Callable[..., DatasetSplits]
+    options: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+
+
+def _digits(root: Path, download: bool, **options: Any) -> DatasetSplits:
+    return load_digits_splits(**options)
+
+
+def _mnist(root: Path, download: bool) -> DatasetSplits:
+    return load_mnist(root)
+
+
+def _fashion(root: Path, download: bool) -> DatasetSplits:
+    return load_fashion_mnist(root)
+
+
+def _cifar10(root: Path, download: bool, **options: Any) -> DatasetSplits:
+    return load_cifar10(root, download=download, **options)
+
+
+def _cifar100(root: Path, download: bool, **options: Any) -> DatasetSplits:
+    return load_cifar100(root, download=download, **options)
+
+
+def _cifar10_jpeg(root: Path, download: bool, **options: Any) -> DatasetSplits:
+    return load_cifar10_jpeg(root, **options)
+
+
+def _image_folder(root: Path, download: bool, path: PathLike, **options: Any) -> DatasetSplits:
+    return load_image_folder(path, **options)
+
+
+_REGISTRY: dict[str, _DatasetInfo] = {
+    "digits": _DatasetInfo("scikit-learn's bundled 8x8 handwritten digits, 10 classes (no download)",
+                           _digits, ("test_fraction", "seed")),
+    "mnist": _DatasetInfo("MNIST handwritten digits, 28x28 grey, 10 classes (IDX files in mnist/MNIST/raw/)",
+                          _mnist),
+    "fashion_mnist": _DatasetInfo("Fashion-MNIST clothing, 28x28 grey, 10 classes "
+                                  "(IDX files in fashion-mnist/FashionMNIST/raw/)", _fashion),
+    # "opener" injects a URL opener for the download (tests; never needed in configs).
+    "cifar10": _DatasetInfo("CIFAR-10, 32x32 RGB, 10 classes (official python pickles; downloadable)",
+                            _cifar10, ("opener",)),
+    "cifar100": _DatasetInfo("CIFAR-100, 32x32 RGB, 100 classes with 20 superclasses "
+                             "(official python pickles; downloadable)", _cifar100, ("opener",)),
+    "cifar10_jpeg": _DatasetInfo("CIFAR-10 published as JPEG (lossy; report as 'CIFAR-10 (JPEG)'), "
+                                 "cifar10-jpeg/cifar10-jpeg.tar.gz", _cifar10_jpeg, ("image_size", "workers")),
+    "image_folder": _DatasetInfo("any train/<class>/*.png|jpg + test/<class>/... folder or .tar/.tar.gz/.zip "
+                                 "archive (option path, optional image_size)", _image_folder,
+                                 ("path", "image_size", "workers"), required=("path",)),
+}
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """Registered datasets as ``(name, one-line description)``."""
+    return [(name, info.description) for name, info in _REGISTRY.items()]
+
+
+def load_dataset(name: str, root: Optional[PathLike] = None, download: bool = False,
+                 **options: Any) -> DatasetSplits:
+    """Load a registered dataset; ``root`` defaults to :func:`data_root` (env ``CILEARN_DATA``)."""
+    key = str(name).strip().lower().replace("-", "_")
+    info = _REGISTRY.get(key)
+    if info is None:
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}.{hint}")
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        allowed = ", ".join(info.options) if info.options else "none"
+        raise DataError(f"dataset {key!r} has no option {unknown[0]!r}; its options are: {allowed}.")
+    missing = [opt for opt in info.required if options.get(opt) in (None, "")]
+    if missing:
+        raise DataError(f"dataset {key!r} needs the option {missing[0]!r} (e.g. a folder or .tar.gz/.zip archive).")
+    return info.loader(data_root(root), bool(download), **options)

@@ -1,0 +1,114 @@
+"""Evaluation: one inference pass over the test data seen so far, scored by every classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import metrics
+from .augment import BatchAugment, to_tensor_images
+from .scenarios import Scenario
+
+
+class Inference:
+    """Batched, gradient-free feature and logit computation (large batches, ``inference_mode``)."""
+
+    def __init__(self, model: torch.nn.Module, augment: BatchAugment, device: torch.device, batch_size: int):
+        self.model, self.augment, self.device, self.batch_size = model, augment, device, batch_size
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray | torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits for uint8 images (NHWC numpy or NCHW tensor); ``flip`` mirrors them first."""
+        if isinstance(images, np.ndarray):
+            images = to_tensor_images(images, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        features, logits = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
+            if flip:
+                batch = batch.flip(3)
+            f = self.model.features(self.augment.normalize(batch))
+            features.append(f.float())
+            logits.append(self.model.head(f).float())
+        self.model.train(was_training)
+        if not features:
+            dim = getattr(self.model, "feature_dim", 0)
+            return torch.zeros(0, dim, device=self.device), torch.zeros(0, self.model.num_classes, device=self.device)
+        return torch.cat(features), torch.cat(logits)
+
+
+@dataclass
+class TestSet:
+    images: torch.Tensor   # uint8 NCHW on the device
+    labels: np.ndarray
+    segment: np.ndarray    # index of the task each sample belongs to
+
+
+class Evaluator:
+    """Scores a model after each task: accuracy matrix row, accuracy on everything seen, old/new split."""
+
+    def __init__(self, scenario: Scenario, inference: Inference, max_feature_samples: int = 0, seed: int = 0):
+        self.scenario = scenario
+        self.inference = inference
+        self.all_tasks = scenario.kind == "domain_incremental"  # fixed label space: score every experience
+        self.max_feature_samples = max_feature_samples
+        self._cache: dict[int, TestSet] = {}
+        self.seed = seed
+
+    def test_set(self, upto: int) -> TestSet:
+        """Test data of tasks 0..upto (or of every task for domain streams), cached on the device."""
+        key = len(self.scenario) - 1 if self.all_tasks else upto
+        if key not in self._cache:
+            tasks = self.scenario[: key + 1]
+            images = np.concatenate([t.test.images for t in tasks])
+            self._cache = {key: TestSet(
+                images=to_tensor_images(images, self.inference.device),
+                labels=np.concatenate([t.test.labels for t in tasks]),
+                segment=np.concatenate([np.full(len(t.test), t.index) for t in tasks]))}
+        return self._cache[key]
+
+    def quick(self, upto: int) -> tuple[float, float]:
+        """(accuracy on the current task, on everything seen so far) with the network head, for the
+        per-epoch log."""
+        data = self.test_set(upto)
+        _, logits = self.inference(data.images)
+        preds = self._head_predictions(logits, data)
+        correct = preds == data.labels
+        seen = data.segment <= upto
+        return float(correct[data.segment == upto].mean()), float(correct[seen].mean())
+
+    def _head_predictions(self, logits: torch.Tensor, data: TestSet) -> np.ndarray:
+        if self.scenario.task_incremental:
+            return metrics.task_aware_predictions(logits.cpu().numpy(), data.segment,
+                                                  self.inference.model.head.task_slices)
+        return logits.argmax(1).cpu().numpy()
+
+    def evaluate(self, upto: int, classifiers: dict) -> tuple[dict, dict]:
+        """Full evaluation after task ``upto``: (JSON-able scores per classifier, arrays to save)."""
+        data = self.test_set(upto)
+        features, logits = self.inference(data.images)
+        segments = range(len(self.scenario)) if self.all_tasks else range(upto + 1)
+        seen = data.segment <= upto
+        scores, arrays = {}, {"labels": data.labels, "segment": data.segment}
+        predictions = {name: np.asarray(fn(features, logits).cpu()) for name, fn in classifiers.items()}
+        if self.scenario.task_incremental:
+            predictions["head_task_aware"] = self._head_predictions(logits, data)
+        for name, preds in predictions.items():
+            correct = preds == data.labels
+            old = seen & (data.segment < upto)
+            scores[name] = {
+                "accuracy_row": [float(correct[data.segment == j].mean()) for j in segments],
+                "seen_accuracy": float(correct[seen].mean()),
+                "current_accuracy": float(correct[data.segment == upto].mean()),
+                "old_accuracy": float(correct[old].mean()) if old.any() else None,
+            }
+            arrays[f"pred_{name}"] = preds.astype(np.int64)
+        if self.max_feature_samples:
+            # A fixed seed (not a running RNG) so a resumed run saves the same samples.
+            keep = np.sort(np.random.RandomState(self.seed).permutation(len(data.labels))[: self.max_feature_samples])
+            arrays["feature_index"] = keep
+            arrays["features"] = features[torch.as_tensor(keep, device=features.device)].cpu().numpy().astype(np.float32)
+        return scores, arrays

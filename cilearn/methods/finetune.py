@@ -1,0 +1,8 @@
+"""Fine-tuning: the base method unchanged, registered under its own name."""
+
+from .base import Method
+
+
+class FineTune(Method):
+    name = "finetune"
+    description = "fine-tuning: train on each task in turn, no protection against forgetting (lower bound)"

@@ -1,0 +1,25 @@
+"""Fully connected feature extractor for small grey-scale images (MNIST, 8x8 digits)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear + ReLU`` per hidden layer; ``feature_dim = hidden[-1]``."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (400, 400)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]  # flatten copies channels_last input in NCHW order
+        previous = in_features
+        for size in hidden:
+            layers += [nn.Linear(previous, size), nn.ReLU(inplace=True)]
+            previous = size
+        self.layers = nn.Sequential(*layers)
+        self.in_features = in_features
+        self.feature_dim = previous
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)

@@ -1,0 +1,76 @@
+"""The growing classifier head and the backbone + head network shared by every method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class IncrementalHead(nn.Module):
+    """Classifier made of one Linear chunk per task, outputs concatenated; growing keeps old weights.
+
+    Chunk ``t`` produces the logits of the classes introduced by task ``t``, so the same head serves
+    class-incremental learning (argmax over all logits) and task-incremental learning (multi-head:
+    argmax inside ``task_slices[t]``).  Growing never touches existing chunks, but it does add new
+    parameters: optimizers built before :meth:`grow` do not know about them and must be rebuilt.
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        if in_features <= 0:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.in_features = in_features
+        self.chunks = nn.ModuleList()
+        # Empty, non-persistent buffer that follows .to()/.cuda()/.half(): it tells grow() which
+        # device/dtype to use even while the head has no parameters yet (zero chunks).
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return sum(chunk.out_features for chunk in self.chunks)
+
+    @property
+    def task_slices(self) -> list[slice]:
+        slices, start = [], 0
+        for chunk in self.chunks:
+            slices.append(slice(start, start + chunk.out_features))
+            start += chunk.out_features
+        return slices
+
+    def grow(self, num_new_classes: int) -> None:
+        """Append a chunk of ``num_new_classes`` outputs (default ``nn.Linear`` initialisation)."""
+        if isinstance(num_new_classes, bool) or not isinstance(num_new_classes, int) or num_new_classes <= 0:
+            raise ValueError(f"num_new_classes must be a positive int, got {num_new_classes!r}")
+        chunk = nn.Linear(self.in_features, num_new_classes)
+        self.chunks.append(chunk.to(device=self._anchor.device, dtype=self._anchor.dtype))
+
+    def forward(self, features: Tensor) -> Tensor:
+        if len(self.chunks) == 0:
+            return features.new_zeros((features.shape[0], 0))
+        return torch.cat([chunk(features) for chunk in self.chunks], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, tasks={len(self.chunks)}"
+
+
+class IncrementalNet(nn.Module):
+    """A feature extractor (``x -> (N, feature_dim)``) followed by an :class:`IncrementalHead`."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = IncrementalHead(feature_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def add_classes(self, k: int) -> None:
+        self.head.grow(k)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes

@@ -1,0 +1,357 @@
+"""Runs an experiment: data → scenario → model → training loop → metrics, into a run directory.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.json`` (rewritten after every
+task), ``log.csv`` (one row per epoch), ``accuracy_matrix.csv``, ``predictions/task_XX.npz`` (test
+labels, predictions and a feature sample, so reports never retrain) and ``checkpoints/``.  A config
+with several methods or seeds writes one such directory per run below a parent that holds
+``experiment.yaml`` and ``summary.json``/``summary.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .augment import BatchAugment
+from .config import Config, expand_runs, load_runs, load_yaml, parse_config, run_label
+from .data import load_dataset
+from .errors import CheckpointError, ConfigError
+from .evaluate import Evaluator, Inference
+from .methods import MethodContext, method_class, method_options
+from .models import build_model
+from .rundir import (RunLock, load_checkpoint, save_checkpoint, write_csv, write_json, write_npz,
+                     write_yaml)
+from .scenarios import build_scenario
+from .train import EpochResult, Trainer
+
+LOG_COLUMNS = ["task", "epoch", "lr", "train_loss", "train_accuracy", "test_accuracy_current",
+               "test_accuracy_seen", "seconds"]
+CHECKPOINT_FORMAT = 1
+
+
+# --- reproducibility ---------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: '{name}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: CUDA was requested but no GPU is available; use device: auto or cpu.")
+    return device
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+def summarize(history: list[dict], num_tasks: int, classifier: str) -> dict:
+    """Scalar metrics of one classifier from the per-task evaluation history."""
+    steps = [h["scores"][classifier] for h in history]
+    size = num_tasks
+    matrix = np.full((size, size), np.nan)
+    for i, step in enumerate(steps):
+        row = step["accuracy_row"]
+        matrix[i, : len(row)] = row
+    done = len(steps)
+    seen = [s["seen_accuracy"] for s in steps]
+    square = matrix[:done, :done] if done else matrix[:0, :0]
+    return {
+        "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix[:done]],
+        "seen_accuracy": seen,
+        "current_accuracy": [s["current_accuracy"] for s in steps],
+        "old_accuracy": [s["old_accuracy"] for s in steps],
+        "average_incremental_accuracy": metrics.average_incremental_accuracy(seen) if seen else None,
+        "last_accuracy": metrics.last_accuracy(seen) if seen else None,
+        "forgetting": metrics.forgetting(square) if done else None,
+        "backward_transfer": metrics.backward_transfer(square) if done else None,
+    }
+
+
+# --- one run -----------------------------------------------------------------------------------------
+class Run:
+    """One (method, seed) run in its own directory; resumable from its checkpoints."""
+
+    def __init__(self, cfg: Config, run_dir: Path, label: str | None = None):
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.label = label or cfg.method.get("label") or cfg.method["name"]
+        self.history: list[dict] = []
+        self.log_rows: list[list] = []
+        self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "end_task_seconds": 0.0}
+
+    # The heavy objects are built in setup() so that validation errors surface before any work.
+    def setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        splits = load_dataset(cfg.data.name, cfg.data.root, download=cfg.data.download, **cfg.data.options)
+        self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
+        height, width, channels = self.scenario.image_shape
+        if height != width:
+            raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
+                              f"(resize them with data.options.image_size for image folders).")
+        self.model = build_model(cfg.model.name, channels, height, **cfg.model.options).to(self.device)
+        if cfg.model.pretrained:
+            from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
+            apply_transfer(self.model, cfg.model)
+        elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
+            raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start from).")
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
+                                              cfg.train.channels_last)
+        self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size)
+        options = method_options(cfg.method)
+        context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
+                                infer=self.inference, augment=self.augment)
+        self.method = method_class(options.name)(options, self.model, context)
+        self.method.check(self.scenario)
+        self.evaluator = Evaluator(self.scenario, self.inference,
+                                   cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed)
+        self.trainer = Trainer(cfg.train, self.device, self.augment)
+
+    # --- files ---
+    def metrics_dict(self, complete: bool) -> dict:
+        classifiers = list(self.history[0]["scores"]) if self.history else [self.method.primary_classifier]
+        primary = self.method.primary_classifier
+        per_classifier = {name: summarize(self.history, len(self.scenario), name) for name in classifiers}
+        result = {
+            "complete": complete,
+            "dataset": self.scenario.dataset_name,
+            "method": self.cfg.method["name"],
+            "label": self.label,
+            "seed": self.cfg.seed,
+            "num_tasks": len(self.scenario),
+            "tasks_done": len(self.history),
+            "classes_per_step": [len(h["seen_classes"]) for h in self.history],
+            "classifier": primary,
+            **per_classifier.get(primary, {}),
+            "classifiers": per_classifier,
+            "timing": {k: round(v, 3) for k, v in self.timing.items()},
+        }
+        return result
+
+    def write_results(self, complete: bool) -> dict:
+        result = self.metrics_dict(complete)
+        write_json(self.dir / "metrics.json", result)
+        matrix = result.get("accuracy_matrix", [])
+        write_csv(self.dir / "accuracy_matrix.csv", ["after_task"] + [f"task_{j}" for j in range(len(self.scenario))],
+                  [[i] + ["" if v is None else f"{v:.6f}" for v in row] + [""] * (len(self.scenario) - len(row))
+                   for i, row in enumerate(matrix)])
+        write_csv(self.dir / "log.csv", LOG_COLUMNS, self.log_rows)
+        return result
+
+    def checkpoint_state(self, task_index: int, next_epoch: int | None) -> dict:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "task": task_index,
+            "next_epoch": next_epoch,  # None: the task is finished
+            "head_sizes": [s.stop - s.start for s in self.model.head.task_slices],
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "history": self.history,
+            "log_rows": self.log_rows,
+            "timing": self.timing,
+            "rng": rng_state(),
+        }
+        if next_epoch is not None:
+            state["trainer"] = self.trainer.state_dict()
+        return state
+
+    def save(self, task_index: int, next_epoch: int | None) -> None:
+        if not self.cfg.output.save_checkpoints:
+            return
+        started = time.perf_counter()
+        folder = self.dir / "checkpoints"
+        if next_epoch is None:
+            save_checkpoint(folder / f"task_{task_index:02d}.pt", self.checkpoint_state(task_index, None))
+            (folder / "epoch.pt").unlink(missing_ok=True)
+        else:
+            save_checkpoint(folder / "epoch.pt", self.checkpoint_state(task_index, next_epoch))
+        self.timing["checkpoint_seconds"] += time.perf_counter() - started
+
+    def latest_checkpoint(self) -> dict | None:
+        folder = self.dir / "checkpoints"
+        tasks = sorted(folder.glob("task_*.pt"))
+        candidates = ([folder / "epoch.pt"] if (folder / "epoch.pt").exists() else []) + tasks[::-1]
+        for path in candidates:
+            state = load_checkpoint(path)
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')}, this cilearn "
+                                      f"reads format {CHECKPOINT_FORMAT}.")
+            return state
+        return None
+
+    # --- the loop over tasks ---
+    def execute(self, resume: bool = False) -> dict:
+        with RunLock(self.dir):
+            self.setup()
+            state = self.latest_checkpoint() if resume else None
+            if state is None:
+                write_yaml(self.dir / "config.yaml", self.cfg.to_dict())
+            first_task, start_epoch = 0, 0
+            if state is not None:
+                for size in state["head_sizes"]:
+                    self.model.add_classes(size)
+                self.history, self.log_rows = state["history"], state["log_rows"]
+                self.timing.update(state["timing"])
+                if state["next_epoch"] is None:  # resume after a finished task
+                    self.model.load_state_dict(state["model"])
+                    self.method.load_state_dict(state["method"])
+                    set_rng_state(state["rng"])
+                    first_task = state["task"] + 1
+                else:
+                    first_task, start_epoch = state["task"], state["next_epoch"]
+            for task in self.scenario[first_task:]:
+                self.run_task(task, start_epoch, state if start_epoch else None)
+                start_epoch, state = 0, None
+            return self.write_results(complete=True)
+
+    def run_task(self, task, start_epoch: int = 0, state: dict | None = None) -> None:
+        cfg = self.cfg
+        if state is None:
+            self.model.add_classes(len(task.new_classes))
+        self.method.begin_task(task)
+        if state is not None:  # resume inside the task: the checkpoint overrides what begin_task built
+            self.model.load_state_dict(state["model"])
+            self.method.load_state_dict(state["method"])
+        data = self.method.training_data(task)
+        self.trainer.start(self.method)
+        if state is not None:
+            self.trainer.load_state_dict(state["trainer"])
+            set_rng_state(state["rng"])
+        tasks = len(self.scenario)
+        desc = f"{self.label} task {task.index + 1}/{tasks}"
+
+        def epoch_end(result: EpochResult) -> None:
+            self.timing["train_seconds"] += result.seconds
+            current = seen = float("nan")
+            last = result.epoch + 1 == cfg.train.epochs
+            if cfg.train.eval_every and ((result.epoch + 1) % cfg.train.eval_every == 0 or last):
+                started = time.perf_counter()
+                current, seen = self.evaluator.quick(task.index)
+                self.timing["eval_seconds"] += time.perf_counter() - started
+            self.log_rows.append([task.index, result.epoch + 1, f"{result.lr:.6g}", f"{result.train_loss:.6f}",
+                                  f"{result.train_accuracy:.6f}", f"{current:.6f}", f"{seen:.6f}",
+                                  f"{result.seconds:.3f}"])
+            every = cfg.train.checkpoint_every
+            if every and (result.epoch + 1) % every == 0 and not last:
+                write_csv(self.dir / "log.csv", LOG_COLUMNS, self.log_rows)
+                self.save(task.index, result.epoch + 1)
+
+        self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc)
+        started = time.perf_counter()
+        self.method.end_task(task, data)
+        self.timing["end_task_seconds"] += time.perf_counter() - started
+        started = time.perf_counter()
+        scores, arrays = self.evaluator.evaluate(task.index, self.method.classifiers())
+        self.timing["eval_seconds"] += time.perf_counter() - started
+        self.history.append({"task": task.index, "new_classes": task.new_classes,
+                             "seen_classes": task.seen_classes, "scores": scores})
+        if cfg.output.save_features:
+            write_npz(self.dir / "predictions" / f"task_{task.index:02d}.npz", arrays)
+        self.save(task.index, None)
+        self.write_results(complete=task.index + 1 == len(self.scenario))
+        primary = scores[self.method.primary_classifier]
+        print(f"[{self.label}] task {task.index + 1}/{len(self.scenario)} ({task.name}): "
+              f"accuracy on seen classes {primary['seen_accuracy']:.1%}, on this task "
+              f"{primary['current_accuracy']:.1%}", flush=True)
+
+
+# --- experiments -------------------------------------------------------------------------------------
+def default_out_dir(name: str) -> Path:
+    return Path("runs") / name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def check_fresh(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder '{out}' already exists and is not empty; it is never overwritten. "
+                          f"Continue it with 'cilearn run --resume {out}', or choose another --out.")
+
+
+def run_experiment(config_path: str | Path, overrides: list[str] | None = None,
+                   out: str | Path | None = None) -> Path:
+    """Validate everything, then run every (method, seed) of the config. Returns the output folder."""
+    name, runs = load_runs(config_path, overrides)
+    out = Path(out) if out else default_out_dir(name)
+    check_fresh(out)
+    if len(runs) == 1:
+        from .summary import write_summary
+        write_summary(out, [Run(runs[0][1], out, runs[0][0]).execute()], files=False)
+    else:
+        from .config import apply_overrides
+        write_yaml(out / "experiment.yaml", apply_overrides(load_yaml(config_path), overrides or []))
+        run_children(out, runs, resume=False)
+    return out
+
+
+def resume_experiment(out: str | Path) -> Path:
+    out = Path(out)
+    if (out / "experiment.yaml").is_file():
+        raw = load_yaml(out / "experiment.yaml")
+        raws = expand_runs(raw)
+        many = len({r["seed"] for r in raws}) > 1
+        run_children(out, [(run_label(r, many), parse_config(r)) for r in raws], resume=True)
+    elif (out / "config.yaml").is_file():
+        Run(parse_config(load_yaml(out / "config.yaml")), out).execute(resume=True)
+    else:
+        raise CheckpointError(f"'{out}' is not a cilearn run directory (no config.yaml or experiment.yaml). "
+                              f"Give the folder a previous 'cilearn run' wrote.")
+    return out
+
+
+def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool) -> list[dict]:
+    import json
+
+    results = []
+    for label, cfg in runs:
+        child = out / label
+        done = child / "metrics.json"
+        if resume and done.is_file() and json.loads(done.read_text()).get("complete"):
+            results.append(json.loads(done.read_text()))
+            continue
+        results.append(Run(cfg, child, label).execute(resume=resume and (child / "config.yaml").exists()))
+    from .summary import write_summary
+    write_summary(out, results)
+    return results

@@ -1,0 +1,186 @@
+"""Incremental scenarios: a dataset cut into a sequence of tasks.
+
+A scenario is a plain object you can iterate and index (``scenario[0]``, ``scenario[1:3]``); each item
+is a :class:`Task` holding ordinary :class:`~cilearn.data.ImageData` arrays.  Nothing here knows about
+models or the training loop.
+
+Class-incremental labels are remapped to the class order, so task 0 owns labels ``0..k-1``, task 1 the
+next ones, and so on; the network's head simply grows by each task's new classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .data import DatasetSplits, ImageData
+from .errors import ConfigError
+
+ICARL_SEED = 1993  # the class order of iCaRL's CIFAR-100 protocol: numpy permutation with seed 1993
+
+
+@dataclass
+class Task:
+    """One step of a scenario."""
+
+    index: int
+    new_classes: list[int]          # labels (remapped) introduced by this task
+    seen_classes: list[int]         # labels seen up to and including this task
+    train: ImageData
+    test: ImageData                 # this task's test data (its classes, or its domain)
+    task_incremental: bool = False  # True: task ids are known at test time (multi-head evaluation)
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return (f"Task({self.index}, new_classes={self.new_classes}, train={len(self.train)}, "
+                f"test={len(self.test)})")
+
+
+@dataclass
+class Scenario:
+    """A sequence of tasks over one label space."""
+
+    tasks: list[Task]
+    class_names: list[str]          # indexed by remapped label
+    class_order: list[int]          # original dataset label of each remapped label
+    kind: str = "class_incremental"
+    mean: tuple[float, ...] = ()    # per-channel training-set statistics in [0, 1], for normalisation
+    std: tuple[float, ...] = ()
+    dataset_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __getitem__(self, item: int | slice) -> Task | list[Task]:
+        return self.tasks[item]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.tasks[0].train.image_shape
+
+    @property
+    def task_incremental(self) -> bool:
+        return bool(self.tasks) and self.tasks[0].task_incremental
+
+    def task_of_class(self) -> np.ndarray:
+        """Task index that introduced each label (-1 for labels no task introduces)."""
+        owner = np.full(self.num_classes, -1, dtype=np.int64)
+        for task in self.tasks:
+            owner[task.new_classes] = task.index
+        return owner
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 NHWC images (float64 accumulation, chunked)."""
+    channels = images.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    flat = images.reshape(-1, channels)
+    for start in range(0, len(flat), 1 << 22):
+        chunk = flat[start:start + (1 << 22)].astype(np.float64)
+        total += chunk.sum(0)
+        total_sq += (chunk * chunk).sum(0)
+    mean = total / len(flat)
+    std = np.sqrt(np.maximum(total_sq / len(flat) - mean * mean, 1e-12))
+    return tuple(float(m) / 255 for m in mean), tuple(float(s) / 255 for s in std)
+
+
+def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int) -> list[int]:
+    if isinstance(order, str):
+        if order == "sorted":
+            return list(range(num_classes))
+        if order == "seed":
+            return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+        if order == "icarl":
+            return [int(c) for c in np.random.RandomState(ICARL_SEED).permutation(num_classes)]
+        raise ConfigError(f"scenario.class_order: unknown order '{order}'. Use 'seed', 'icarl', 'sorted' "
+                          f"or an explicit list of {num_classes} labels.")
+    order = [int(c) for c in order]
+    if sorted(order) != list(range(num_classes)):
+        raise ConfigError(f"scenario.class_order: an explicit order must list every label 0..{num_classes - 1} "
+                          f"exactly once (got {len(order)} entries).")
+    return order
+
+
+def _remap(data: ImageData, order: list[int], names: list[str]) -> ImageData:
+    """Relabel so that ``order[k]`` becomes label ``k``."""
+    mapping = np.empty(len(order), dtype=np.int64)
+    mapping[np.asarray(order)] = np.arange(len(order))
+    return ImageData(images=data.images, labels=mapping[data.labels], class_names=names)
+
+
+def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_classes: int | None = None,
+                      class_order: str | Sequence[int] = "seed", seed: int = 0,
+                      task_incremental: bool = False, num_tasks: int | None = None) -> Scenario:
+    """Split a dataset by classes: ``initial_classes`` first (B0 style when equal to classes_per_task,
+    B50 style with ``initial_classes=50``), then ``classes_per_task`` per task."""
+    num_classes = splits.train.num_classes
+    initial = classes_per_task if initial_classes is None else initial_classes
+    if initial > num_classes:
+        raise ConfigError(f"scenario.initial_classes: {initial} is more than the {num_classes} classes of "
+                          f"{splits.display_name}.")
+    if (num_classes - initial) % classes_per_task:
+        raise ConfigError(f"scenario.classes_per_task: {classes_per_task} does not divide the "
+                          f"{num_classes - initial} classes left after the first task's {initial} "
+                          f"({splits.display_name} has {num_classes}). Pick a divisor.")
+    order = resolve_class_order(class_order, num_classes, seed)
+    names = [splits.train.class_names[c] for c in order]
+    train, test = _remap(splits.train, order, names), _remap(splits.test, order, names)
+    sizes = [initial] + [classes_per_task] * ((num_classes - initial) // classes_per_task)
+    if num_tasks is not None:
+        if num_tasks > len(sizes):
+            raise ConfigError(f"scenario.num_tasks: {num_tasks} is more than the {len(sizes)} tasks this "
+                              f"split has.")
+        sizes = sizes[:num_tasks]
+    # One stable argsort per split, so selecting a task's classes is a slice, not a scan per task.
+    train_sorted, test_sorted = np.argsort(train.labels, kind="stable"), np.argsort(test.labels, kind="stable")
+    train_bounds = np.searchsorted(train.labels[train_sorted], np.arange(num_classes + 1))
+    test_bounds = np.searchsorted(test.labels[test_sorted], np.arange(num_classes + 1))
+    tasks, start = [], 0
+    for index, size in enumerate(sizes):
+        new = list(range(start, start + size))
+        tasks.append(Task(
+            index=index, new_classes=new, seen_classes=list(range(start + size)),
+            train=train.subset(train_sorted[train_bounds[start]:train_bounds[start + size]]),
+            test=test.subset(test_sorted[test_bounds[start]:test_bounds[start + size]]),
+            task_incremental=task_incremental,
+            name=f"classes {start}-{start + size - 1}"))
+        start += size
+    for task in tasks:
+        if len(task.train) == 0:
+            raise ConfigError(f"task {task.index} has no training images: check the dataset's labels.")
+    mean, std = channel_stats(splits.train.images)
+    return Scenario(tasks=tasks, class_names=names, class_order=order,
+                    kind="task_incremental" if task_incremental else "class_incremental",
+                    mean=mean, std=std, dataset_name=splits.display_name)
+
+
+def concat(datasets: Sequence[ImageData]) -> ImageData:
+    """Concatenate datasets that share a label space."""
+    if len(datasets) == 1:
+        return datasets[0]
+    return ImageData(images=np.concatenate([d.images for d in datasets]),
+                     labels=np.concatenate([d.labels for d in datasets]),
+                     class_names=datasets[0].class_names)
+
+
+def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:
+    """Scenario described by a :class:`~cilearn.config.ScenarioConfig`."""
+    if cfg.type in ("class_incremental", "task_incremental"):
+        unknown = set(cfg.options)
+        if unknown:
+            raise ConfigError(f"scenario.options: {sorted(unknown)} are not used by {cfg.type} scenarios.")
+        return class_incremental(splits, cfg.classes_per_task, cfg.initial_classes, cfg.class_order, seed,
+                                 task_incremental=cfg.type == "task_incremental", num_tasks=cfg.num_tasks)
+    from .streams import build_stream  # domain/time-incremental streams
+    return build_stream(cfg, splits, seed)

@@ -1,0 +1,156 @@
+"""Typed, validated config sections built from plain dataclasses.
+
+A section is a dataclass; its field types and ``field(metadata=...)`` bounds are the schema.  Reading
+a YAML mapping into a section checks unknown keys (with a did-you-mean), types and ranges, and
+reports the full dotted path of the offending key, so that users never see a traceback for a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Mapping, Union
+
+from .errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
+           help: str = "", default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with bounds and a help line (shown by ``cilearn list --options``)."""
+    metadata = {"min": min, "max": max, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_choice(kind: str, value: str, choices: typing.Iterable[str], where: str = "") -> ConfigError:
+    choices = sorted(choices)
+    place = f"{where}: " if where else ""
+    return ConfigError(f"{place}unknown {kind} '{value}'.{did_you_mean(value, choices)} "
+                       f"Choose one of: {', '.join(choices)}.")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise a ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    wrong = ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}.")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise unknown_choice("value", value, [str(a) for a in typing.get_args(tp)], path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise wrong
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_section(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise wrong
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise wrong
+        return str(value)
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def build_section(cls: type, values: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, validating keys, types and bounds."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of options, got {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key '{key}'.{did_you_mean(key, fields)} "
+                              f"Valid keys: {', '.join(sorted(fields))}.")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name not in values:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: required key is missing.")
+            continue
+        value = _coerce(values[name], hints[name], where)
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        for item in (value if isinstance(value, list) else [value]):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if low is not None and item < low:
+                    raise ConfigError(f"{where}: {item} is below the minimum {low}.")
+                if high is not None and item > high:
+                    raise ConfigError(f"{where}: {item} is above the maximum {high}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(section: Any) -> Any:
+    """Plain-YAML form of a section (dataclasses become mappings)."""
+    if dataclasses.is_dataclass(section):
+        return {f.name: to_dict(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    if isinstance(section, list):
+        return [to_dict(v) for v in section]
+    if isinstance(section, dict):
+        return {k: to_dict(v) for k, v in section.items()}
+    return section
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each option of a section, for ``cilearn list``."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows

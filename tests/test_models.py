@@ -1,0 +1,270 @@
+"""Tests for cilearn.models: shapes, parameter counts, head growth, channels_last, config errors."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from cilearn.errors import CilearnError, ConfigError
+from cilearn.models import IncrementalHead, IncrementalNet, build_model, list_models
+
+EXPECTED_FEATURE_DIM = {
+    "resnet20": 64, "resnet32": 64, "resnet44": 64, "resnet56": 64, "resnet110": 64,
+    "resnet47b": 256, "resnet110b": 256, "resnet164b": 256, "cifar_resnet": 64,
+    "resnet18": 512, "resnet34": 512, "resnet50": 2048, "mlp": 400,
+}  # fmt: skip
+
+# Backbone parameter counts (option-B projection shortcuts add ~3k to the CIFAR nets).
+EXPECTED_PARAMS = {
+    "resnet20": 0.27e6,
+    "resnet32": 464e3,
+    "resnet110": 1.7e6,
+    "resnet164b": 1.7e6,  # He et al. 2016b report 1.7M for ResNet-164
+    "resnet18": 11.2e6,
+    "resnet50": 23.5e6,
+}
+
+DEFAULT_OPTIONS = {"cifar_resnet": {"depth": 32}}
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str) -> IncrementalNet:
+    """Each registered model is built once per test session (resnet50 init is not free)."""
+    torch.manual_seed(0)
+    return build_model(name, 3, 32, **DEFAULT_OPTIONS.get(name, {})).eval()
+
+
+def _backbone_params(net: IncrementalNet) -> int:
+    return sum(p.numel() for p in net.backbone.parameters())
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_list_models_names_and_descriptions() -> None:
+    models = list_models()
+    names = [n for n, _ in models]
+    assert len(names) == len(set(names))
+    assert set(EXPECTED_FEATURE_DIM) == set(names)
+    for _, description in models:
+        assert isinstance(description, str) and description and "\n" not in description
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_FEATURE_DIM))
+def test_every_model_shapes_on_cifar_input(name: str) -> None:
+    net = _model(name)
+    assert isinstance(net, IncrementalNet) and isinstance(net.head, IncrementalHead)
+    assert net.feature_dim == EXPECTED_FEATURE_DIM[name]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert net.features(x).shape == (2, net.feature_dim)
+        assert net(x).shape == (2, 0)  # no classes yet
+    if name in EXPECTED_PARAMS:
+        assert _backbone_params(net) == pytest.approx(EXPECTED_PARAMS[name], rel=0.02)
+
+
+@pytest.mark.parametrize("image_size", [28, 8])
+def test_mlp_on_grey_images(image_size: int) -> None:
+    net = build_model("mlp", 1, image_size)
+    net.add_classes(2)
+    x = torch.randn(5, 1, image_size, image_size)
+    assert net(x).shape == (5, 2)
+    assert net.feature_dim == 400
+    first = net.backbone.layers[1]
+    assert isinstance(first, nn.Linear) and first.in_features == image_size * image_size
+
+
+def test_mlp_hidden_option() -> None:
+    net = build_model("mlp", 1, 8, hidden=[32, 16, 8])
+    assert net.feature_dim == 8
+    assert net.features(torch.randn(3, 1, 8, 8)).shape == (3, 8)
+
+
+def test_width_and_block_options() -> None:
+    assert build_model("resnet20", 3, 32, width=0.5).feature_dim == 32
+    assert build_model("resnet20", 3, 32, width=2).feature_dim == 128
+    assert build_model("resnet18", 3, 32, width=0.25).feature_dim == 128
+    # resnet56 = 9*6+2, so the bottleneck variant exists.
+    assert build_model("resnet56", 3, 32, block="bottleneck").feature_dim == 256
+    net = build_model("cifar_resnet", 3, 32, depth=29, block="bottleneck")
+    assert net.feature_dim == 256
+    assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in net.modules()) == 1 + 3 * 3
+
+
+def test_cifar_resnet_depth_matches_layer_count() -> None:
+    net = _model("resnet32")
+    convs = [m for m in net.backbone.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == 32  # 3x3 convs + the classifier layer
+    shortcuts = [m for m in net.backbone.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(shortcuts) == 2  # option-B projections at the two stage transitions
+
+
+def test_init_batchnorm_and_kaiming() -> None:
+    net = _model("resnet20")
+    for m in net.backbone.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+    conv = net.backbone.stages[2][0].conv2  # 64 -> 64, 3x3: fan_out = 64 * 9
+    assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("name,size", [("resnet20", 8), ("resnet20", 40), ("resnet18", 8), ("resnet47b", 12)])
+def test_resnets_any_image_size_and_grey(name: str, size: int) -> None:
+    net = build_model(name, 1, size).eval()
+    with torch.no_grad():
+        assert net.features(torch.randn(2, 1, size, size)).shape == (2, net.feature_dim)
+
+
+# ----------------------------------------------------------------------------- head
+
+
+def test_empty_head() -> None:
+    head = IncrementalHead(7)
+    assert head.num_classes == 0 and head.task_slices == []
+    assert head(torch.randn(4, 7)).shape == (4, 0)
+
+
+def test_head_growth_keeps_old_weights_and_logits() -> None:
+    torch.manual_seed(0)
+    net = build_model("resnet20", 3, 32).eval()
+    net.add_classes(3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        old_logits = net(x).clone()
+    old_state = {k: v.clone() for k, v in net.head.chunks[0].state_dict().items()}
+
+    net.add_classes(2)
+    net.add_classes(4)
+    assert net.num_classes == net.head.num_classes == 9
+    assert net.head.task_slices == [slice(0, 3), slice(3, 5), slice(5, 9)]
+    for k, v in net.head.chunks[0].state_dict().items():
+        assert torch.equal(v, old_state[k])
+    with torch.no_grad():
+        new_logits = net(x)
+    assert new_logits.shape == (4, 9)
+    assert torch.equal(new_logits[:, :3], old_logits)
+    # each chunk's logits sit in its slice
+    feats = net.features(x).detach()
+    for chunk, s in zip(net.head.chunks, net.head.task_slices):
+        torch.testing.assert_close(new_logits[:, s], chunk(feats))
+
+
+def test_grad_flows_to_new_chunk_and_backbone() -> None:
+    net = build_model("mlp", 1, 8, hidden=[16])
+    net.add_classes(2)
+    net.add_classes(3)
+    logits = net(torch.randn(6, 1, 8, 8))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4, 2])).backward()
+    new = net.head.chunks[1]
+    assert new.weight.grad is not None and new.weight.grad.abs().sum() > 0
+    assert new.bias.grad is not None and new.bias.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.backbone.parameters())
+
+
+def test_grow_follows_dtype_even_with_zero_chunks() -> None:
+    head = IncrementalHead(5).to(torch.float64)
+    head.grow(2)
+    assert head.chunks[0].weight.dtype == torch.float64
+    head.grow(1)
+    assert head.chunks[1].weight.dtype == torch.float64
+    assert head(torch.randn(3, 5, dtype=torch.float64)).dtype == torch.float64
+    # the device/dtype anchor is not saved in checkpoints
+    assert set(head.state_dict()) == {"chunks.0.weight", "chunks.0.bias", "chunks.1.weight", "chunks.1.bias"}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_grow_rejects_bad_counts(bad: object) -> None:
+    with pytest.raises(ValueError):
+        IncrementalHead(4).grow(bad)  # type: ignore[arg-type]
+
+
+def test_state_dict_round_trip_after_growth() -> None:
+    src = build_model("mlp", 1, 8, hidden=[16])
+    src.add_classes(2)
+    src.add_classes(2)
+    dst = build_model("mlp", 1, 8, hidden=[16])
+    dst.add_classes(2)
+    dst.add_classes(2)
+    dst.load_state_dict(src.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(src(x), dst(x))
+
+
+# ----------------------------------------------------------------------------- channels_last
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet47b", "mlp"])
+def test_channels_last_matches_default(name: str) -> None:
+    torch.manual_seed(0)
+    in_ch, size = (1, 8) if name == "mlp" else (3, 16)  # small images keep this fast on CPU
+    net = build_model(name, in_ch, size)
+    net.add_classes(5)
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x = torch.randn(3, in_ch, size, size)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for train in (False, True):  # eval uses running stats, train uses batch stats
+        net.train(train)
+        net_cl.train(train)
+        out, out_cl = net(x), net_cl(x_cl)
+        torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-5)
+    out_cl.sum().backward()  # backward through channels_last must work too
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _config_error(*args: object, **kwargs: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_model(*args, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, CilearnError)
+    return str(info.value)
+
+
+def test_unknown_model_name_suggests() -> None:
+    msg = _config_error("resnet33", 3, 32)
+    assert "resnet33" in msg and "did you mean" in msg
+    assert "resnet32" in msg and "mlp" in msg  # the valid choices are listed
+    assert "did you mean 'resnet32'" in _config_error("ResNet32", 3, 32)
+
+
+def test_unknown_option_named_with_suggestion() -> None:
+    msg = _config_error("resnet32", 3, 32, widht=2)
+    assert "'widht'" in msg and "did you mean 'width'" in msg and "valid options" in msg
+    msg = _config_error("resnet18", 3, 32, block="basic")  # ImageNet family fixes its block
+    assert "'block'" in msg
+    msg = _config_error("mlp", 1, 28, width=2)
+    assert "hidden" in msg
+
+
+def test_bad_depth_messages() -> None:
+    msg = _config_error("cifar_resnet", 3, 32, depth=33)
+    assert "6n+2" in msg and "32 or 38" in msg
+    msg = _config_error("cifar_resnet", 3, 32, depth=50, block="bottleneck")
+    assert "9n+2" in msg and "47 or 56" in msg
+    assert "9n+2" in _config_error("resnet32", 3, 32, block="bottleneck")  # 30 is not a multiple of 9
+    assert "6n+2" in _config_error("cifar_resnet", 3, 32, depth=2)
+    assert "depth" in _config_error("cifar_resnet", 3, 32, depth="32")
+    assert "depth" in _config_error("cifar_resnet", 3, 32)  # required
+
+
+def test_bad_option_values() -> None:
+    assert "did you mean 'bottleneck'" in _config_error("cifar_resnet", 3, 32, depth=29, block="botleneck")
+    assert "width" in _config_error("resnet20", 3, 32, width=0)
+    assert "width" in _config_error("resnet20", 3, 32, width="2")
+    assert "hidden" in _config_error("mlp", 1, 28, hidden=[])
+    assert "hidden" in _config_error("mlp", 1, 28, hidden=400)
+    assert "in_channels" in _config_error("resnet20", 2, 32)
+    assert "in_channels" in _config_error("resnet20", 3.0, 32)
+    assert "image_size" in _config_error("resnet20", 3, 32.0)
+
+
+def test_image_too_small() -> None:
+    msg = _config_error("resnet20", 3, 4)
+    assert ">= 8" in msg and "4" in msg
+    _config_error("resnet18", 3, 7)
+    _config_error("mlp", 1, 0)
+    assert build_model("mlp", 1, 1).feature_dim == 400
