@@ -250,7 +250,7 @@ class Run:
 
     def run_task(self, task, start_epoch: int = 0, state: dict | None = None) -> None:
         cfg = self.cfg
-        if state is None:
+        if state is None and task.new_classes:  # domain streams add no classes after the first experience
             self.model.add_classes(len(task.new_classes))
         self.method.begin_task(task)
         if state is not None:  # resume inside the task: the checkpoint overrides what begin_task built

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,9 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     # Pickle protocol 5 (numpy >= 1.16 writing with protocol=5) rebuilds arrays from a buffer instead.
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         allowed[(module, "_frombuffer")] = numeric._frombuffer
+    # Python 3 writes bytes as _codecs.encode(text, "latin1") under protocol 2 (the official files'
+    # protocol); it only converts text, and codec lookup cannot import modules outside `encodings`.
+    allowed[("_codecs", "encode")] = codecs.encode
     return allowed
 
 
