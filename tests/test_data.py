@@ -471,6 +471,8 @@ def test_image_folder_directory_grey_and_cache(tmp_path: Path, cache: Path,
     again = load_dataset("image_folder", path=tmp_path / "imgs")
     assert np.array_equal(again.train.images, ds.train.images)
     assert again.test.labels.tolist() == ds.test.labels.tolist()
+    # A relative path that is not under the current directory is looked up in the data root.
+    assert len(load_dataset("image_folder", root=tmp_path, path="imgs").train) == 9
 
 
 def test_image_folder_tar_gz_with_wrapper_and_mixed_modes(tmp_path: Path, cache: Path) -> None:

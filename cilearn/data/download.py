@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import posixpath
 import shutil
@@ -69,7 +70,7 @@ def download_file(url: str, md5: str, dest_dir: Path, *, opener: Optional[Opener
                 close = getattr(response, "close", None)
                 if close is not None:
                     close()
-    except (urllib.error.URLError, OSError, EOFError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise DataError(f"download of {url} failed ({reason}). {manual_hint}".strip()) from exc

@@ -346,6 +346,7 @@ def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as any other file
         # Readers either see the complete old state (no file) or the complete new file, never a partial one.
         os.replace(tmp, file)
     except OSError as exc:
@@ -372,8 +373,8 @@ def load_image_folder(path: Union[str, os.PathLike], *, image_size: ImageSize = 
     """
     src = Path(path).expanduser().absolute()
     if not src.exists():
-        raise DataError(f"{src}: image folder or archive not found; check the path option "
-                        "(relative paths are relative to the current directory).")
+        raise DataError(f"{src}: image folder or archive not found; check the path option (a relative path "
+                        "is looked up in the current directory, then in the data root CILEARN_DATA).")
     kind = _archive_kind(src)
     size = _target_size(image_size)
     if workers is None:

@@ -49,7 +49,12 @@ def _cifar10_jpeg(root: Path, download: bool, **options: Any) -> DatasetSplits:
 
 
 def _image_folder(root: Path, download: bool, path: PathLike, **options: Any) -> DatasetSplits:
-    return load_image_folder(path, **options)
+    source = Path(path).expanduser()
+    # A relative path is taken from the current directory, or else from the data root, so configs
+    # can name an archive that sits in CILEARN_DATA.
+    if not source.is_absolute() and not source.exists() and (root / source).exists():
+        source = root / source
+    return load_image_folder(source, **options)
 
 
 _REGISTRY: dict[str, _DatasetInfo] = {
