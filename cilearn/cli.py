@@ -15,7 +15,7 @@ from .errors import CilearnError
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
-EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS: list[str] = ["bench"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -143,6 +143,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set '{text}': '{'.'.join(parts[:depth + 1])}' is not a section.")
             node = child
         node[parts[-1]] = value
+        # Overriding one of a pair replaces the other, as a user means it: --set method=... on a
+        # config with methods: runs that one method; --set seed=3 runs that one seed.
+        pairs = {("method",): "methods", ("methods",): "method", ("seed",): "seeds", ("seeds",): "seed"}
+        if tuple(parts) in pairs:
+            raw.pop(pairs[tuple(parts)], None)
     return raw
 
 

@@ -169,6 +169,7 @@ class Run:
             **per_classifier.get(primary, {}),
             "classifiers": per_classifier,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            "task_timing": [{"train_samples": h.get("train_samples"), **h.get("timing", {})} for h in self.history],
         }
         return result
 
@@ -280,6 +281,7 @@ class Run:
                 write_csv(self.dir / "log.csv", LOG_COLUMNS, self.log_rows)
                 self.save(task.index, result.epoch + 1)
 
+        before = dict(self.timing)
         self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc)
         started = time.perf_counter()
         self.method.end_task(task, data)
@@ -288,7 +290,9 @@ class Run:
         scores, arrays = self.evaluator.evaluate(task.index, self.method.classifiers())
         self.timing["eval_seconds"] += time.perf_counter() - started
         self.history.append({"task": task.index, "new_classes": task.new_classes,
-                             "seen_classes": task.seen_classes, "scores": scores})
+                             "seen_classes": task.seen_classes, "scores": scores,
+                             "train_samples": len(data) * (cfg.train.epochs - start_epoch),
+                             "timing": {k: round(v - before[k], 4) for k, v in self.timing.items()}})
         if cfg.output.save_features:
             write_npz(self.dir / "predictions" / f"task_{task.index:02d}.npz", arrays)
         self.save(task.index, None)

@@ -1,0 +1,199 @@
+"""``cilearn bench``: how much cilearn adds on top of a bare PyTorch training step.
+
+In one invocation, on one machine, it measures
+1. the hardware line: a bare ResNet-32 SGD step (batch 128) on random data, default and channels_last;
+2. cilearn end to end (fine-tuning, LwF, iCaRL by default) on CIFAR-10 (JPEG) 5×2, each method in its own
+   subprocess so that its peak resident memory is its own: training throughput, time per task, time
+   spent outside the gradient steps (evaluation, herding/class means, checkpoints), peak memory.
+It prints a table with the ratio end-to-end / bare step and writes everything to a JSON file.
+Timings are never asserted in tests: this is the reproducible place for speed claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_last: bool, device: str,
+                         image_size: int = 32, channels: int = 3, num_classes: int = 10,
+                         teacher: bool = False) -> float:
+    """Images per second of plain ``forward + cross-entropy + backward + SGD step`` on random data (with
+    ``teacher``: plus one no-grad forward of a frozen copy, the floor for distillation methods)."""
+    from .models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, channels, image_size).to(device)
+    model.add_classes(num_classes)
+    frozen = None
+    if teacher:
+        import copy
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if frozen is not None:
+        frozen = frozen.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    inputs = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    targets = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def step():
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if frozen is not None:
+            with torch.no_grad():
+                old = frozen(inputs)
+            loss = loss + (logits - old).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # warm-up: allocator, kernel selection
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batch_size * steps / (time.perf_counter() - started)
+
+
+def worker(spec: dict) -> dict:
+    """Run one method end to end in this process and report its timings and peak memory."""
+    from .config import load_runs
+    from .runner import Run
+
+    _, runs = load_runs(spec["config"], spec["overrides"])
+    label, cfg = runs[0]
+    started = time.perf_counter()
+    result = Run(cfg, spec["out"], label).execute()
+    wall = time.perf_counter() - started
+    timing = result["timing"]
+    samples = sum(t["train_samples"] for t in result["task_timing"])
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "method": label,
+        "wall_seconds": wall,
+        "train_seconds": timing["train_seconds"],
+        "train_images_per_second": samples / max(timing["train_seconds"], 1e-9),
+        "outside_gradient_steps_seconds": {k: timing[k] for k in ("eval_seconds", "end_task_seconds", "checkpoint_seconds")},
+        "setup_and_other_seconds": wall - sum(timing.values()),
+        "per_task": [{"task": i, "train_samples": t["train_samples"], "train_seconds": t["train_seconds"],
+                      "images_per_second": t["train_samples"] / max(t["train_seconds"], 1e-9),
+                      "end_task_seconds": t["end_task_seconds"], "eval_seconds": t["eval_seconds"]}
+                     for i, t in enumerate(result["task_timing"])],
+        "peak_rss_mib": peak_kib / 1024,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None,
+        "last_accuracy": result["last_accuracy"],
+    }
+
+
+def run_bench(args) -> dict:
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
+        "settings": {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
+                     "model": args.model, "methods": args.methods, "extra": args.set},
+    }
+    print(f"bare {args.model} step, batch {args.batch_size}, {args.steps} steps on {device} ...", flush=True)
+    bare = {}
+    for layout, last in (("default", False), ("channels_last", True)):
+        bare[layout] = bare_step_throughput(args.model, args.batch_size, args.steps, last, device,
+                                            args.image_size, args.channels)
+    bare["channels_last_with_teacher"] = bare_step_throughput(args.model, args.batch_size, args.steps, True, device,
+                                                              args.image_size, args.channels, teacher=True)
+    report["bare_step_images_per_second"] = bare
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cilearn-bench-") as tmp:
+        for method in args.methods:
+            overrides = [f"method={{name: {method}}}", f"train.epochs={args.epochs}",
+                         f"train.batch_size={args.batch_size}", f"model.name={args.model}",
+                         f"train.device={device}", "train.progress=false"] + list(args.set)
+            spec = {"config": args.config, "overrides": overrides, "out": str(Path(tmp) / method)}
+            print(f"end to end: {method} ...", flush=True)
+            proc = subprocess.run([sys.executable, "-m", "cilearn.bench", "--worker", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench worker for {method} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    reference = bare["channels_last"]
+    for r in results:
+        r["ratio_to_bare_channels_last"] = r["train_images_per_second"] / reference
+        r["ratio_to_bare_with_teacher"] = r["train_images_per_second"] / bare["channels_last_with_teacher"]
+    report["end_to_end"] = results
+    return report
+
+
+def print_table(report: dict) -> None:
+    bare = report["bare_step_images_per_second"]
+    print(f"\nmachine: {report['machine']['device']} {report['machine']['gpu'] or ''} torch {report['machine']['torch']}, "
+          f"{report['machine']['torch_threads']} threads")
+    print(f"bare step (img/s): default {bare['default']:.0f}, channels_last {bare['channels_last']:.0f}, "
+          f"channels_last + frozen teacher forward {bare['channels_last_with_teacher']:.0f}")
+    header = (f"{'method':<10} {'train img/s':>11} {'÷ bare':>7} {'÷ bare+teacher':>14} {'train s':>8} "
+              f"{'eval s':>7} {'end-task s':>10} {'ckpt s':>7} {'peak MiB':>9} {'last acc':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in report["end_to_end"]:
+        out = r["outside_gradient_steps_seconds"]
+        print(f"{r['method']:<10} {r['train_images_per_second']:>11.0f} {r['ratio_to_bare_channels_last']:>7.2f} "
+              f"{r['ratio_to_bare_with_teacher']:>14.2f} {r['train_seconds']:>8.1f} {out['eval_seconds']:>7.1f} "
+              f"{out['end_task_seconds']:>10.1f} {out['checkpoint_seconds']:>7.1f} {r['peak_rss_mib']:>9.0f} "
+              f"{100 * r['last_accuracy']:>7.1f}%")
+    for r in report["end_to_end"]:
+        speeds = " ".join(f"{t['images_per_second']:.0f}" for t in r["per_task"])
+        print(f"  {r['method']}: train img/s per task: {speeds}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/bench_cifar10jpeg.yaml", help="scenario and data to run")
+    parser.add_argument("--methods", nargs="+", default=["finetune", "lwf", "icarl"])
+    parser.add_argument("--model", default="resnet32")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="steps timed for the bare-step line")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+
+
+def cmd_bench(args) -> int:
+    report = run_bench(args)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark cilearn against a bare PyTorch training step")
+    add_arguments(parser)
+    parser.set_defaults(handler=cmd_bench)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    else:
+        parser = argparse.ArgumentParser(prog="python -m cilearn.bench")
+        add_arguments(parser)
+        sys.exit(cmd_bench(parser.parse_args()))

@@ -1,0 +1,23 @@
+"""A tiny smoke of `cilearn bench`: it runs and writes every figure; timings are never asserted."""
+
+import json
+from pathlib import Path
+
+from cilearn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), "--model", "mlp", "--image-size", "8",
+                 "--channels", "1", "--methods", "finetune", "--steps", "2", "--json", str(out),
+                 "--set", "train.epochs=1", "--set", "scenario.num_tasks=2"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["bare_step_images_per_second"]) == {"default", "channels_last", "channels_last_with_teacher"}
+    (result,) = report["end_to_end"]
+    assert result["method"] == "finetune" and len(result["per_task"]) == 2
+    assert result["train_images_per_second"] > 0 and result["peak_rss_mib"] > 0
+    assert result["ratio_to_bare_channels_last"] > 0
+    assert "÷ bare" in capsys.readouterr().out
