@@ -7,7 +7,10 @@ code 2 and no traceback; a traceback means a bug in cilearn.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,13 +18,21 @@ from .errors import CilearnError
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
-EXTRA_COMMANDS: list[str] = ["bench"]
+EXTRA_COMMANDS: list[str] = ["bench", "report.commands"]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own mistakes: same one-line form, exit 2
-        self.print_usage(sys.stderr)
-        raise CilearnError(message)
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:  # an unknown sub-command: suggest the closest one
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise CilearnError(f"unknown command '{match.group(1)}'.{hint} Commands: {', '.join(choices)}.")
+        if message.endswith("required: command"):
+            raise CilearnError(f"give a command, e.g. '{self.prog} run CONFIG' or '{self.prog} list' "
+                               f"(see '{self.prog} --help').")
+        raise CilearnError(f"{message} (see '{self.prog} --help').")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(args, "handler", None) or commands[args.command]
         return handler(args)
     except CilearnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into head & co. that stopped reading: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished tasks are saved; continue with cilearn run --resume RUN_DIR",
               file=sys.stderr)

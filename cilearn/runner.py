@@ -9,9 +9,12 @@ with several methods or seeds writes one such directory per run below a parent t
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -22,12 +25,12 @@ from . import metrics
 from .augment import BatchAugment
 from .config import Config, expand_runs, load_runs, load_yaml, parse_config, run_label
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .methods import MethodContext, method_class, method_options
 from .models import build_model
-from .rundir import (RunLock, load_checkpoint, save_checkpoint, write_csv, write_json, write_npz,
-                     write_yaml)
+from .rundir import (RunLock, UnsafeCheckpoint, load_checkpoint, remove_stale_temp_files, save_checkpoint,
+                     write_csv, write_json, write_npz, write_yaml)
 from .scenarios import build_scenario
 from .train import EpochResult, Trainer
 
@@ -77,6 +80,43 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_SPLITS_CACHE: dict | None = None  # a dict only inside shared_datasets()
+
+
+@contextmanager
+def shared_datasets():
+    """Within one experiment, the runs (and their validation before any training) share the last
+    dataset loaded instead of reading its files again; outside, every load reads the files."""
+    global _SPLITS_CACHE
+    outer, _SPLITS_CACHE = _SPLITS_CACHE, ({} if _SPLITS_CACHE is None else _SPLITS_CACHE)
+    try:
+        yield
+    finally:
+        _SPLITS_CACHE = outer
+
+
+def load_splits(data_cfg):
+    """``load_dataset`` for a DataConfig (through the cache of :func:`shared_datasets` when active)."""
+    cache = _SPLITS_CACHE
+    try:
+        key = (data_cfg.name, data_cfg.root, data_cfg.download,
+               json.dumps(data_cfg.options, sort_keys=True), os.environ.get("CILEARN_DATA", ""))
+    except (TypeError, ValueError):  # options that are not plain data (an injected opener): no caching
+        key = None
+    if cache is not None and key is not None and key in cache:
+        return cache[key]
+    splits = load_dataset(data_cfg.name, data_cfg.root, download=data_cfg.download, **data_cfg.options)
+    if cache is not None:
+        cache.clear()  # one dataset at a time: memory stays bounded
+        if key is not None:
+            cache[key] = splits
+    return splits
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 # --- metrics -----------------------------------------------------------------------------------------
 def summarize(history: list[dict], num_tasks: int, classifier: str) -> dict:
     """Scalar metrics of one classifier from the per-task evaluation history."""
@@ -111,6 +151,8 @@ class Run:
         self.label = label or cfg.method.get("label") or cfg.method["name"]
         self.history: list[dict] = []
         self.log_rows: list[list] = []
+        self.resumed_from: Path | None = None
+        self.ready = False  # setup() done: the config, data, model and method passed every check
         self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "end_task_seconds": 0.0}
 
     # The heavy objects are built in setup() so that validation errors surface before any work.
@@ -125,7 +167,7 @@ class Run:
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
-        splits = load_dataset(cfg.data.name, cfg.data.root, download=cfg.data.download, **cfg.data.options)
+        splits = load_splits(cfg.data)
         self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
         height, width, channels = self.scenario.image_shape
         if height != width:
@@ -133,7 +175,13 @@ class Run:
                               f"(resize them with data.options.image_size for image folders).")
         self.model = build_model(cfg.model.name, channels, height, **cfg.model.options).to(self.device)
         if cfg.model.pretrained:
-            from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
+            try:
+                from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__package__}.transfer":
+                    raise
+                raise ConfigError("model.pretrained: starting from a checkpoint is not available in this "
+                                  "version of cilearn; remove model.pretrained.") from None
             apply_transfer(self.model, cfg.model)
         elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
             raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start from).")
@@ -150,17 +198,21 @@ class Run:
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed)
         self.trainer = Trainer(cfg.train, self.device, self.augment)
+        self.ready = True
 
     # --- files ---
     def metrics_dict(self, complete: bool) -> dict:
         classifiers = list(self.history[0]["scores"]) if self.history else [self.method.primary_classifier]
         primary = self.method.primary_classifier
         per_classifier = {name: summarize(self.history, len(self.scenario), name) for name in classifiers}
+        if self.scenario.kind == "domain_incremental":  # every experience's test set is scored at every step
+            for summary in per_classifier.values():
+                summary["average_accuracy_all_experiences"] = [float(np.mean(row)) for row in summary["accuracy_matrix"]]
         result = {
             "complete": complete,
             "dataset": self.scenario.dataset_name,
             "method": self.cfg.method["name"],
-            "label": self.label,
+            "label": self.cfg.method.get("label") or self.cfg.method["name"],  # no /seed<k>: seeds group by it
             "seed": self.cfg.seed,
             "num_tasks": len(self.scenario),
             "tasks_done": len(self.history),
@@ -213,40 +265,116 @@ class Run:
         self.timing["checkpoint_seconds"] += time.perf_counter() - started
 
     def latest_checkpoint(self) -> dict | None:
+        """The most advanced readable checkpoint, or None when there is none yet.
+
+        ``epoch.pt`` (inside a task) wins when it is newer than the last finished task: a process killed
+        between writing ``task_XX.pt`` and deleting ``epoch.pt`` leaves a stale one behind.  A truncated or
+        corrupt file is skipped for the previous checkpoint, with a warning naming it; a file that holds
+        anything but tensors and plain values is refused."""
         folder = self.dir / "checkpoints"
-        tasks = sorted(folder.glob("task_*.pt"))
-        candidates = ([folder / "epoch.pt"] if (folder / "epoch.pt").exists() else []) + tasks[::-1]
-        for path in candidates:
+        tasks = sorted((p for p in folder.glob("task_*.pt") if p.stem[5:].isdigit()),
+                       key=lambda p: int(p.stem[5:]), reverse=True)
+        skipped: list[CheckpointError] = []
+        epoch_path = folder / "epoch.pt"
+        epoch_state = self._read_checkpoint(epoch_path, skipped) if epoch_path.exists() else None
+        chosen = None
+        for path in tasks:
+            if epoch_state is not None and epoch_state["task"] > int(path.stem[5:]):
+                break
+            state = self._read_checkpoint(path, skipped)
+            if state is not None:
+                chosen = (path, state)
+                break
+        if chosen is None and epoch_state is not None:
+            chosen = (epoch_path, epoch_state)
+        if chosen is None:
+            if skipped:
+                raise CheckpointError(f"{skipped[0]} No other checkpoint in '{folder}' can be read either; "
+                                      f"delete the unreadable files to start the run over.")
+            return None
+        for error in skipped:
+            warn(f"{error} Resuming from '{chosen[0]}' instead.")
+        self.resumed_from = chosen[0]
+        return chosen[1]
+
+    _CHECKPOINT_KEYS = ("task", "next_epoch", "head_sizes", "model", "method", "history", "log_rows", "timing", "rng")
+
+    def _read_checkpoint(self, path: Path, skipped: list) -> dict | None:
+        try:
             state = load_checkpoint(path)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')}, this cilearn "
-                                      f"reads format {CHECKPOINT_FORMAT}.")
-            return state
-        return None
+        except UnsafeCheckpoint:
+            raise
+        except CheckpointError as exc:
+            skipped.append(exc)
+            return None
+        if "format" in state and state["format"] != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint '{path}' has format {state['format']}; this cilearn reads format "
+                                  f"{CHECKPOINT_FORMAT}. Resume it with the cilearn version that wrote it.")
+        missing = [key for key in ("format",) + self._CHECKPOINT_KEYS if key not in state]
+        if missing or (state["next_epoch"] is not None and "trainer" not in state):
+            skipped.append(CheckpointError(f"checkpoint '{path}' is incomplete (no {', '.join(missing) or 'trainer'} "
+                                           f"entry); it is not a cilearn checkpoint or it is damaged."))
+            return None
+        if not isinstance(state["task"], int) or not 0 <= state["task"] < len(self.scenario):
+            raise CheckpointError(f"checkpoint '{path}' is for task {state['task']}, but this run's config has "
+                                  f"{len(self.scenario)} tasks; was config.yaml edited after the run started?")
+        return state
+
+    def _mismatch(self, exc: BaseException) -> CheckpointError:
+        text = " ".join(str(exc).split())
+        detail = f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
+        return CheckpointError(f"checkpoint '{self.resumed_from}' does not fit this run's model or method "
+                               f"({detail}); was config.yaml edited after the run started?")
+
+    def restore(self, state: dict) -> tuple[int, int]:
+        """Load a checkpoint's progress: (first task to run, first epoch of it)."""
+        try:
+            for size in state["head_sizes"]:
+                self.model.add_classes(size)
+            self.history, self.log_rows = list(state["history"]), list(state["log_rows"])
+            self.timing.update(state["timing"])
+            if state["next_epoch"] is None:  # resume after a finished task
+                self.model.load_state_dict(state["model"])
+                self.method.load_state_dict(state["method"])
+                set_rng_state(state["rng"])
+                return state["task"] + 1, 0
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+            raise self._mismatch(exc) from None
+        return state["task"], state["next_epoch"]  # model and method load inside run_task, after begin_task
 
     # --- the loop over tasks ---
     def execute(self, resume: bool = False) -> dict:
+        if not self.ready:
+            self.setup()  # every check passes before anything is written to the run directory
         with RunLock(self.dir):
-            self.setup()
+            if resume:
+                remove_stale_temp_files(self.dir)  # left by a process killed while writing
+            else:
+                check_fresh(self.dir)  # checked again under the lock: another run may have just finished here
             state = self.latest_checkpoint() if resume else None
-            if state is None:
+            if not resume:
                 write_yaml(self.dir / "config.yaml", self.cfg.to_dict())
             first_task, start_epoch = 0, 0
+            tasks = len(self.scenario)
             if state is not None:
-                for size in state["head_sizes"]:
-                    self.model.add_classes(size)
-                self.history, self.log_rows = state["history"], state["log_rows"]
-                self.timing.update(state["timing"])
-                if state["next_epoch"] is None:  # resume after a finished task
-                    self.model.load_state_dict(state["model"])
-                    self.method.load_state_dict(state["method"])
-                    set_rng_state(state["rng"])
-                    first_task = state["task"] + 1
-                else:
-                    first_task, start_epoch = state["task"], state["next_epoch"]
-            for task in self.scenario[first_task:]:
-                self.run_task(task, start_epoch, state if start_epoch else None)
-                start_epoch, state = 0, None
+                first_task, start_epoch = self.restore(state)
+                self.write_results(complete=False)  # metrics.json etc. as of the checkpoint (a kill may have
+                # come between writing it and them, or a newer, unreadable checkpoint was skipped)
+                where = (f"task {first_task + 1}/{tasks}, epoch {start_epoch + 1}" if start_epoch
+                         else f"the start of task {first_task + 1}/{tasks}")
+                print(f"[{self.label}] resuming from '{self.resumed_from}' at {where}", flush=True)
+            elif resume:
+                print(f"[{self.label}] no checkpoint in '{self.dir}' yet: starting the run from the beginning",
+                      flush=True)
+            try:
+                for task in self.scenario[first_task:]:
+                    self.run_task(task, start_epoch, state if start_epoch else None)
+                    start_epoch, state = 0, None
+            except TrainingDiverged as exc:
+                done = len(self.history)
+                kept = (f" The {done} finished task{'s' if done != 1 else ''} keep their results and checkpoints in "
+                        f"'{self.dir}'." if done else "")
+                raise TrainingDiverged(f"{exc}{kept}") from None
             return self.write_results(complete=True)
 
     def run_task(self, task, start_epoch: int = 0, state: dict | None = None) -> None:
@@ -255,13 +383,19 @@ class Run:
             self.model.add_classes(len(task.new_classes))
         self.method.begin_task(task)
         if state is not None:  # resume inside the task: the checkpoint overrides what begin_task built
-            self.model.load_state_dict(state["model"])
-            self.method.load_state_dict(state["method"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.method.load_state_dict(state["method"])
+            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+                raise self._mismatch(exc) from None
         data = self.method.training_data(task)
         self.trainer.start(self.method)
         if state is not None:
-            self.trainer.load_state_dict(state["trainer"])
-            set_rng_state(state["rng"])
+            try:
+                self.trainer.load_state_dict(state["trainer"])
+                set_rng_state(state["rng"])
+            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+                raise self._mismatch(exc) from None
         tasks = len(self.scenario)
         desc = f"{self.label} task {task.index + 1}/{tasks}"
 
@@ -309,51 +443,116 @@ def default_out_dir(name: str) -> Path:
 
 
 def check_fresh(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
+    """A new run never writes into a folder that holds anything (a lone ``.lock`` left by a run that died
+    before writing its config does not count)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder '{out}' is a file, not a folder; choose another --out.")
+    if out.is_dir() and any(not _leftover(p.name) for p in out.iterdir()):
         raise ConfigError(f"output folder '{out}' already exists and is not empty; it is never overwritten. "
                           f"Continue it with 'cilearn run --resume {out}', or choose another --out.")
+
+
+def _leftover(name: str) -> bool:
+    """What a run killed before it wrote its config leaves behind."""
+    return name == ".lock" or (name.startswith(".config.yaml.") and name.endswith(".tmp"))
+
+
+def validate_runs(out: Path, runs: list[tuple[str, Config]]) -> list[Run]:
+    """Build every run's data, scenario, model and method (all checks) before anything is written: a
+    mistake in the last method of a config must not surface after the first one has trained.  Seeds only
+    change the class order and the initialisation, so one seed per method is checked."""
+    checked, seen = [], set()
+    for label, cfg in runs:
+        key = label.split("/seed")[0]
+        if key in seen:
+            continue
+        seen.add(key)
+        run = Run(cfg, out / label if len(runs) > 1 else out, label)
+        run.setup()
+        checked.append(run)
+    return checked
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def run_experiment(config_path: str | Path, overrides: list[str] | None = None,
                    out: str | Path | None = None) -> Path:
     """Validate everything, then run every (method, seed) of the config. Returns the output folder."""
+    with shared_datasets():
+        return _run_experiment(config_path, overrides, out)
+
+
+def _run_experiment(config_path, overrides, out) -> Path:
     name, runs = load_runs(config_path, overrides)
     out = Path(out) if out else default_out_dir(name)
     check_fresh(out)
+    checked = validate_runs(out, runs)  # nothing is written before this passes
     if len(runs) == 1:
         from .summary import write_summary
-        write_summary(out, [Run(runs[0][1], out, runs[0][0]).execute()], files=False)
+        write_summary(out, [checked[0].execute()], files=False)
     else:
+        del checked  # each run builds its own again (the dataset is cached)
         from .config import apply_overrides
-        write_yaml(out / "experiment.yaml", apply_overrides(load_yaml(config_path), overrides or []))
-        run_children(out, runs, resume=False)
+        with RunLock(out):
+            check_fresh(out)  # another process may have started in the same folder meanwhile
+            write_yaml(out / "experiment.yaml", apply_overrides(load_yaml(config_path), overrides or []))
+            run_children(out, runs, resume=False)
     return out
 
 
 def resume_experiment(out: str | Path) -> Path:
-    out = Path(out)
+    """Continue a run directory (one run, or the parent folder of several) from its checkpoints."""
+    with shared_datasets():
+        return _resume_experiment(Path(out))
+
+
+def _resume_experiment(out: Path) -> Path:
+    if not out.is_dir():
+        raise CheckpointError(f"--resume: '{out}' does not exist or is not a folder; give a run directory that "
+                              f"a previous 'cilearn run' wrote.")
     if (out / "experiment.yaml").is_file():
-        raw = load_yaml(out / "experiment.yaml")
-        raws = expand_runs(raw)
-        many = len({r["seed"] for r in raws}) > 1
-        run_children(out, [(run_label(r, many), parse_config(r)) for r in raws], resume=True)
+        with RunLock(out):
+            raw = load_yaml(out / "experiment.yaml")
+            raws = expand_runs(raw)
+            many = len({r["seed"] for r in raws}) > 1
+            runs = [(run_label(r, many), parse_config(r)) for r in raws]
+            if (out / "summary.json").is_file() and all(
+                    (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
+                print(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.", flush=True)
+                return out
+            run_children(out, runs, resume=True)
     elif (out / "config.yaml").is_file():
-        Run(parse_config(load_yaml(out / "config.yaml")), out).execute(resume=True)
+        metrics = read_metrics(out)
+        if metrics and metrics.get("complete"):
+            print(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
+                  f"nothing to resume.", flush=True)
+            return out
+        from .summary import write_summary
+        try:
+            cfg = parse_config(load_yaml(out / "config.yaml"))
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if str(out) in message else f"{out / 'config.yaml'}: {message}") from None
+        write_summary(out, [Run(cfg, out).execute(resume=True)], files=False)
     else:
-        raise CheckpointError(f"'{out}' is not a cilearn run directory (no config.yaml or experiment.yaml). "
-                              f"Give the folder a previous 'cilearn run' wrote.")
+        raise CheckpointError(f"--resume: '{out}' is not a cilearn run directory (no config.yaml or "
+                              f"experiment.yaml); give a folder that a previous 'cilearn run' wrote.")
     return out
 
 
 def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool) -> list[dict]:
-    import json
-
     results = []
     for label, cfg in runs:
         child = out / label
-        done = child / "metrics.json"
-        if resume and done.is_file() and json.loads(done.read_text()).get("complete"):
-            results.append(json.loads(done.read_text()))
+        done = read_metrics(child) if resume else None
+        if done and done.get("complete"):
+            results.append(done)
             continue
         results.append(Run(cfg, child, label).execute(resume=resume and (child / "config.yaml").exists()))
     from .summary import write_summary

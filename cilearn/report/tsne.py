@@ -1,0 +1,70 @@
+"""t-SNE of saved test features (and of the exemplars in memory) for the first task's classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .runs import RunRecord
+
+
+@dataclass
+class Embedding:
+    task: int                  # 0-based step
+    points: np.ndarray         # (n, 2) test samples
+    labels: np.ndarray         # (n,)
+    exemplar_points: np.ndarray  # (m, 2)
+    exemplar_labels: np.ndarray  # (m,)
+    classes: list[int]
+    note: str = ""
+
+
+def first_task_classes(run: RunRecord, limit: int) -> list[int]:
+    """Remapped labels of the first task are 0..k-1 (scenarios relabel by class order)."""
+    first = run.classes_per_step[0] if run.classes_per_step else 0
+    return list(range(min(first, limit)))
+
+
+def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    n = len(features)
+    if n < 3:
+        return np.zeros((n, 2))
+    perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
+    # One thread: for a few hundred points OpenMP's spinning threads cost far more than they give,
+    # many times more on a shared machine, and keep spinning into whatever runs next.
+    with threadpool_limits(1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    learning_rate="auto").fit_transform(features.astype(np.float64))
+
+
+def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int = 500,
+                  exemplars: bool = True) -> Embedding:
+    """Test features saved after ``task`` (``predictions/task_XX.npz``) of ``classes``; with ``exemplars``
+    the memory of ``checkpoints/task_XX.pt`` is embedded with them (features from the rebuilt model)."""
+    data = run.predictions(task)
+    if "features" not in data or "feature_index" not in data:
+        return Embedding(task, np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), classes,
+                         "no features were saved (output.save_features or max_feature_samples is 0)")
+    labels = data["labels"][data["feature_index"]]
+    keep = np.flatnonzero(np.isin(labels, classes))
+    if len(keep) > max_points:
+        keep = np.sort(np.random.RandomState(0).choice(keep, max_points, replace=False))
+    features, labels = data["features"][keep], labels[keep]
+    ex_features, ex_labels, note = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64), ""
+    if exemplars and run.checkpoint_path(task).is_file():
+        from .model import compute_features, load_run_model
+
+        model, _, info = load_run_model(run.dir, task)
+        memory = info.memory()
+        if memory is not None:
+            chosen = np.flatnonzero(np.isin(memory.labels, classes))
+            ex_features = compute_features(model, info, memory.images[chosen])
+            ex_labels = memory.labels[chosen]
+    elif exemplars:
+        note = "no checkpoint: exemplars not shown"
+    both = embed(np.concatenate([features, ex_features]))
+    return Embedding(task, both[: len(features)], labels, both[len(features):], ex_labels, classes, note)
