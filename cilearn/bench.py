@@ -22,14 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 
 def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_last: bool, device: str,
                          image_size: int = 32, channels: int = 3, num_classes: int = 10,
                          teacher: bool = False) -> float:
     """Images per second of plain ``forward + cross-entropy + backward + SGD step`` on random data (with
     ``teacher``: plus one no-grad forward of a frozen copy, the floor for distillation methods)."""
+    import torch
+
     from .models import build_model
 
     torch.manual_seed(0)
@@ -72,6 +72,8 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
 
 def worker(spec: dict) -> dict:
     """Run one method end to end in this process and report its timings and peak memory."""
+    import torch
+
     from .config import load_runs
     from .runner import Run
 
@@ -101,6 +103,8 @@ def worker(spec: dict) -> dict:
 
 
 def run_bench(args) -> dict:
+    import torch  # here, not at import time: `cilearn --help` must stay fast
+
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
