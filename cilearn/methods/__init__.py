@@ -6,9 +6,11 @@ from ..errors import ConfigError
 from ..schema import build_section, unknown_choice
 from .base import Classifier, Method, MethodContext, MethodOptions, head_classifier
 from .finetune import FineTune
+from .icarl import ICaRL
 from .joint import Joint
+from .lwf import LwF
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FineTune, Joint)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FineTune, Joint, LwF, ICaRL)}
 
 
 def register(cls: type[Method]) -> type[Method]:
