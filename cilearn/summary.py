@@ -29,13 +29,13 @@ def summary_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     (mean ± std over seeds when there are several)."""
     groups = group_by_label(results)
     steps = max(len(r.get("seen_accuracy", [])) for r in results)
-    header = ["method", "seeds"] + [f"after {i + 1}" for i in range(steps)] + [
+    header = ["method", "classifier", "seeds"] + [f"after {i + 1}" for i in range(steps)] + [
         "avg incr. acc", "last acc", "forgetting", "old classes (last)"]
     rows = []
     for label, runs in groups.items():
         agg = metrics.aggregate(runs)
         curve = agg.get("seen_accuracy", {})
-        cells = [label, str(len(runs))]
+        cells = [label, str(runs[0].get("classifier", "")), str(len(runs))]
         means, stds = curve.get("mean", []), curve.get("std", [])
         cells += [_pct(m) for m in means] + ["-"] * (steps - len(means))
         for key in SCALARS:
@@ -64,7 +64,7 @@ def write_summary(out: Path, results: list[dict], files: bool = True) -> str:
     header, rows = summary_rows(results)
     groups = group_by_label(results)
     dataset = results[0].get("dataset", "")
-    title = f"Accuracy (%) on all classes seen so far — {dataset}, classifier: {results[0].get('classifier')}"
+    title = f"Accuracy (%) on all classes seen so far — {dataset}"
     table = text_table(header, rows)
     print(f"\n{title}\n{table}\nResults in {out}", flush=True)
     if not files:
