@@ -96,13 +96,37 @@ class Config:
 _TOP_KEYS = {f.name for f in dataclasses.fields(Config)} | {"methods", "seeds"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently,
+    so a second ``train:`` section would drop the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = key_node.value
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key '{key}' appears twice in one mapping", key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; give the path to a YAML file, "
+                          f"e.g. configs/quickstart.yaml (or resume a run folder with --resume).")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. Give the path to a YAML file, "
                           f"e.g. configs/quickstart.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or exc}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not a text (UTF-8) file; give a YAML config.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -165,8 +189,11 @@ def expand_runs(raw: dict) -> list[dict]:
     if not isinstance(methods, list) or not methods:
         raise ConfigError("'methods' must be a non-empty list of method sections, e.g. [{name: finetune}].")
     seeds = raw.get("seeds", [raw.get("seed", 0)])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds: expected a non-empty list of non-negative integers, got {seeds!r}.")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        if "seeds" in raw:
+            raise ConfigError(f"seeds: expected a non-empty list of non-negative integers, got {seeds!r}.")
+        raise ConfigError(f"seed: expected a non-negative integer, got {raw.get('seed')!r}.")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {seeds} repeats a seed.")
     runs = []

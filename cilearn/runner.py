@@ -152,6 +152,7 @@ class Run:
         self.history: list[dict] = []
         self.log_rows: list[list] = []
         self.resumed_from: Path | None = None
+        self.task_rng: dict | None = None  # the random state as the current task began
         self.ready = False  # setup() done: the config, data, model and method passed every check
         self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "end_task_seconds": 0.0}
 
@@ -250,6 +251,7 @@ class Run:
         }
         if next_epoch is not None:
             state["trainer"] = self.trainer.state_dict()
+            state["task_rng"] = self.task_rng
         return state
 
     def save(self, task_index: int, next_epoch: int | None) -> None:
@@ -347,10 +349,9 @@ class Run:
         if not self.ready:
             self.setup()  # every check passes before anything is written to the run directory
         with RunLock(self.dir):
-            if resume:
-                remove_stale_temp_files(self.dir)  # left by a process killed while writing
-            else:
+            if not resume:
                 check_fresh(self.dir)  # checked again under the lock: another run may have just finished here
+            remove_stale_temp_files(self.dir)  # left by a process killed while writing
             state = self.latest_checkpoint() if resume else None
             if not resume:
                 write_yaml(self.dir / "config.yaml", self.cfg.to_dict())
@@ -381,6 +382,13 @@ class Run:
         cfg = self.cfg
         if state is None and task.new_classes:  # domain streams add no classes after the first experience
             self.model.add_classes(len(task.new_classes))
+        if state is None:
+            self.task_rng = rng_state()  # saved with epoch checkpoints: see below
+        elif state.get("task_rng") is not None:
+            # Inside a task, begin_task and training_data run again: give them the random state they had
+            # the first time, so that a method drawing from the global RNGs there rebuilds the same data.
+            self.task_rng = state["task_rng"]
+            set_rng_state(self.task_rng)
         self.method.begin_task(task)
         if state is not None:  # resume inside the task: the checkpoint overrides what begin_task built
             try:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
 from .errors import ConfigError
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def option(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
@@ -42,11 +46,14 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+        args = typing.get_args(tp)
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        return names + (" (or null)" if type(None) in args else "")
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(inner)}"
-    if origin is dict:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(inner, 'values')}"
+    if origin is dict or tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
@@ -89,12 +96,17 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         raise wrong
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):  # also refuses nan and inf
             raise wrong
         return int(value)
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; it means a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}.")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:

@@ -104,7 +104,7 @@ class Trainer:
                 raise TrainingDiverged(
                     f"the training loss became {mean_loss} in epoch {epoch + 1} ({desc}); the learning rate "
                     f"{lr:g} is probably too high for this setting. Lower train.lr (or check the data) and "
-                    f"resume from the last good checkpoint with --resume.")
+                    f"start a new run.")
             seen = min(n, steps * cfg.batch_size)
             result = EpochResult(epoch=epoch, lr=lr, train_loss=mean_loss,
                                  train_accuracy=correct.item() / max(seen, 1),
