@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 from cilearn.data.base import DatasetSplits, PathLike, data_root
 from cilearn.data.cifar import load_cifar10, load_cifar100
+from cilearn.data.clear import load_clear
 from cilearn.data.digits import load_digits_splits
 from cilearn.data.idx import load_fashion_mnist, load_mnist
 from cilearn.data.imagefolder import load_cifar10_jpeg, load_image_folder
@@ -57,6 +58,13 @@ def _image_folder(root: Path, download: bool, path: PathLike, **options: Any) ->
     return load_image_folder(source, **options)
 
 
+def _clear(root: Path, download: bool, path: PathLike, **options: Any) -> DatasetSplits:
+    source = Path(path).expanduser()  # relative: from the current directory, else from the data root
+    if not source.is_absolute() and not source.exists() and (root / source).exists():
+        source = root / source
+    return load_clear(source, **options)
+
+
 _REGISTRY: dict[str, _DatasetInfo] = {
     "digits": _DatasetInfo("scikit-learn's bundled 8x8 handwritten digits, 10 classes (no download)",
                            _digits, ("test_fraction", "seed")),
@@ -74,6 +82,10 @@ _REGISTRY: dict[str, _DatasetInfo] = {
     "image_folder": _DatasetInfo("any train/<class>/*.png|jpg + test/<class>/... folder or .tar/.tar.gz/.zip "
                                  "archive (option path, optional image_size)", _image_folder,
                                  ("path", "image_size", "workers"), required=("path",)),
+    "clear": _DatasetInfo("CLEAR-10-style time buckets <path>/<bucket>/<class>/*.jpg (+ <bucket>/test/ or "
+                          "test_path, else a seeded test_fraction split); for scenario stream 'buckets'",
+                          _clear, ("path", "test_path", "test_fraction", "seed", "image_size", "workers"),
+                          required=("path",)),
 }
 
 

@@ -9,8 +9,10 @@ from .finetune import FineTune
 from .icarl import ICaRL
 from .joint import Joint
 from .lwf import LwF
+from .ewc import EWC
+from .replay import IIDStream, Replay
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FineTune, Joint, LwF, ICaRL)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC)}
 
 
 def register(cls: type[Method]) -> type[Method]:

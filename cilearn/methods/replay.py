@@ -1,0 +1,182 @@
+"""Experience replay with sample-selection metrics, and the IID-stream baseline.
+
+``replay``: after each experience, a share of its training samples (``fraction`` of them, or a fixed
+``per_experience`` count) joins a replay buffer; every later experience trains on its own data plus the
+whole buffer (``training_data`` = task.train + buffer).  The buffer only grows: experience ``t`` keeps
+its samples for the rest of the stream.
+
+Which samples are kept is decided by a metric computed with the model just trained on the experience
+(``context.infer``: evaluation mode, no augmentation), over the whole experience at once (no
+per-class stratification, on purpose: the metric alone decides):
+
+- ``error_l2``: ‖softmax(logits) − one_hot(label)‖₂ — large = hard;
+- ``entropy``: Shannon entropy (nats) of softmax(logits) — large = uncertain = hard;
+- ``margin``: logit of the true class minus the largest other logit (negative when misclassified) —
+  small = hard;
+- ``random``: a seeded uniform choice.
+
+``keep: hardest`` (default) keeps the largest error / entropy and the smallest margin; ``keep: easiest``
+the opposite.  In task-incremental scenarios the metric uses each sample's own task head.
+
+Baselines of the same family: ``finetune`` (no replay) and ``iid`` (below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..data import ImageData
+from ..errors import ConfigError
+from ..scenarios import Scenario, Task, concat
+from ..schema import option
+from .base import Method, MethodOptions
+
+METRICS = ("error_l2", "entropy", "margin", "random")
+
+
+def selection_metric(logits: torch.Tensor, labels: torch.Tensor, metric: str,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample value of ``metric`` (float64, on the logits' device).
+
+    ``mask`` (N, C, bool) restricts each sample to the outputs it may use (its task's head)."""
+    logits = logits.double()
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    if metric == "error_l2":
+        one_hot = torch.nn.functional.one_hot(labels, logits.shape[1]).double()
+        return (logits.softmax(1) - one_hot).norm(dim=1)
+    if metric == "entropy":
+        p = logits.softmax(1)
+        return -torch.special.xlogy(p, p).sum(1)
+    if metric == "margin":
+        true = logits.gather(1, labels[:, None])[:, 0]
+        others = logits.scatter(1, labels[:, None], float("-inf"))
+        return true - others.max(1).values
+    if metric == "random":
+        return torch.zeros(len(labels), dtype=torch.float64, device=logits.device)
+    raise ValueError(f"unknown selection metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def select(values: np.ndarray, count: int, metric: str, keep: str = "hardest",
+           rng: np.random.RandomState | None = None) -> np.ndarray:
+    """Indices (sorted) of the ``count`` samples to keep.
+
+    Hard = large ``error_l2``/``entropy``, small ``margin``; ties break by index (stable sort).
+    ``random`` ignores ``values`` and ``keep`` and draws from ``rng``."""
+    n = len(values)
+    count = max(0, min(int(count), n))
+    if metric == "random":
+        rng = rng if rng is not None else np.random.RandomState(0)
+        return np.sort(rng.permutation(n)[:count])
+    hardness = -np.asarray(values, dtype=np.float64) if metric == "margin" else np.asarray(values, dtype=np.float64)
+    order = np.argsort(-hardness if keep == "hardest" else hardness, kind="stable")
+    return np.sort(order[:count])
+
+
+def buffer_size(n: int, fraction: float | None, per_experience: int | None) -> int:
+    """Samples an experience of ``n`` training samples leaves in the buffer."""
+    if per_experience is not None:
+        return min(per_experience, n)
+    share = 0.05 if fraction is None else fraction
+    return min(n, max(1, int(round(share * n)))) if share > 0 and n else 0
+
+
+@dataclasses.dataclass
+class ReplayOptions(MethodOptions):
+    fraction: float | None = option(None, min=0.0, max=1.0,
+                                    help="share of each experience's training samples kept (default 0.05)")
+    per_experience: int | None = option(None, min=0, help="keep this many samples per experience instead")
+    metric: Literal["error_l2", "entropy", "margin", "random"] = option(
+        "error_l2", help="which samples to keep: L2 error of the softmax, its entropy, the logit margin, or random")
+    keep: Literal["hardest", "easiest"] = option("hardest", help="keep the hardest or the easiest by the metric")
+
+
+class Replay(Method):
+    name = "replay"
+    description = "experience replay: keep a share of every experience (selected by error/entropy/margin/random)"
+    Options = ReplayOptions
+
+    def __init__(self, options, model, context):
+        super().__init__(options, model, context)
+        self.buffer_images: np.ndarray | None = None  # uint8 NHWC
+        self.buffer_labels = np.zeros(0, dtype=np.int64)
+        self.buffer_task = np.zeros(0, dtype=np.int64)  # experience each buffered sample came from
+
+    def check(self, scenario: Scenario) -> None:
+        if self.options.fraction is not None and self.options.per_experience is not None:
+            raise ConfigError("method.fraction / method.per_experience: give one of them, not both.")
+
+    @property
+    def memory_size(self) -> int:
+        return len(self.buffer_labels)
+
+    def buffer(self) -> ImageData | None:
+        if self.buffer_images is None or not len(self.buffer_labels):
+            return None
+        return ImageData(self.buffer_images, self.buffer_labels, self.context.scenario.class_names)
+
+    def training_data(self, task: Task) -> ImageData:
+        memory = self.buffer()
+        return task.train if memory is None else concat([task.train, memory])
+
+    def selection_values(self, data: ImageData) -> np.ndarray:
+        """The metric of every sample of ``data`` under the current model (no augmentation)."""
+        if self.options.metric == "random":
+            return np.zeros(len(data))
+        _, logits = self.context.infer(data.images)
+        labels = torch.as_tensor(data.labels, device=logits.device)
+        mask = None
+        if self._class_task is not None:  # task-incremental: each sample scored within its task head
+            owner = self._class_task.to(logits.device)
+            mask = owner[None, :] == owner[labels][:, None]
+        return selection_metric(logits, labels, self.options.metric, mask).cpu().numpy()
+
+    def end_task(self, task: Task, train_data: ImageData) -> None:
+        data = task.train  # only this experience's own samples join the buffer
+        count = buffer_size(len(data), self.options.fraction, self.options.per_experience)
+        rng = np.random.RandomState(self.context.seed * 1000 + task.index)
+        keep = select(self.selection_values(data), count, self.options.metric, self.options.keep, rng)
+        if not len(keep):
+            return
+        chosen = data.images[keep]
+        self.buffer_images = chosen if self.buffer_images is None else np.concatenate([self.buffer_images, chosen])
+        self.buffer_labels = np.concatenate([self.buffer_labels, data.labels[keep]])
+        self.buffer_task = np.concatenate([self.buffer_task, np.full(len(keep), task.index, dtype=np.int64)])
+
+    def state_dict(self) -> dict:
+        images = self.buffer_images if self.buffer_images is not None else np.zeros((0, 1, 1, 1), np.uint8)
+        return {"images": torch.from_numpy(np.ascontiguousarray(images)),
+                "labels": torch.from_numpy(self.buffer_labels.copy()),
+                "task": torch.from_numpy(self.buffer_task.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        labels = state["labels"].cpu().numpy().astype(np.int64)
+        self.buffer_labels, self.buffer_task = labels, state["task"].cpu().numpy().astype(np.int64)
+        self.buffer_images = state["images"].cpu().numpy() if len(labels) else None
+
+
+class IIDStream(Method):
+    """The IID baseline of a stream: the same number of samples per step as the stream, drawn from the
+    pooled training data of *all* experiences (one seeded permutation of the pool, cut into pieces of
+    the experiences' sizes).  Every sample is used exactly once over the stream, like fine-tuning,
+    so the per-step curve of average test accuracy is comparable; only the temporal order is gone.
+    ``joint`` (cumulative training on all data seen so far) is the other, costlier upper bound."""
+
+    name = "iid"
+    description = "IID baseline for domain streams: each step trains on an i.i.d. draw of the whole stream"
+
+    def check(self, scenario: Scenario) -> None:
+        if scenario.kind != "domain_incremental":
+            raise ConfigError("method 'iid' shuffles the experiences of a domain_incremental stream (one label "
+                              "space); for class-incremental scenarios use 'joint' as the upper bound.")
+
+    def training_data(self, task: Task) -> ImageData:
+        tasks = self.context.scenario.tasks
+        pool = concat([t.train for t in tasks])
+        bounds = np.cumsum([0] + [len(t.train) for t in tasks])
+        order = np.random.RandomState(self.context.seed + 104729).permutation(len(pool))
+        return pool.subset(np.sort(order[bounds[task.index]:bounds[task.index + 1]]))
