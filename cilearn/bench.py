@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import CilearnError
+
 
 def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_last: bool, device: str,
                          image_size: int = 32, channels: int = 3, num_classes: int = 10,
@@ -115,6 +117,9 @@ def run_bench(args) -> dict:
         "settings": {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
                      "model": args.model, "methods": args.methods, "extra": args.set},
     }
+    from .config import load_runs
+    for method in args.methods:  # fail on a bad config or method name now, not after the bare-step timing
+        load_runs(args.config, [f"method={{name: {method}}}", f"model.name={args.model}"] + list(args.set))
     print(f"bare {args.model} step, batch {args.batch_size}, {args.steps} steps on {device} ...", flush=True)
     bare = {}
     for layout, last in (("default", False), ("channels_last", True)):
@@ -125,17 +130,22 @@ def run_bench(args) -> dict:
     report["bare_step_images_per_second"] = bare
     results = []
     with tempfile.TemporaryDirectory(prefix="cilearn-bench-") as tmp:
+        runs_root = Path(args.keep_runs) if args.keep_runs else Path(tmp)
         for method in args.methods:
             overrides = [f"method={{name: {method}}}", f"train.epochs={args.epochs}",
                          f"train.batch_size={args.batch_size}", f"model.name={args.model}",
                          f"train.device={device}", "train.progress=false"] + list(args.set)
-            spec = {"config": args.config, "overrides": overrides, "out": str(Path(tmp) / method)}
+            spec = {"config": args.config, "overrides": overrides, "out": str(runs_root / method)}
             print(f"end to end: {method} ...", flush=True)
             proc = subprocess.run([sys.executable, "-m", "cilearn.bench", "--worker", json.dumps(spec)],
                                   capture_output=True, text=True)
-            if proc.returncode != 0:
+            lines = proc.stdout.strip().splitlines()
+            result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+            if result is None or "error" in result:
+                if result is not None:  # a user mistake (data missing, bad option): one line, exit 2
+                    raise CilearnError(f"bench ({method}): {result['error']}")
                 raise RuntimeError(f"bench worker for {method} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            results.append(result)
     reference = bare["channels_last"]
     for r in results:
         r["ratio_to_bare_channels_last"] = r["train_images_per_second"] / reference
@@ -178,11 +188,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
+    parser.add_argument("--keep-runs", metavar="DIR", help="keep each method's run directory under DIR (default: "
+                        "a temporary folder, removed afterwards)")
 
 
 def cmd_bench(args) -> int:
     report = run_bench(args)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    from .rundir import write_json
+    write_json(Path(args.json), report)
     print_table(report)
     print(f"\nwritten: {args.json}")
     return 0
@@ -196,7 +209,10 @@ def register(subparsers) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        try:
+            print(json.dumps(worker(json.loads(sys.argv[2]))))
+        except CilearnError as exc:
+            print(json.dumps({"error": str(exc)}))
     else:
         parser = argparse.ArgumentParser(prog="python -m cilearn.bench")
         add_arguments(parser)

@@ -59,7 +59,7 @@ class TrainConfig:
     gamma: float = option(0.2, min=0.0)
     augment: Literal["auto", "none", "crop", "crop_flip", "flip"] = option(
         "auto", help="auto: crop+flip for colour images, none for grey digits")
-    eval_batch_size: int = option(1024, min=1)
+    eval_batch_size: int = option(256, min=1, help="batch for evaluation and feature extraction (256: as fast as larger batches on CPU, far less memory)")
     eval_every: int = option(1, min=0, help="evaluate on test data every N epochs (0: only after each task)")
     checkpoint_every: int = option(0, min=0, help="also checkpoint every N epochs inside a task (0: only per task)")
     device: str = option("auto", help="auto, cpu, cuda or cuda:N")

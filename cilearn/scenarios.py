@@ -86,8 +86,9 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     flat = images.reshape(-1, channels)
-    for start in range(0, len(flat), 1 << 22):
-        chunk = flat[start:start + (1 << 22)].astype(np.float64)
+    step = 1 << 20  # pixels per chunk: float64 temporaries of ~25 MB instead of a copy of the dataset
+    for start in range(0, len(flat), step):
+        chunk = flat[start:start + step].astype(np.float64)
         total += chunk.sum(0)
         total_sq += (chunk * chunk).sum(0)
     mean = total / len(flat)

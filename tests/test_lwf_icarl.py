@@ -17,29 +17,12 @@ from cilearn.methods import method_options
 from cilearn.methods.lwf import LossSetup, resolve_losses
 from cilearn.rundir import load_checkpoint, save_checkpoint
 from cilearn.runner import Run
+import helpers
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_run(tmp_path, method: dict, num_tasks: int = 3, epochs: int = 1) -> Run:
-    raw = {"data": {"name": "digits"},
-           "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": num_tasks},
-           "model": {"name": "mlp", "options": {"hidden": [32]}},
-           "method": method,
-           "train": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "scheduler": "constant",
-                     "progress": False, "eval_every": 0},
-           "output": {"save_checkpoints": False, "save_features": False},
-           "seed": 0}
-    run = Run(parse_config(raw), tmp_path)
-    run.setup()
-    return run
+def make_run(tmp_path, method: dict, num_tasks: int = 3, epochs: int = 1):
+    return helpers.make_run(tmp_path, method, num_tasks, epochs)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from cilearn.config import parse_config
 from cilearn.data import ImageData
 from cilearn.memory import ExemplarMemory, herding, random_selection
 from cilearn.runner import Run
+from helpers import make_run, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 def brute_force_herding(features: np.ndarray, m: int) -> list[int]:
@@ -73,27 +74,6 @@ def test_memory_reduce_keeps_prefix_and_state_round_trip():
     assert np.array_equal(clone.rank, memory.rank)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_run(tmp_path, method: dict, num_tasks: int = 5, epochs: int = 1) -> Run:
-    raw = {"data": {"name": "digits"},
-           "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": num_tasks},
-           "model": {"name": "mlp", "options": {"hidden": [32]}},
-           "method": method,
-           "train": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "scheduler": "constant",
-                     "progress": False, "eval_every": 0},
-           "output": {"save_checkpoints": False, "save_features": False},
-           "seed": 0}
-    run = Run(parse_config(raw), tmp_path)
-    run.setup()
-    return run
 
 
 @pytest.mark.parametrize("selection", ["herding", "random"])
