@@ -21,3 +21,14 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     assert result["train_images_per_second"] > 0 and result["peak_rss_mib"] > 0
     assert result["ratio_to_bare_channels_last"] > 0
     assert "÷ bare" in capsys.readouterr().out
+
+
+def test_projection_of_the_cifar100_icarl_protocol():
+    from cilearn.bench import project_icarl_cifar100
+
+    # 70 epochs × (5000 images in task 1 + 9 tasks × (5000 new + 2000 exemplars)) = 4.76 M images
+    projection = project_icarl_cifar100([{"method": "finetune", "train_images_per_second": 1.0},
+                                         {"method": "icarl", "train_images_per_second": 4_760_000 / 3600}])
+    assert projection["training_images"] == 4_760_000
+    assert abs(projection["training_hours"] - 1.0) < 1e-9
+    assert project_icarl_cifar100([{"method": "finetune", "train_images_per_second": 1.0}]) is None
