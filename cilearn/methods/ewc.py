@@ -53,23 +53,30 @@ class EWC(Method):
         super().__init__(options, model, context)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
+        self._terms: list | None = None  # (parameter, fisher, anchor) triples; rebuilt when any of them changes
 
     # --- penalty ---
+    def penalty_terms(self) -> list:
+        """Which parameters the penalty covers, matched once per task rather than on every batch."""
+        if self._terms is None:
+            params = dict(self.model.named_parameters())
+            self._terms = [(params[name], fisher, self.anchor[name]) for name, fisher in self.fisher.items()
+                           if name in params and params[name].requires_grad
+                           and _overlap(params[name], fisher) is not None]
+        return self._terms
+
     def penalty(self) -> torch.Tensor:
         total = None
-        params = dict(self.model.named_parameters())
-        for name, fisher in self.fisher.items():
-            param = params.get(name)
-            if param is None or not param.requires_grad:
-                continue
-            current = _overlap(param, fisher)
-            if current is None:
-                continue
-            term = (fisher * (current - self.anchor[name]).square()).sum()
+        for param, fisher, anchor in self.penalty_terms():
+            term = (fisher * (_overlap(param, fisher) - anchor).square()).sum()
             total = term if total is None else total + term
         if total is None:
             return torch.zeros((), device=self.context.device)
         return 0.5 * self.options.ewc_lambda * total
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self._terms = None  # the head may have grown: new parameter objects
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         loss = self.classification_loss(logits, targets)
@@ -132,6 +139,7 @@ class EWC(Method):
             merged[name] = fisher
         self.fisher = merged
         self.anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in merged}
+        self._terms = None
 
     def state_dict(self) -> dict:
         return {"fisher": {n: t.cpu() for n, t in self.fisher.items()},
@@ -141,3 +149,4 @@ class EWC(Method):
         device = self.context.device
         self.fisher = {n: t.to(device) for n, t in state.get("fisher", {}).items()}
         self.anchor = {n: t.to(device) for n, t in state.get("anchor", {}).items()}
+        self._terms = None
