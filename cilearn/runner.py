@@ -176,13 +176,7 @@ class Run:
                               f"(resize them with data.options.image_size for image folders).")
         self.model = build_model(cfg.model.name, channels, height, **cfg.model.options).to(self.device)
         if cfg.model.pretrained:
-            try:
-                from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{__package__}.transfer":
-                    raise
-                raise ConfigError("model.pretrained: starting from a checkpoint is not available in this "
-                                  "version of cilearn; remove model.pretrained.") from None
+            from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
             apply_transfer(self.model, cfg.model)
         elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
             raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start from).")
@@ -322,15 +316,20 @@ class Run:
                                   f"{len(self.scenario)} tasks; was config.yaml edited after the run started?")
         return state
 
-    def _mismatch(self, exc: BaseException) -> CheckpointError:
-        text = " ".join(str(exc).split())
-        detail = f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
-        return CheckpointError(f"checkpoint '{self.resumed_from}' does not fit this run's model or method "
-                               f"({detail}); was config.yaml edited after the run started?")
+    @contextmanager
+    def _checkpoint_must_fit(self):
+        """Turn a checkpoint that does not fit this run's model or method into one clear error."""
+        try:
+            yield
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+            text = " ".join(str(exc).split())
+            detail = f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
+            raise CheckpointError(f"checkpoint '{self.resumed_from}' does not fit this run's model or method "
+                                  f"({detail}); was config.yaml edited after the run started?") from None
 
     def restore(self, state: dict) -> tuple[int, int]:
         """Load a checkpoint's progress: (first task to run, first epoch of it)."""
-        try:
+        with self._checkpoint_must_fit():
             for size in state["head_sizes"]:
                 self.model.add_classes(size)
             self.history, self.log_rows = list(state["history"]), list(state["log_rows"])
@@ -340,8 +339,6 @@ class Run:
                 self.method.load_state_dict(state["method"])
                 set_rng_state(state["rng"])
                 return state["task"] + 1, 0
-        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
-            raise self._mismatch(exc) from None
         return state["task"], state["next_epoch"]  # model and method load inside run_task, after begin_task
 
     # --- the loop over tasks ---
@@ -391,19 +388,15 @@ class Run:
             set_rng_state(self.task_rng)
         self.method.begin_task(task)
         if state is not None:  # resume inside the task: the checkpoint overrides what begin_task built
-            try:
+            with self._checkpoint_must_fit():
                 self.model.load_state_dict(state["model"])
                 self.method.load_state_dict(state["method"])
-            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
-                raise self._mismatch(exc) from None
         data = self.method.training_data(task)
         self.trainer.start(self.method)
         if state is not None:
-            try:
+            with self._checkpoint_must_fit():
                 self.trainer.load_state_dict(state["trainer"])
                 set_rng_state(state["rng"])
-            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
-                raise self._mismatch(exc) from None
         tasks = len(self.scenario)
         desc = f"{self.label} task {task.index + 1}/{tasks}"
 
