@@ -11,6 +11,7 @@ import difflib
 import importlib
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -55,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from .runner import resume_experiment, run_experiment
+    from .config import apply_overrides, load_yaml
+    from .runner import default_out_dir, resume_experiment, run_experiment
 
     if args.resume:
         if args.config or args.overrides or args.out or args.seeds:
             raise CilearnError("--resume RUN_DIR takes no config, --set, --seeds or --out: a run continues "
                                "with the config saved in its folder.")
+        args.run_dir = Path(args.resume)
         out = resume_experiment(args.resume)
     else:
         if not args.config:
@@ -68,9 +71,20 @@ def cmd_run(args) -> int:
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append(f"seeds=[{', '.join(str(s) for s in args.seeds)}]")
-        out = run_experiment(args.config, overrides, args.out)
+        # The folder is fixed here, before the run starts, so that Ctrl-C can name it.
+        args.run_dir = Path(args.out) if args.out else default_out_dir(
+            str(apply_overrides(load_yaml(args.config), overrides).get("name")))
+        out = run_experiment(args.config, overrides, args.run_dir)
     print(f"done: {out}")
     return 0
+
+
+def interrupted_message(run_dir: Path | None) -> str:
+    """What Ctrl-C leaves behind, naming the real run folder."""
+    if run_dir is not None and any((run_dir / name).is_file() for name in ("config.yaml", "experiment.yaml")):
+        return (f"interrupted: finished tasks are saved; continue with: cilearn run --resume "
+                f"{shlex.quote(str(run_dir))}")
+    return "interrupted before the run started; nothing was written."
 
 
 def cmd_list(args) -> int:
@@ -93,6 +107,7 @@ def cmd_list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "list": cmd_list}
+    args = None
     try:
         args = build_parser().parse_args(argv)
         handler = getattr(args, "handler", None) or commands[args.command]
@@ -108,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except KeyboardInterrupt:
-        print("interrupted: finished tasks are saved; continue with cilearn run --resume RUN_DIR",
-              file=sys.stderr)
+        print(interrupted_message(getattr(args, "run_dir", None)), file=sys.stderr)
         return 130
 
 

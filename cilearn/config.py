@@ -131,8 +131,9 @@ def load_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file, or only comments
+        raise ConfigError(f"config file '{path}' is empty; a config needs at least the data, model and method "
+                          f"sections, e.g. copy configs/quickstart.yaml.")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, method, train).")
     raw.setdefault("name", path.stem)

@@ -107,9 +107,18 @@ def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int)
         raise ConfigError(f"scenario.class_order: unknown order '{order}'. Use 'seed', 'icarl', 'sorted' "
                           f"or an explicit list of {num_classes} labels.")
     order = [int(c) for c in order]
-    if sorted(order) != list(range(num_classes)):
-        raise ConfigError(f"scenario.class_order: an explicit order must list every label 0..{num_classes - 1} "
-                          f"exactly once (got {len(order)} entries).")
+    every = f"an explicit order lists every label 0..{num_classes - 1} exactly once"
+    outside = [c for c in order if not 0 <= c < num_classes]
+    if outside:
+        raise ConfigError(f"scenario.class_order: label {outside[0]} does not exist (the dataset has {num_classes} "
+                          f"classes, labels 0..{num_classes - 1}); {every}.")
+    repeated = next((c for i, c in enumerate(order) if c in order[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"scenario.class_order: label {repeated} appears twice; {every}.")
+    missing = sorted(set(range(num_classes)) - set(order))
+    if missing:
+        raise ConfigError(f"scenario.class_order: label {missing[0]} is missing ({len(order)} of {num_classes} "
+                          f"labels given); {every}.")
     return order
 
 
@@ -159,7 +168,7 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
         start += size
     for task in tasks:
         if len(task.train) == 0:
-            raise ConfigError(f"task {task.index} has no training images: check the dataset's labels.")
+            raise ConfigError(f"task {task.index + 1} has no training images: check the dataset's labels.")
     mean, std = channel_stats(splits.train.images)
     return Scenario(tasks=tasks, class_names=names, class_order=order,
                     kind="task_incremental" if task_incremental else "class_incremental",

@@ -232,7 +232,7 @@ def build_stream(cfg, splits: DatasetSplits, seed: int) -> Scenario:
     tasks = []
     for index, (train, test, name) in enumerate(experiences):
         if len(train) == 0 or len(test) == 0:
-            raise ConfigError(f"experience {index} ({name}) has no {'training' if len(train) == 0 else 'test'} "
+            raise ConfigError(f"experience {index + 1} ({name}) has no {'training' if len(train) == 0 else 'test'} "
                               f"images; check the data.")
         tasks.append(Task(index=index, new_classes=everything if index == 0 else [], seen_classes=everything,
                           train=train, test=test, name=name))

@@ -238,8 +238,10 @@ def test_load_yaml(tmp_path: Path):
     path = tmp_path / "exp.yaml"
     path.write_text("data: {name: digits}\n")
     assert load_yaml(path) == {"data": {"name": "digits"}, "name": "exp"}
-    path.write_text("")
-    assert load_yaml(path) == {"name": "exp"}
+    for empty in ("", "# only a comment\n"):
+        path.write_text(empty)
+        with pytest.raises(ConfigError, match="is empty"):
+            load_yaml(path)
     path.write_text("base: &b {epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.1\n")  # merge keys still work
     assert load_yaml(path)["train"] == {"epochs": 2, "lr": 0.1}
     for text, message in [

@@ -510,6 +510,32 @@ def test_image_folder_zip_sizes_and_image_size(tmp_path: Path, cache: Path) -> N
     assert ds.train.images.shape == (10, 4, 3, 3)
 
 
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+@pytest.mark.parametrize("escape", ["../../x.png", "train/cat/../../../x.png", "/abs/x.png"])
+def test_image_folder_archive_member_escaping_its_folder_is_refused(tmp_path: Path, cache: Path, kind: str,
+                                                                    escape: str) -> None:
+    src = tmp_path / "src"
+    make_image_folder(src, np.random.default_rng(12))
+    png = (src / "train" / "cat" / "00.png").read_bytes()
+    archive = tmp_path / f"data.{kind}"
+    members = [(p.relative_to(src).as_posix(), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    members.append((escape, png))
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(archive, "w") as tf:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match="unsafe") as err:
+        load_dataset("image_folder", path=archive)
+    assert f"refusing member {escape!r}" in str(err.value) and str(archive) in str(err.value)
+    assert not (cache / "image_folder").exists()  # nothing cached
+
+
 def test_image_folder_empty_class(tmp_path: Path, cache: Path) -> None:
     src = tmp_path / "imgs"
     make_image_folder(src, np.random.default_rng(11))

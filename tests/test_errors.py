@@ -142,6 +142,18 @@ def image_folder(ctx: Ctx, size: int = 4, empty_class: bool = False, corrupt: bo
     return root
 
 
+def escaping_archive(ctx: Ctx) -> Path:
+    """The image folder as a tar archive with one more member, '../../x.png', outside its folder."""
+    import tarfile
+
+    root = image_folder(ctx)
+    archive = ctx.tmp / "images.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(root, arcname=".")
+        tf.add(root / "train" / "ant" / "0.png", arcname="../../x.png")
+    return archive
+
+
 def folder_config(ctx: Ctx, root: Path, model: str = "mlp") -> list[str]:
     return ctx.run({"data": {"name": "image_folder", "options": {"path": str(root)}},
                     "scenario.classes_per_task": 1, "model": {"name": model}})
@@ -170,6 +182,16 @@ def evil_checkpoint(ctx: Ctx, plain_pickle: bool = False) -> list[str]:
 
 def not_executed(ctx: Ctx) -> None:
     assert not (ctx.tmp / "pwned").exists()
+
+
+def random_bytes(path: Path, seed: int = 0) -> None:
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+def random_checkpoint(ctx: Ctx) -> list[str]:
+    run = ctx.copy_of_earlier()
+    random_bytes(run / "checkpoints" / "task_00.pt")  # the only checkpoint left: nothing to fall back to
+    return ["run", "--resume", str(run)]
 
 
 def truncated_checkpoints(ctx: Ctx) -> list[str]:
@@ -204,6 +226,8 @@ CASES = [
          ("line 4", "the key 'train' appears twice")),
     Case("top level is a list", lambda c: ["run", c.config(text="- data\n- model\n")], ("top level must be a mapping",)),
     Case("binary config", lambda c: ["run", c.config(text=b"\x80\x81\xfe\x00")], ("not a text (UTF-8) file",)),
+    Case("empty config", lambda c: ["run", c.config(text="")], ("config.yaml' is empty",)),
+    Case("config with only comments", lambda c: ["run", c.config(text="# to do\n")], ("config.yaml' is empty",)),
     # --- schema: keys, types, ranges
     Case("unknown top-level key", lambda c: c.run({"trian": {"epochs": 1}}),
          ("unknown top-level key 'trian'", "Did you mean 'train'?")),
@@ -240,6 +264,11 @@ CASES = [
          ("nearest-mean-of-exemplars", "needs an exemplar memory"), needs=("lwf",)),
     Case("model does not fit the images", lambda c: folder_config(c, image_folder(c, size=4), "resnet20"),
          ("needs image_size >= 8", "got 4")),
+    Case("class order repeats a label", lambda c: c.run({"scenario.class_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]}),
+         ("scenario.class_order: label 8 appears twice",)),
+    Case("class order names a label that does not exist",
+         lambda c: c.run({"scenario.class_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]}),
+         ("scenario.class_order: label 10 does not exist", "labels 0..9")),
     Case("transfer without pretrained", lambda c: c.run({"model.transfer": "freeze"}), ("need model.pretrained",)),
     # --- data files
     Case("truncated MNIST file", lambda c: (mnist_root(c, truncate=True), c.run({"data.name": "mnist"}))[1],
@@ -248,6 +277,8 @@ CASES = [
                                            c.run({"data.name": "mnist"}))[1],
          ("MNIST file not found", "train-images-idx3-ubyte")),
     Case("empty class folder", lambda c: folder_config(c, image_folder(c, empty_class=True)), ("train/cow",)),
+    Case("archive member outside its folder", lambda c: folder_config(c, escaping_archive(c)),
+         ("images.tar: refusing member '../../x.png'", "unsafe")),
     Case("unreadable image", lambda c: folder_config(c, image_folder(c, corrupt=True)),
          ("test/bee/0.png", "cannot decode")),
     # --- the command line
@@ -272,6 +303,8 @@ CASES = [
          check=not_executed),
     Case("malicious plain pickle", lambda c: evil_checkpoint(c, plain_pickle=True),
          ("epoch.pt' holds more than tensors and plain values", "refusing to load it"), check=not_executed),
+    Case("checkpoint of random bytes", random_checkpoint,
+         ("task_00.pt' is not a checkpoint (corrupt or wrong file", "delete the unreadable files")),
     Case("truncated checkpoints", truncated_checkpoints,
          ("task_00.pt' cannot be read", "truncated or corrupt", "delete the unreadable files")),
     Case("run config edited to another model", lambda c: edited_run_config(c, "model.options", {"hidden": [16]}),
@@ -331,3 +364,59 @@ def test_as_a_separate_process(case, earlier, tmp_path, monkeypatch):
     assert all(fragment in proc.stderr for fragment in chosen.expect), proc.stderr
     if chosen.check:
         chosen.check(ctx)
+
+
+def test_resume_falls_back_past_a_checkpoint_of_random_bytes(earlier, tmp_path, capsys):
+    """Random bytes where epoch.pt should be are not a checkpoint (not 'could run code'): --resume warns,
+    naming the file, and continues from the last good task checkpoint."""
+    ctx = Ctx(tmp_path, earlier, None)  # type: ignore[arg-type]
+    run = ctx.copy_of_earlier()
+    random_bytes(run / "checkpoints" / "epoch.pt", seed=1)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "epoch.pt' is not a checkpoint (corrupt or wrong file" in warnings[0], captured.err
+    assert "task_00.pt' instead" in warnings[0] and "could run code" not in captured.err
+    assert "resuming from" in captured.out and "task_00.pt" in captured.out
+    assert json.loads((run / "metrics.json").read_text())["complete"]
+
+
+def _interrupt_after_first_task(monkeypatch):
+    from cilearn.runner import Run
+
+    original = Run.save
+
+    def save_then_stop(self, task_index, next_epoch):
+        original(self, task_index, next_epoch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "save", save_then_stop)
+
+
+def test_ctrl_c_names_the_real_run_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in a run without --out names the folder it chose (runs/<name>/<timestamp>), and that
+    folder resumes; Ctrl-C before anything was written says so."""
+    monkeypatch.chdir(tmp_path)
+    path = Ctx(tmp_path, tmp_path, monkeypatch).config()
+    _interrupt_after_first_task(monkeypatch)
+    capsys.readouterr()
+    assert main(["run", path]) == 130
+    err = capsys.readouterr().err.strip()
+    (run_dir,) = (tmp_path / "runs" / "config").iterdir()
+    assert err == f"interrupted: finished tasks are saved; continue with: cilearn run --resume {run_dir.relative_to(tmp_path)}"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--resume", str(run_dir.relative_to(tmp_path))]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["complete"]
+
+    import cilearn.runner
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cilearn.runner, "validate_runs", interrupt)  # Ctrl-C while data and model are checked
+    capsys.readouterr()
+    assert main(["run", path, "--out", str(tmp_path / "new")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted before the run started; nothing was written."
+    assert not (tmp_path / "new").exists()

@@ -56,12 +56,23 @@ def test_class_order_from_seed_and_icarl():
     ({"classes_per_task": 3}, "does not divide"),
     ({"classes_per_task": 2, "initial_classes": 11}, "more than the 10 classes"),
     ({"classes_per_task": 2, "num_tasks": 6}, "more than the 5 tasks"),
-    ({"classes_per_task": 2, "class_order": [0, 1, 2]}, "exactly once"),
+    ({"classes_per_task": 2, "class_order": [0, 1, 2]}, "label 3 is missing"),
+    ({"classes_per_task": 2, "class_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]}, "label 8 appears twice"),
+    ({"classes_per_task": 2, "class_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]}, "label 10 does not exist"),
+    ({"classes_per_task": 2, "class_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9]}, "label 9 appears twice"),
     ({"classes_per_task": 2, "class_order": "shuffled"}, "unknown order"),
 ])
 def test_bad_splits_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         class_incremental(toy_splits(), **kwargs)
+
+
+def test_a_task_without_training_images_is_named_from_1():
+    splits = toy_splits(num_classes=4)
+    keep = splits.train.labels != 2  # the third task (classes_per_task 1, sorted order) loses its images
+    splits.train = splits.train.subset(keep)
+    with pytest.raises(ConfigError, match=r"^task 3 has no training images"):
+        class_incremental(splits, classes_per_task=1, class_order="sorted")
 
 
 def test_task_incremental_flag_and_channel_stats():

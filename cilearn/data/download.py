@@ -87,14 +87,23 @@ def download_file(url: str, md5: str, dest_dir: Path, *, opener: Optional[Opener
     return tmp
 
 
+def check_member_path(name: str, archive: str) -> None:
+    """Refuse an archive member whose path leaves the archive's folder: absolute, a drive letter or '..'.
+
+    Shared by the tar extractor below and the image-folder reader (which reads members in place)."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"{archive}: refusing member {name!r} with an absolute path; the archive is unsafe. "
+                        "Rebuild it with paths relative to its root.")
+    if ".." in parts:
+        raise DataError(f"{archive}: refusing member {name!r}: its path contains '..', which can lead outside the "
+                        "archive's folder; the archive is unsafe. Rebuild it with paths relative to its root.")
+
+
 def _check_member(member: tarfile.TarInfo, archive: str) -> None:
     """Refuse members that could write outside the target folder or create special files."""
     name = member.name
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or posixpath.isabs(name) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{archive}: refusing to extract member {name!r} with an absolute path; the archive is unsafe.")
-    if ".." in parts:
-        raise DataError(f"{archive}: refusing to extract member {name!r} containing '..'; the archive is unsafe.")
+    check_member_path(name, archive)
     if member.isdev() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
         raise DataError(f"{archive}: refusing to extract special file {name!r} (device, fifo or unknown type); "
                         "the archive is unsafe.")

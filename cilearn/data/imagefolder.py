@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from cilearn.data.base import DatasetSplits, ImageData, cache_dir
+from cilearn.data.download import check_member_path
 from cilearn.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -225,6 +226,8 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
     bar = tqdm(desc=f"decoding {path.name}", unit="img", mininterval=1.0, leave=False, disable=None)
     try:
         for entry in _iter_entries(path, kind):
+            if kind != "dir":  # a member named '../x' or '/x' is not part of this folder: refuse, never skip
+                check_member_path(entry.name, str(path))
             mapped = _split_name(entry.name)
             if mapped is None:
                 continue
