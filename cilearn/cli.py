@@ -7,7 +7,6 @@ code 2 and no traceback; a traceback means a bug in cilearn.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import re
@@ -15,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import CilearnError
+from .errors import CilearnError, did_you_mean
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
@@ -27,9 +26,8 @@ class _Parser(argparse.ArgumentParser):
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:  # an unknown sub-command: suggest the closest one
             choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
-            close = difflib.get_close_matches(match.group(1), choices, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise CilearnError(f"unknown command '{match.group(1)}'.{hint} Commands: {', '.join(choices)}.")
+            raise CilearnError(f"unknown command '{match.group(1)}'.{did_you_mean(match.group(1), choices)} "
+                               f"Commands: {', '.join(choices)}.")
         if message.endswith("required: command"):
             raise CilearnError(f"give a command, e.g. '{self.prog} run CONFIG' or '{self.prog} list' "
                                f"(see '{self.prog} --help').")

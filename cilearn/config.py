@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .schema import build_section, option, to_dict
 
 
@@ -178,8 +178,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def expand_runs(raw: dict) -> list[dict]:
     """Split ``methods:`` and ``seeds:`` into one raw single-run config each."""
-    from .schema import did_you_mean
-
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"unknown top-level key '{key}'.{did_you_mean(key, _TOP_KEYS)} "

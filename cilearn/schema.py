@@ -8,14 +8,13 @@ reports the full dotted path of the offending key, so that users never see a tra
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean, unknown_choice  # noqa: F401 - unknown_choice: re-exported
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -27,18 +26,6 @@ def option(default: Any = dataclasses.MISSING, *, min: float | None = None, max:
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def unknown_choice(kind: str, value: str, choices: typing.Iterable[str], where: str = "") -> ConfigError:
-    choices = sorted(choices)
-    place = f"{where}: " if where else ""
-    return ConfigError(f"{place}unknown {kind} '{value}'.{did_you_mean(value, choices)} "
-                       f"Choose one of: {', '.join(choices)}.")
 
 
 def _type_name(tp: Any) -> str:

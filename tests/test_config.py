@@ -12,7 +12,10 @@ import yaml
 
 from cilearn.config import (Config, apply_overrides, expand_runs, load_runs, load_yaml, parse_config,
                             parse_override)
-from cilearn.errors import ConfigError
+from cilearn.cli import build_parser
+from cilearn.data import load_dataset
+from cilearn.errors import CilearnError, ConfigError
+from cilearn.models import build_model
 from cilearn.schema import build_section, did_you_mean, option
 
 BASE = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
@@ -113,6 +116,24 @@ def test_section_must_be_a_mapping_and_required_keys():
 def test_did_you_mean():
     assert did_you_mean("epoch", ["epochs", "lr"]) == " Did you mean 'epochs'?"
     assert did_you_mean("qqq", ["epochs", "lr"]) == ""
+    assert did_you_mean("ResNet32", ["resnet32", "mlp"]) == " Did you mean 'resnet32'?"  # case-insensitive
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda: expand_runs(with_changes(trian={})), "unknown top-level key 'trian'. Did you mean 'train'?"),
+    (lambda: parse_config(with_changes(method={"name": "fintune"})), "Did you mean 'finetune'?"),
+    (lambda: build_model("resnet_32", 3, 32), "Did you mean 'resnet32'?"),
+    (lambda: build_model("mlp", 1, 8, hiden=[3]), "Did you mean 'hidden'?"),
+    (lambda: load_dataset("digitz"), "Did you mean 'digits'?"),
+    (lambda: load_dataset("digits", sed=1), "Did you mean 'seed'?"),
+    (lambda: build_parser().parse_args(["lst"]), "Did you mean 'list'?"),
+])
+def test_one_suggestion_format_everywhere(call, where):
+    """Config keys and values, methods, models and their options, datasets and their options, commands:
+    every 'unknown' message suggests the closest name in the same words (errors.did_you_mean)."""
+    with pytest.raises(CilearnError) as info:
+        call()
+    assert where in str(info.value)
 
 
 # --- whole configs ------------------------------------------------------------------------------------

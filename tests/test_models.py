@@ -226,14 +226,14 @@ def _config_error(*args: object, **kwargs: object) -> str:
 
 def test_unknown_model_name_suggests() -> None:
     msg = _config_error("resnet33", 3, 32)
-    assert "resnet33" in msg and "did you mean" in msg
+    assert "resnet33" in msg and "Did you mean" in msg
     assert "resnet32" in msg and "mlp" in msg  # the valid choices are listed
-    assert "did you mean 'resnet32'" in _config_error("ResNet32", 3, 32)
+    assert "Did you mean 'resnet32'" in _config_error("ResNet32", 3, 32)
 
 
 def test_unknown_option_named_with_suggestion() -> None:
     msg = _config_error("resnet32", 3, 32, widht=2)
-    assert "'widht'" in msg and "did you mean 'width'" in msg and "valid options" in msg
+    assert "'widht'" in msg and "Did you mean 'width'" in msg and "Valid options" in msg
     msg = _config_error("resnet18", 3, 32, block="basic")  # ImageNet family fixes its block
     assert "'block'" in msg
     msg = _config_error("mlp", 1, 28, width=2)
@@ -252,7 +252,7 @@ def test_bad_depth_messages() -> None:
 
 
 def test_bad_option_values() -> None:
-    assert "did you mean 'bottleneck'" in _config_error("cifar_resnet", 3, 32, depth=29, block="botleneck")
+    assert "Did you mean 'bottleneck'" in _config_error("cifar_resnet", 3, 32, depth=29, block="botleneck")
     assert "width" in _config_error("resnet20", 3, 32, width=0)
     assert "width" in _config_error("resnet20", 3, 32, width="2")
     assert "hidden" in _config_error("mlp", 1, 28, hidden=[])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,7 +12,7 @@ from cilearn.data.clear import load_clear
 from cilearn.data.digits import load_digits_splits
 from cilearn.data.idx import load_fashion_mnist, load_mnist
 from cilearn.data.imagefolder import load_cifar10_jpeg, load_image_folder
-from cilearn.errors import DataError
+from cilearn.errors import DataError, did_you_mean, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -100,14 +99,12 @@ def load_dataset(name: str, root: Optional[PathLike] = None, download: bool = Fa
     key = str(name).strip().lower().replace("-", "_")
     info = _REGISTRY.get(key)
     if info is None:
-        known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}.{hint}")
+        raise unknown_choice("dataset", name, _REGISTRY, "data.name", error=DataError)
     unknown = sorted(set(options) - set(info.options))
     if unknown:
         allowed = ", ".join(info.options) if info.options else "none"
-        raise DataError(f"dataset {key!r} has no option {unknown[0]!r}; its options are: {allowed}.")
+        raise DataError(f"dataset {key!r} has no option {unknown[0]!r}.{did_you_mean(unknown[0], info.options)} "
+                        f"Its options are: {allowed}.")
     missing = [opt for opt in info.required if options.get(opt) in (None, "")]
     if missing:
         raise DataError(f"dataset {key!r} needs the option {missing[0]!r} (e.g. a folder or .tar.gz/.zip archive).")

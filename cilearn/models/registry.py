@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from cilearn.errors import ConfigError
+from cilearn.errors import ConfigError, did_you_mean, unknown_choice
 from cilearn.models.mlp import MLP
 from cilearn.models.net import IncrementalNet
 from cilearn.models.resnet import BLOCKS, cifar_resnet, imagenet_resnet
@@ -48,11 +47,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _did_you_mean(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value.lower(), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def build_model(name: str, in_channels: int, image_size: int, **options: Any) -> IncrementalNet:
     """Build the backbone ``name`` wrapped in an :class:`IncrementalNet` whose head has no classes yet.
 
@@ -61,8 +55,7 @@ def build_model(name: str, in_channels: int, image_size: int, **options: Any) ->
     """
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
     if spec is None:
-        hint = _did_you_mean(name, _REGISTRY) if isinstance(name, str) else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; valid models: {', '.join(_REGISTRY)}")
+        raise unknown_choice("model", name, _REGISTRY, "model.name")
     if not _is_int(in_channels) or in_channels not in (1, 3):
         raise ConfigError(f"model {name!r}: in_channels must be 1 or 3, got {in_channels!r}")
     if not _is_int(image_size) or image_size < spec.min_image_size:
@@ -72,9 +65,9 @@ def build_model(name: str, in_channels: int, image_size: int, **options: Any) ->
     in_channels, image_size = int(in_channels), int(image_size)
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
-        named = ", ".join(f"{u!r}{_did_you_mean(u, spec.defaults)}" for u in unknown)
         valid = ", ".join(sorted(spec.defaults)) or "none"
-        raise ConfigError(f"unknown option(s) for model {name!r}: {named}; valid options: {valid}")
+        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(repr(u) for u in unknown)}."
+                          f"{did_you_mean(unknown[0], spec.defaults)} Valid options: {valid}.")
     merged = {**spec.defaults, **options}
     missing = sorted(k for k, v in merged.items() if v is _REQUIRED)
     if missing:
@@ -95,8 +88,7 @@ def _check_width(name: str, width: Any) -> float:
 
 def _check_block(name: str, block: Any) -> str:
     if block not in BLOCKS:
-        hint = _did_you_mean(block, BLOCKS) if isinstance(block, str) else ""
-        raise ConfigError(f"model {name!r}: unknown block {block!r}{hint}; valid blocks: {', '.join(BLOCKS)}")
+        raise unknown_choice("block", block, BLOCKS, f"model {name!r}")
     return block
 
 
