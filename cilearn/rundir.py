@@ -1,9 +1,9 @@
-"""Run directories: atomic file writes and a lock so that two runs never share one folder."""
+"""Run directories: atomic file writes, checkpoints read without running code, and a lock so that two runs
+never share one folder."""
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from filelock import FileLock, Timeout
 
 from .errors import CheckpointError
 
@@ -41,7 +42,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600; give the mode open() would
+            if hasattr(os, "fchmod"):  # POSIX: mkstemp makes 0600; give the mode open() would
+                os.fchmod(handle.fileno(), _FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -206,36 +208,40 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``RUN_DIR/.lock``; the kernel releases it if the process dies."""
+    """An exclusive lock on ``RUN_DIR/.lock`` (``flock`` on POSIX, ``LockFileEx`` on Windows, through filelock),
+    held while a run uses the folder; the operating system releases it if the process dies."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
-        self._handle = None
+        self._lock: FileLock | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
+        lock = FileLock(self.path, timeout=0)  # one attempt: a folder in use is an error, never a wait
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")
+            lock.acquire()
+        except Timeout:
+            raise CheckpointError(f"run directory '{self.path.parent}' is in use by another cilearn process "
+                                  f"({self._owner()}); wait for it to finish or stop it, then try again.") from None
         except OSError as exc:
             raise CheckpointError(f"cannot use '{self.path.parent}' as a run directory "
                                   f"({exc.strerror or exc}); choose another --out.") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise CheckpointError(f"run directory '{self.path.parent}' is in use by another cilearn process "
-                                  f"({owner}); wait for it to finish or stop it, then try again.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._handle = handle
+        self._lock = lock
+        try:  # who holds it, for the message above; best effort (Windows refuses reads of a locked range)
+            with open(self.path, "r+") as handle:
+                handle.truncate()
+                handle.write(f"pid {os.getpid()}")
+        except OSError:
+            pass
         return self
 
+    def _owner(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
