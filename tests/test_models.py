@@ -268,3 +268,87 @@ def test_image_too_small() -> None:
     _config_error("resnet18", 3, 7)
     _config_error("mlp", 1, 0)
     assert build_model("mlp", 1, 1).feature_dim == 400
+
+
+# ----------------------------------------------------------------------------- iCaRL's ResNet: option A, last_relu
+
+
+def _resnet32_params_option_a() -> int:
+    """ResNet-32 (n=5, 16/32/64 channels) without projection shortcuts, counted by hand: 3x3 convs
+    without bias, two BatchNorm parameters (scale, shift) per channel."""
+    conv = lambda cin, cout: cin * cout * 9  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    stem = conv(3, 16) + bn(16)
+    stage1 = 5 * (2 * conv(16, 16) + 2 * bn(16))
+    stage2 = conv(16, 32) + conv(32, 32) + 2 * bn(32) + 4 * (2 * conv(32, 32) + 2 * bn(32))
+    stage3 = conv(32, 64) + conv(64, 64) + 2 * bn(64) + 4 * (2 * conv(64, 64) + 2 * bn(64))
+    return stem + stage1 + stage2 + stage3
+
+
+def test_option_a_has_no_shortcut_parameters() -> None:
+    option_a = build_model("resnet32", 3, 32, shortcut="A")
+    option_b = build_model("resnet32", 3, 32)  # the default
+    assert _backbone_params(option_a) == _resnet32_params_option_a() == 463_504
+    # option B adds two 1x1 conv + BN projections: 16->32 and 32->64 channels
+    projections = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert _backbone_params(option_b) == _backbone_params(option_a) + projections
+
+
+def test_option_a_shortcut_is_subsample_and_zero_channels() -> None:
+    from cilearn.models.resnet import ZeroPadShortcut
+
+    x = torch.arange(32, dtype=torch.float32).reshape(1, 2, 4, 4)
+    out = ZeroPadShortcut(2, 4, stride=2)(x)
+    # channel 0 of x is 0..15 (rows of 4), channel 1 is 16..31; stride 2 keeps rows/cols 0 and 2;
+    # the 2 new channels are zeros, one before and one after (iCaRL pads out//4 on each side).
+    expected = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]],
+                              [[0.0, 2.0], [8.0, 10.0]],
+                              [[16.0, 18.0], [24.0, 26.0]],
+                              [[0.0, 0.0], [0.0, 0.0]]]])
+    torch.testing.assert_close(out, expected)
+    # channels_last input gives the same values
+    torch.testing.assert_close(ZeroPadShortcut(2, 4, 2)(x.contiguous(memory_format=torch.channels_last)), expected)
+    # 16 -> 32 channels as in ResNet-32: 8 zero channels before and 8 after the input's 16
+    y = torch.randn(2, 16, 8, 8)
+    padded = ZeroPadShortcut(16, 32, 2)(y)
+    assert padded.shape == (2, 32, 4, 4)
+    assert padded[:, :8].abs().sum() == 0 and padded[:, 24:].abs().sum() == 0
+    torch.testing.assert_close(padded[:, 8:24], y[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_last_relu_decides_feature_sign(shortcut: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    for last_relu in (True, False):
+        torch.manual_seed(1)
+        net = build_model("resnet20", 3, 16, shortcut=shortcut, last_relu=last_relu)
+        for train in (True, False):
+            net.train(train)
+            with torch.no_grad():
+                features = net.features(x)
+            if last_relu:
+                assert features.min() >= 0
+            else:  # iCaRL's network: the pooled sum of the last block, signed
+                assert (features < 0).any() and (features > 0).any()
+    # only the network's very last block loses its ReLU
+    net = build_model("resnet20", 3, 16, last_relu=False)
+    flags = [block.final_relu for stage in net.backbone.stages for block in stage]
+    assert flags == [True] * (len(flags) - 1) + [False]
+
+
+def test_icarl_resnet_options_on_every_resnet() -> None:
+    for name in ("resnet18", "resnet47b", "cifar_resnet"):
+        extra = {"depth": 20} if name == "cifar_resnet" else {}
+        net = build_model(name, 3, 8, shortcut="A", last_relu=False, **extra)
+        assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (2, 2)
+                       for m in net.backbone.modules())  # no strided 1x1 projection left
+        with torch.no_grad():
+            assert net.features(torch.randn(2, 3, 8, 8)).shape == (2, net.feature_dim)
+
+
+def test_bad_shortcut_and_last_relu_values() -> None:
+    msg = _config_error("resnet32", 3, 32, shortcut="C")
+    assert "shortcut" in msg and "'A'" in msg and "'B'" in msg
+    assert "last_relu" in _config_error("resnet32", 3, 32, last_relu="no")
+    assert "last_relu" in _config_error("resnet18", 3, 32, last_relu=0)

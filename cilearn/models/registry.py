@@ -13,7 +13,7 @@ from torch import nn
 from cilearn.errors import ConfigError, did_you_mean, unknown_choice
 from cilearn.models.mlp import MLP
 from cilearn.models.net import IncrementalNet
-from cilearn.models.resnet import BLOCKS, cifar_resnet, imagenet_resnet
+from cilearn.models.resnet import BLOCKS, SHORTCUTS, cifar_resnet, imagenet_resnet
 
 _REQUIRED = object()  # default marking an option the user must give (cifar_resnet's depth)
 
@@ -110,6 +110,37 @@ def _check_depth(name: str, depth: Any, block: str) -> int:
     return depth
 
 
+def _check_shortcut(name: str, shortcut: Any) -> str:
+    if shortcut not in SHORTCUTS:
+        raise ConfigError(
+            f"model {name!r}: shortcut must be 'A' (zero-padding identity, no parameters; iCaRL's ResNet) "
+            f"or 'B' (1x1 conv + BN projection), got {shortcut!r}"
+        )
+    return shortcut
+
+
+def _check_last_relu(name: str, last_relu: Any) -> bool:
+    if not isinstance(last_relu, bool):
+        raise ConfigError(
+            f"model {name!r}: last_relu must be true (ReLU after the last block, features >= 0) or false "
+            f"(no ReLU there, signed features, iCaRL's ResNet), got {last_relu!r}"
+        )
+    return last_relu
+
+
+def _resnet_style(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options every ResNet shares besides its size: width, shortcut kind, ReLU after the last block."""
+    return {
+        "width": _check_width(name, opts["width"]),
+        "shortcut": _check_shortcut(name, opts["shortcut"]),
+        "last_relu": _check_last_relu(name, opts["last_relu"]),
+    }
+
+
+# shortcut "B" and last_relu true were the only choices before they became options: defaults kept.
+_RESNET_STYLE_DEFAULTS: dict[str, Any] = {"width": 1.0, "shortcut": "B", "last_relu": True}
+
+
 def _check_hidden(name: str, hidden: Any) -> list[int]:
     ok = isinstance(hidden, (list, tuple)) and len(hidden) > 0 and all(
         isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
@@ -130,7 +161,7 @@ def _cifar_factory(
     def make(in_channels: int, image_size: int, opts: dict[str, Any]) -> nn.Module:
         b = _check_block(name, opts["block"] if block is None else block)
         d = _check_depth(name, opts["depth"] if depth is None else depth, b)
-        return cifar_resnet(d, b, in_channels, _check_width(name, opts["width"]))
+        return cifar_resnet(d, b, in_channels, **_resnet_style(name, opts))
 
     return make
 
@@ -141,9 +172,9 @@ for _depth in (20, 32, 44, 56, 110):
         f"resnet{_depth}",
         _Spec(
             f"CIFAR ResNet-{_depth} (He et al. 2016): 16/32/64 channels, basic blocks (option block), "
-            "feature_dim 64",
+            "feature_dim 64; shortcut='A', last_relu=false: iCaRL's variant",
             _cifar_factory(f"resnet{_depth}", _depth),
-            {"width": 1.0, "block": "basic"},
+            {**_RESNET_STYLE_DEFAULTS, "block": "basic"},
             _RESNET_MIN_IMAGE_SIZE,
         ),
     )
@@ -155,7 +186,7 @@ for _depth in (47, 110, 164):
         _Spec(
             f"CIFAR ResNet-{_depth} with bottleneck blocks (expansion 4), 16/32/64 planes, feature_dim 256",
             _cifar_factory(f"resnet{_depth}b", _depth, "bottleneck"),
-            {"width": 1.0},
+            dict(_RESNET_STYLE_DEFAULTS),
             _RESNET_MIN_IMAGE_SIZE,
         ),
     )
@@ -165,7 +196,7 @@ _register(
     _Spec(
         "CIFAR ResNet of any depth: options depth=D, block='basic' (D=6n+2) or 'bottleneck' (D=9n+2)",
         _cifar_factory("cifar_resnet", None),
-        {"depth": _REQUIRED, "block": "basic", "width": 1.0},
+        {"depth": _REQUIRED, "block": "basic", **_RESNET_STYLE_DEFAULTS},
         _RESNET_MIN_IMAGE_SIZE,
     ),
 )
@@ -175,7 +206,7 @@ def _imagenet_factory(
     name: str, block: str, blocks: list[int]
 ) -> Callable[[int, int, dict[str, Any]], nn.Module]:
     def make(in_channels: int, image_size: int, opts: dict[str, Any]) -> nn.Module:
-        return imagenet_resnet(block, blocks, in_channels, _check_width(name, opts["width"]))
+        return imagenet_resnet(block, blocks, in_channels, **_resnet_style(name, opts))
 
     return make
 
@@ -191,7 +222,7 @@ for _name, _block, _blocks, _dim in (
             f"ImageNet ResNet-{_name[6:]} adapted to 32x32 inputs (3x3 stride-1 stem, no max-pool), "
             f"feature_dim {_dim}",
             _imagenet_factory(_name, _block, _blocks),
-            {"width": 1.0},
+            dict(_RESNET_STYLE_DEFAULTS),
             _RESNET_MIN_IMAGE_SIZE,
         ),
     )
