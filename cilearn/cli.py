@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .config import apply_overrides, load_yaml
-    from .runner import default_out_dir, resume_experiment, run_experiment
+    from .experiment import default_out_dir, resume_experiment, run_experiment
 
     if args.resume:
         if args.config or args.overrides or args.out or args.seeds:

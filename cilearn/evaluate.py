@@ -70,11 +70,17 @@ class Evaluator:
                 segment=np.concatenate([np.full(len(t.test), t.index) for t in tasks]))}
         return self._cache[key]
 
+    def seen_outputs(self, upto: int) -> int:
+        """Outputs a prediction may choose after task ``upto``: the classes seen so far (a network with
+        every class's output from the start never predicts a class it has not been taught)."""
+        return len(self.scenario[upto].seen_classes)
+
     def quick(self, upto: int) -> tuple[float, float]:
         """(accuracy on the current task, on everything seen so far) with the network head, for the
         per-epoch log."""
         data = self.test_set(upto)
         _, logits = self.inference(data.images)
+        logits = logits[:, : self.seen_outputs(upto)]
         preds = self._head_predictions(logits, data)
         correct = preds == data.labels
         seen = data.segment <= upto
@@ -90,6 +96,7 @@ class Evaluator:
         """Full evaluation after task ``upto``: (JSON-able scores per classifier, arrays to save)."""
         data = self.test_set(upto)
         features, logits = self.inference(data.images)
+        logits = logits[:, : self.seen_outputs(upto)]
         segments = range(len(self.scenario)) if self.all_tasks else range(upto + 1)
         seen = data.segment <= upto
         scores, arrays = {}, {"labels": data.labels, "segment": data.segment}

@@ -43,12 +43,16 @@ def classification_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor,
 
 
 def distillation_loss(kind: str, logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float = 2.0) -> torch.Tensor:
+                      temperature: float = 2.0, t2_scaling: bool = False) -> torch.Tensor:
     """Keep ``logits`` (the new model's outputs for the old classes) close to ``teacher_logits``.
 
     - bce: binary cross-entropy with the teacher's sigmoid outputs as soft targets (iCaRL);
     - mse: squared error between the two logit vectors;
-    - kd: Hinton's knowledge distillation, KL between temperature-softened softmaxes, scaled by T².
+    - kd: Li & Hoiem's L_old, the cross-entropy between the temperature-softened softmaxes,
+      ``-Σ_c q_c log p_c`` with ``q = softmax(teacher/T)``, ``p = softmax(logits/T)``, averaged over the
+      batch.  It differs from Hinton's KL only by the teacher's entropy (a constant: same gradient).
+      LwF has no T² factor; ``t2_scaling`` multiplies by T² as Hinton et al. do to keep the gradient
+      scale independent of T.
     """
     if logits.shape[1] == 0:
         return logits.sum() * 0.0
@@ -59,5 +63,6 @@ def distillation_loss(kind: str, logits: torch.Tensor, teacher_logits: torch.Ten
     if kind == "kd":
         log_p = F.log_softmax(logits / temperature, dim=1)
         q = F.softmax(teacher_logits / temperature, dim=1)
-        return F.kl_div(log_p, q, reduction="batchmean") * temperature ** 2
+        loss = -(q * log_p).sum(1).mean()
+        return loss * temperature ** 2 if t2_scaling else loss
     raise ValueError(f"unknown distillation loss {kind!r}")

@@ -139,6 +139,12 @@ class ExemplarMemory:
         self.reduce(per_class)
         self.add(data, new_classes, per_class, features)
 
+    def exemplars(self) -> dict | None:
+        """What the report shows: the stored images (uint8 NHWC), labels and selection rank."""
+        if self.images is None or not len(self.labels):
+            return None
+        return {"images": self.images, "labels": self.labels, "rank": self.rank}
+
     # --- resume ---
     def state_dict(self) -> dict:
         images = self.images if self.images is not None else np.zeros((0, 0, 0, 0), dtype=np.uint8)

@@ -254,3 +254,26 @@ def aggregate(dicts: Sequence[dict]) -> dict:
             mean, std = _nan_mean_std(stacked)
             out[key] = {"mean": mean.tolist(), "std": std.tolist(), "values": stacked.tolist()}
     return out
+
+
+def summarize_history(history: list[dict], num_tasks: int, classifier: str) -> dict:
+    """Scalar metrics of one classifier from a run's per-task evaluation history (``scores`` per task)."""
+    steps = [h["scores"][classifier] for h in history]
+    matrix = np.full((num_tasks, num_tasks), np.nan)
+    for i, step in enumerate(steps):
+        row = step["accuracy_row"]
+        matrix[i, : len(row)] = row
+    done = len(steps)
+    seen = [s["seen_accuracy"] for s in steps]
+    square = matrix[:done, :done] if done else matrix[:0, :0]
+    summary = {
+        "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix[:done]],
+        "seen_accuracy": seen,
+        "current_accuracy": [s["current_accuracy"] for s in steps],
+        "old_accuracy": [s["old_accuracy"] for s in steps],
+        "average_incremental_accuracy": average_incremental_accuracy(seen) if seen else None,
+        "last_accuracy": last_accuracy(seen) if seen else None,
+        "forgetting": forgetting(square) if done else None,
+        "backward_transfer": backward_transfer(square) if done else None,
+    }
+    return summary

@@ -1,5 +1,24 @@
-"""Run directories: atomic file writes, checkpoints read without running code, and a lock so that two runs
-never share one folder."""
+"""Run directories: one owner of their layout, atomic file writes, and a lock so that two runs never
+share one folder.
+
+:class:`RunDir` alone knows where a run keeps what; the runner, the checkpoint store, the report and
+transfer learning all go through it.  One run's folder::
+
+    config.yaml              the resolved config (every default filled in)
+    run.json                 what reports need without reloading the dataset: class names and order,
+                             normalisation, image shape, tasks
+    metrics.json             rewritten after every task (``complete`` at the end)
+    log.csv                  one row per epoch
+    accuracy_matrix.csv
+    samples.npz              a fixed set of first-task test images (Grad-CAM)
+    predictions/task_XX.npz  test labels, every classifier's predictions, a feature sample
+    exemplars/task_XX.npz    the method's stored samples after the task (+ their features)
+    checkpoints/task_XX.pt   everything needed to continue; epoch.pt inside a task
+    .lock
+
+Several methods or seeds: a parent folder with ``experiment.yaml``, one child run folder per run
+(``<label>`` or ``<label>/seed<k>``), ``summary.json`` and ``summary.md``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +26,15 @@ import csv
 import io
 import json
 import os
-import pickle
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 from filelock import FileLock, Timeout
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 TMP_SUFFIX = ".tmp"
 
@@ -75,7 +91,7 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporary files a killed process left behind (``.NAME.XXXX.tmp``); call it only while
     holding the run's lock, when no writer of this run can be active."""
     removed = []
-    for folder in (run_dir, run_dir / "checkpoints", run_dir / "predictions"):
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "predictions", run_dir / "exemplars"):
         if folder.is_dir():
             for stale in folder.glob(f".*{TMP_SUFFIX}"):
                 stale.unlink(missing_ok=True)
@@ -107,104 +123,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A checkpoint that holds Python objects other than tensors and plain values: never loaded."""
-
-
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive holding a pickle)
-_PICKLE_PROTO = 0x80  # first byte of a pickle of protocol 2 or newer (torch's legacy format, pickle.dump)
-# What torch's restricted unpickler says when a pickle names a function or class it will not load.
-_CODE_MARKERS = ("GLOBAL", "reduce", "new object", "Can only build", "persistent")
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with ``weights_only=True``: a checkpoint can hold tensors and plain values, never code.
-
-    A file holding anything else (a pickle that names functions or classes) raises
-    :class:`UnsafeCheckpoint`; a file that is not a checkpoint at all (random bytes, another format) or a
-    truncated or corrupt one raises :class:`CheckpointError`, which ``--resume`` falls back past."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint '{path}' does not exist.") from None
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint '{path}' cannot be read ({exc.strerror or exc}).") from None
-    if head and not head.startswith(_ZIP_MAGIC) and head[0] != _PICKLE_PROTO:
-        raise _not_a_checkpoint(path, "neither a zip archive nor a pickle")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _unpickler_reason(str(exc))
-        if any(marker in found for marker in _CODE_MARKERS):
-            raise _unsafe(path, found) from None
-        # torch's restricted reader stops at the first opcode it does not know: random bytes, or a pickle of a
-        # newer protocol (plain pickle.dump).  pickletools parses the stream without running anything.
-        names = _pickled_globals(path)
-        if names:
-            raise _unsafe(path, f"it names {names[0]}") from None
-        raise _not_a_checkpoint(path, "a pickle that torch.save did not write" if names == [] else
-                                found or "not a pickle torch can read") from None
-    except Exception as exc:  # corrupt or truncated: zip/pickle errors of every kind
-        raise _unreadable(path, exc) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a cilearn checkpoint.")
-    return state
-
-
-def _unpickler_reason(text: str) -> str:
-    """The line of torch's long weights-only message that says what it refused (it adds pages of advice)."""
-    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
-    return next((line for line in lines[1:] if not line.startswith(("Please", "Check", "WeightsUnpickler"))), "")
-
-
-def _pickled_globals(path: Path) -> list[str] | None:
-    """Functions and classes a plain pickle file names (``[]``: none), or None when it is not a pickle."""
-    import pickletools
-
-    names, strings = [], []
-    try:
-        for opcode, arg, _ in pickletools.genops(path.read_bytes()):
-            if opcode.name == "GLOBAL":
-                names.append(str(arg).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL":
-                names.append(".".join(strings[-2:]) or "a global")
-            elif opcode.name in ("INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX") and not names:
-                names.append("an object constructor")
-            elif isinstance(arg, str):
-                strings.append(arg)
-    except Exception:  # pickletools raises ValueError and others on bytes that are not a pickle
-        return None
-    return names
-
-
-def _unsafe(path: Path, found: str) -> UnsafeCheckpoint:
-    detail = f" ({found[:160]})" if found else ""
-    return UnsafeCheckpoint(f"checkpoint '{path}' holds more than tensors and plain values{detail}; refusing to load "
-                            f"it, because loading it could run code. It is not a checkpoint cilearn wrote; delete or "
-                            f"replace it.")
-
-
-def _not_a_checkpoint(path: Path, detail: str) -> CheckpointError:
-    return CheckpointError(f"checkpoint '{path}' is not a checkpoint (corrupt or wrong file: {detail[:160]}); "
-                           f"delete or replace it.")
-
-
-def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
-    first = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:160]  # torch appends long advice
-    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return CheckpointError(f"checkpoint '{path}' cannot be read ({detail}); it is truncated or corrupt.")
 
 
 class RunLock:

@@ -1,12 +1,15 @@
 """The one training loop every method shares.
 
-Per task: the training images go to the device once as uint8; each epoch draws a permutation, slices
-batches, augments them as tensors, and asks the method for the loss.  The only per-batch Python is the
-method's ``loss``; metrics accumulate on the device and are read once per epoch.
+Per stage of a task: the training images go to the device once as uint8; each epoch draws a
+permutation, slices batches, augments them as tensors and hands the method a :class:`Batch`
+(plus a replay minibatch when the method has a sampler).  The loop owns forward, backward and step;
+the method's hooks (``forward``, ``loss``, ``before_step``, ``after_step``) are plain calls, and
+metrics accumulate on the device and are read once per epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -20,7 +23,7 @@ from .augment import BatchAugment, to_tensor_images
 from .config import TrainConfig
 from .data import ImageData
 from .errors import TrainingDiverged
-from .methods import Method
+from .methods import Batch, Method
 
 
 @dataclass
@@ -44,17 +47,29 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-class Trainer:
-    """Trains a model on one task's data for ``cfg.epochs`` epochs."""
+def stage_config(cfg: TrainConfig, overrides: dict) -> TrainConfig:
+    """The train config of a stage: the run's, with the stage's overrides."""
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment):
-        self.cfg, self.device, self.augment = cfg, device, augment
+
+class Trainer:
+    """Trains a model on one stage's data for ``cfg.epochs`` epochs.
+
+    ``class_task`` (a device tensor: the task that introduced each label) gives every batch its task
+    ids; without it (domain streams) every sample carries the current task's index."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment,
+                 class_task: torch.Tensor | None = None):
+        self.base_cfg = self.cfg = cfg
+        self.device, self.augment = device, augment
+        self.class_task = class_task
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
 
-    def start(self, method: Method) -> None:
-        """Fresh optimizer and schedule for a new task (restored afterwards when resuming)."""
-        self.optimizer = make_optimizer(method.parameters_to_train(), self.cfg)
+    def start(self, method: Method, overrides: dict | None = None) -> None:
+        """Fresh optimizer and schedule for a new stage (restored afterwards when resuming)."""
+        self.cfg = stage_config(self.base_cfg, overrides or {})
+        self.optimizer = make_optimizer(method.parameter_groups(), self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
 
     def state_dict(self) -> dict:
@@ -64,8 +79,25 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
+    def _task_ids(self, labels: torch.Tensor, task_index: int) -> torch.Tensor:
+        if self.class_task is None:
+            return torch.full_like(labels, task_index)
+        return self.class_task[labels]
+
+    def _replay_batch(self, method: Method, size: int, task_index: int) -> Batch | None:
+        sampler = method.replay
+        if sampler is None or len(sampler) == 0:
+            return None
+        drawn = sampler.sample(getattr(method, "replay_batch_size", None) or size)
+        images, labels, indices = drawn.pop("images"), drawn.pop("labels"), drawn.pop("indices")
+        task_ids = drawn.pop("task_ids", None)
+        return Batch(inputs=self.augment(images), images=images, labels=labels,
+                     task_ids=task_ids if task_ids is not None else self._task_ids(labels, task_index),
+                     indices=indices, extras=drawn)
+
     def fit(self, model: torch.nn.Module, method: Method, data: ImageData, start_epoch: int = 0,
-            on_epoch_end: Callable[[EpochResult], None] | None = None, desc: str = "") -> None:
+            on_epoch_end: Callable[[EpochResult], None] | None = None, desc: str = "",
+            task_index: int = 0) -> None:
         cfg, device = self.cfg, self.device
         images = to_tensor_images(data.images, device)
         labels = torch.as_tensor(data.labels, device=device)
@@ -74,28 +106,36 @@ class Trainer:
         steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                     else nullcontext())
-        forward = torch.compile(model) if cfg.compile else model
+        num_seen = method.num_seen
         # disable=None: tqdm switches itself off when stderr is not a terminal (CI logs stay readable).
         bar = tqdm(total=(cfg.epochs - start_epoch) * steps, desc=desc, disable=None if cfg.progress else True,
                    leave=False, unit="batch", dynamic_ncols=True)
-        model.train()
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
+            model.train()
+            method.begin_epoch(epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             order = torch.randperm(n, device=device)
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                inputs, targets = self.augment(images[idx]), labels[idx]
+                raw, targets = images[idx], labels[idx]
+                batch = Batch(inputs=self.augment(raw), images=raw, labels=targets,
+                              task_ids=self._task_ids(targets, task_index), indices=idx,
+                              replay=self._replay_batch(method, len(idx), task_index))
                 with autocast:
-                    logits = forward(inputs)
-                    loss = method.loss(logits, targets, inputs)
+                    out = method.forward(batch)
+                    loss = method.loss(out, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                method.before_step(self.optimizer)
                 self.optimizer.step()
+                method.after_step(batch, out)
                 loss_sum += loss.detach().float()
-                correct += (logits.detach().argmax(1) == targets).sum()
+                logits = out.logits.detach()[: len(targets), :num_seen]
+                correct += (logits.argmax(1) == targets).sum()
                 bar.update()
+            method.end_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             mean_loss = loss_sum.item() / max(steps, 1)

@@ -7,7 +7,7 @@
 - a plain PyTorch state dict (``torch.save(model.state_dict())``) of an ``IncrementalNet`` (keys
   ``backbone.*``/``head.*``) or of a bare backbone.
 
-Everything is read with ``weights_only`` (:func:`cilearn.rundir.load_checkpoint`).  Only the
+Everything is read with ``weights_only`` (:func:`cilearn.checkpoints.load_checkpoint`).  Only the
 backbone's weights and BatchNorm statistics are copied: the head belongs to the new classes.  The
 checkpoint must come from the same architecture; a missing/unexpected key or a shape mismatch is a
 :class:`~cilearn.errors.CheckpointError` naming the parameter.
@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .rundir import load_checkpoint
+from .checkpoints import load_checkpoint
+from .rundir import RunDir
 
 
 # --- finding and reading the weights ------------------------------------------------------------------
@@ -41,9 +42,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        tasks = sorted((path / "checkpoints").glob("task_*.pt"))
+        tasks = RunDir(path).task_checkpoints()  # last task first
         if tasks:
-            return tasks[-1]
+            return tasks[0]
         runs = sorted(p.parent.parent.name for p in path.glob("*/checkpoints/task_*.pt"))
         hint = (f" It holds the runs {', '.join(runs)}: point model.pretrained at one of them, e.g. "
                 f"{path / runs[0]}." if runs else " Was the run saved with output.save_checkpoints: true?")

@@ -347,7 +347,8 @@ def test_divergence_keeps_the_run_folder_honest(tmp_path, capsys):
     path = Ctx(tmp_path, tmp_path, None).config({"train.lr": 1e6})  # type: ignore[arg-type]
     assert main(["run", path, "--out", str(tmp_path / "out")]) == 2
     assert "epoch 1 (" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", "config.yaml"]
+    # the config and what describes the data (run.json, samples.npz), nothing that claims results
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", "config.yaml", "run.json", "samples.npz"]
 
 
 @pytest.mark.parametrize("case", ["unknown key in a section", "truncated MNIST file", "malicious checkpoint"])

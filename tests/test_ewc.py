@@ -73,8 +73,11 @@ def test_penalty_zero_at_anchor_positive_after_moving(scenario) -> None:
     expected = 0.5 * 10.0 * sum((f * 0.01).sum().item() for f in method.fisher.values())
     assert method.penalty().item() == pytest.approx(expected, rel=1e-4)
     # The loss adds the penalty, and its gradient pulls back towards the anchor.
-    logits = method.model(torch.zeros(2, 1, 8, 8))
-    loss = method.loss(logits, torch.tensor([0, 1]), None)
+    from cilearn.methods import Batch, Output
+
+    inputs, labels = torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])
+    logits = method.model(inputs)
+    loss = method.loss(Output(torch.zeros(2, 1), logits), Batch(inputs, inputs, labels, labels, torch.arange(2)))
     assert loss.item() > method.classification_loss(logits, torch.tensor([0, 1])).item()
 
 

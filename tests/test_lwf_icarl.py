@@ -14,8 +14,9 @@ from cilearn.classifiers import NearestMean, SklearnClassifier
 from cilearn.config import parse_config
 from cilearn.errors import ConfigError
 from cilearn.methods import method_options
-from cilearn.methods.lwf import LossSetup, resolve_losses
-from cilearn.rundir import load_checkpoint, save_checkpoint
+from cilearn.distill import LossSetup
+from cilearn.methods.components import resolve_losses
+from cilearn.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.runner import Run
 import helpers
 from helpers import one_thread  # noqa: F401  (autouse fixture)
@@ -43,11 +44,11 @@ def test_teacher_is_frozen_and_used(tmp_path, method):
     first, second = run.scenario[0], run.scenario[1]
     run.run_task(first)
     after_first = {k: v.clone() for k, v in run.model.state_dict().items()}
-    run.model.add_classes(len(second.new_classes))
+    run.grow_head(second)
     run.method.begin_task(second)
-    teacher = run.method.teacher
+    teacher = run.method.teacher.model
     assert teacher is not None and not teacher.training
-    assert teacher.num_classes == len(first.seen_classes)
+    assert run.method.teacher.num_classes == len(first.seen_classes)
     snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
     for k, v in snapshot.items():  # the teacher is the model as it was after the first task
         assert torch.equal(v, after_first[k])
@@ -64,24 +65,109 @@ def test_teacher_is_frozen_and_used(tmp_path, method):
                if k in after_first)  # ... while the student trained
 
 
-def test_distillation_targets_come_from_teacher(icarl_run):
-    method = icarl_run.method
-    inputs = torch.randn(8, 1, 8, 8)
-    logits = icarl_run.model(inputs)
-    targets = torch.full((8,), 2)
-    with torch.no_grad():
-        teacher_logits = method.teacher(inputs)
-    n_old, total = teacher_logits.shape[1], logits.shape[1]
-    expected_dist = F.binary_cross_entropy_with_logits(logits[:, :n_old], torch.sigmoid(teacher_logits))
-    one_hot = F.one_hot(targets, total).float()
-    expected_cls = F.binary_cross_entropy_with_logits(logits[:, n_old:], one_hot[:, n_old:])
-    # iCaRL's loss = one BCE averaged over every output, new ones against one-hot, old ones against
-    # the teacher's sigmoid outputs
-    joint = F.binary_cross_entropy_with_logits(logits, torch.cat([torch.sigmoid(teacher_logits),
-                                                                  one_hot[:, n_old:]], 1))
-    loss = method.loss(logits, targets, inputs)
-    assert torch.allclose(loss, expected_cls * (total - n_old) / total + expected_dist * n_old / total)
-    assert torch.allclose(loss, joint)
+# --- iCaRL's objective against the original formula ------------------------------------------------------
+def original_icarl_loss(logits, labels, teacher_logits):
+    """The iCaRL paper / Theano code, written as plainly as possible: the network has every class's output;
+    targets are one-hot over all outputs (0 for classes not seen yet), the old classes' columns replaced by
+    the previous network's sigmoid outputs; one sigmoid BCE averaged over the batch and every output."""
+    n, outputs = logits.shape
+    total = torch.zeros(())
+    for i in range(n):
+        for c in range(outputs):
+            if teacher_logits is not None and c < teacher_logits.shape[1]:
+                y = torch.sigmoid(teacher_logits[i, c])
+            else:
+                y = torch.tensor(1.0 if c == labels[i] else 0.0)
+            p = torch.sigmoid(logits[i, c])
+            total = total - (y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    return total / (n * outputs)
+
+
+def _batch(inputs, labels):
+    from cilearn.methods import Batch
+    return Batch(inputs=inputs, images=inputs, labels=labels, task_ids=labels // 2, indices=torch.arange(len(labels)))
+
+
+@pytest.mark.parametrize("task_number", [1, 3])
+def test_icarl_loss_and_gradient_equal_the_original_formula(tmp_path, task_number):
+    """iCaRL has all 10 outputs from the first task (head: full); at task 1 (no teacher) and task 3 (teacher
+    with 4 old classes) its loss value and its gradients equal the original single-BCE formula."""
+    from cilearn.methods import Output
+
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 40}, num_tasks=5)
+    for task in run.scenario[: task_number - 1]:
+        run.run_task(task)
+    task = run.scenario[task_number - 1]
+    run.grow_head(task)
+    run.method.begin_task(task)
+    assert run.model.num_classes == 10  # every output from the start
+    inputs = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(task_number))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])[: 2 * task_number].repeat(6)[:6]  # old (exemplars) and new
+    features = run.model.features(inputs)
+    logits = run.model.head(features)
+    loss = run.method.loss(Output(features, logits), _batch(inputs, labels))
+    teacher = run.method.teacher.model(inputs)[:, : 2 * (task_number - 1)] if task_number > 1 else None
+    expected = original_icarl_loss(logits.double(), labels, None if teacher is None else teacher.double())
+    assert torch.allclose(loss.double(), expected, rtol=1e-6, atol=1e-7)
+    got = torch.autograd.grad(loss, list(run.model.parameters()), retain_graph=True)
+    want = torch.autograd.grad(original_icarl_loss(logits, labels, teacher), list(run.model.parameters()))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("task_number", [1, 3])
+def test_growing_head_bce_has_the_original_gradient_per_output(tmp_path, task_number):
+    """With a growing head (outputs of unseen classes absent), ``bce_average: all_classes`` divides by every
+    class of the scenario: each existing output gets exactly the original formula's gradient.  The cilearn
+    0.1 normalisation (``seen_classes``) is (10 / seen) times larger."""
+    from cilearn.methods import Output
+
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 40, "head": "growing"}, num_tasks=5)
+    assert make_run(tmp_path / "b", {"name": "icarl", "memory_size": 40, "head": "growing",
+                                     "bce_average": "seen_classes"}, num_tasks=5).method.objective.normaliser is None
+    for task in run.scenario[: task_number - 1]:
+        run.run_task(task)
+    task = run.scenario[task_number - 1]
+    run.grow_head(task)
+    run.method.begin_task(task)
+    seen = 2 * task_number
+    assert run.model.num_classes == seen and run.method.objective.normaliser == 10
+    inputs = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    labels = torch.arange(6) % seen
+    logits = run.model(inputs).detach().requires_grad_(True)
+    loss = run.method.loss(Output(torch.zeros(6, 1), logits), _batch(inputs, labels))
+    got = torch.autograd.grad(loss, logits)[0]
+    teacher = run.method.teacher.model(inputs) if task_number > 1 else None
+    # the original network: the same seen logits plus 10 - seen outputs of classes not seen yet
+    full = torch.cat([logits.detach(), torch.randn(6, 10 - seen)], 1).requires_grad_(True)
+    want = torch.autograd.grad(original_icarl_loss(full, labels, teacher), full)[0][:, :seen]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-8)
+    run.method.objective.normaliser = None  # bce_average: seen_classes
+    loss = run.method.loss(Output(torch.zeros(6, 1), logits), _batch(inputs, labels))
+    assert torch.allclose(torch.autograd.grad(loss, logits)[0], want * (10 / seen), rtol=1e-5, atol=1e-8)
+
+
+def test_lwf_distillation_has_no_t2_factor(tmp_path):
+    """Li & Hoiem's L_old: -Σ softmax(teacher/T) · log softmax(logits/T), averaged over the batch, T = 2, no T²;
+    ``kd_t2_scaling: true`` gives Hinton's T²-scaled version."""
+    from cilearn.methods import Output
+
+    values = {}
+    for scaled in (False, True):
+        run = make_run(tmp_path / str(scaled), {"name": "lwf", "kd_t2_scaling": scaled}, num_tasks=2)
+        run.run_task(run.scenario[0])
+        second = run.scenario[1]
+        run.grow_head(second)
+        run.method.begin_task(second)
+        inputs = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+        labels = torch.tensor([2, 3, 2, 3, 2])
+        logits = run.model(inputs)
+        values[scaled] = run.method.loss(Output(torch.zeros(5, 1), logits), _batch(inputs, labels))
+        q = torch.softmax(run.method.teacher.model(inputs) / 2, 1)
+        l_old = -(q * torch.log_softmax(logits[:, :2] / 2, 1)).sum(1).mean()
+        l_new = F.cross_entropy(logits[:, 2:], labels - 2)  # the new task's outputs
+        expected = l_new + (4 if scaled else 1) * l_old
+        assert torch.allclose(values[scaled], expected, atol=1e-6)
 
 
 # --- loss variants ------------------------------------------------------------------------------------
@@ -91,21 +177,23 @@ PAIRS = [(c, d) for c in ("bce", "ce", "mse") for d in ("bce", "mse", "kd")]
 @pytest.mark.parametrize("outputs", ["new", "all"])
 @pytest.mark.parametrize("balance", ["sum", "outputs"])
 def test_every_loss_pair_is_finite(icarl_run, outputs, balance):
+    from cilearn.methods import Output
+
     method = icarl_run.method
-    saved = method.losses
+    saved = method.objective.setup
     try:
         for cls, dist in PAIRS:
-            method.losses = LossSetup(cls, dist, outputs, balance)
+            method.objective.setup = LossSetup(cls, dist, outputs, balance)
             inputs = torch.randn(16, 1, 8, 8)
             logits = icarl_run.model(inputs)
             targets = torch.arange(16) % 4  # old (0, 1) and new (2, 3) classes, as with exemplars
-            loss = method.loss(logits, targets, inputs)
+            loss = method.loss(Output(torch.zeros(16, 1), logits), _batch(inputs, targets))
             assert loss.ndim == 0 and torch.isfinite(loss), (cls, dist)
             icarl_run.model.zero_grad()
             loss.backward()
             assert all(torch.isfinite(p.grad).all() for p in icarl_run.model.parameters() if p.grad is not None)
     finally:
-        method.losses = saved
+        method.objective.setup = saved
         icarl_run.model.zero_grad(set_to_none=True)
 
 
@@ -134,7 +222,7 @@ def test_nme_equals_direct_nearest_class_mean(icarl_run):
     infer = method.context.infer
     features = infer(memory.images)[0].numpy()
     f = features / np.linalg.norm(features, axis=1, keepdims=True)
-    if method.flip_means:
+    if method.fitted.flip:
         g = infer(memory.images, flip=True)[0].numpy()
         f = (f + g / np.linalg.norm(g, axis=1, keepdims=True)) / 2
     classes = sorted(set(memory.labels.tolist()))
@@ -144,7 +232,7 @@ def test_nme_equals_direct_nearest_class_mean(icarl_run):
     test_features = infer(test)[0]
     t = test_features.numpy() / np.linalg.norm(test_features.numpy(), axis=1, keepdims=True)
     expected = np.asarray(classes)[((t[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
-    assert np.array_equal(method.nme(test_features, None).numpy(), expected)
+    assert np.array_equal(method.fitted.nme(test_features, None).numpy(), expected)
     assert set(method.classifiers()) == {"nme", "head", "knn", "svm", "mlp"}
     assert method.primary_classifier == "nme"
 
@@ -196,18 +284,18 @@ def test_state_dict_round_trip_restores_memory_and_teacher(icarl_run, tmp_path):
     assert np.array_equal(new.memory.images, method.memory.images)
     assert np.array_equal(new.memory.labels, method.memory.labels)
     assert np.array_equal(new.memory.rank, method.memory.rank)
-    assert new.teacher is not None and new.teacher.num_classes == method.teacher.num_classes
-    for (k, a), (_, b) in zip(new.teacher.state_dict().items(), method.teacher.state_dict().items()):
+    assert new.teacher and new.teacher.num_classes == method.teacher.num_classes
+    for (k, a), (_, b) in zip(new.teacher.model.state_dict().items(), method.teacher.model.state_dict().items()):
         assert torch.equal(a, b), k
-    assert all(not p.requires_grad for p in new.teacher.parameters()) and not new.teacher.training
-    assert torch.equal(new.nme.means, method.nme.means)
+    assert all(not p.requires_grad for p in new.teacher.model.parameters()) and not new.teacher.model.training
+    assert torch.equal(new.fitted.nme.means, method.fitted.nme.means)
 
 
 def test_lwf_state_without_teacher(tmp_path):
     run = make_run(tmp_path, {"name": "lwf"}, num_tasks=2)
     assert run.method.state_dict() == {"teacher_chunks": 0}
     run.method.load_state_dict({"teacher_chunks": 0})
-    assert run.method.teacher is None
+    assert not run.method.teacher
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -240,7 +328,7 @@ def test_resume_reproduces_the_run(tmp_path, monkeypatch, method):
     """Stopped after a task (memory from the checkpoint, teacher rebuilt by begin_task) or inside one
     (teacher and memory both from the checkpoint), a resumed run ends exactly like an uninterrupted one."""
     from cilearn.methods import METHODS
-    from cilearn.runner import resume_experiment
+    from cilearn.experiment import resume_experiment
 
     full = Run(parse_config(_resume_config(method)), tmp_path / "full").execute()
 

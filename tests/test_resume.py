@@ -395,8 +395,8 @@ def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypat
 
     original = Run.save
 
-    def save_then_stop(self, task_index, next_epoch):
-        original(self, task_index, next_epoch)
+    def save_then_stop(self, task_index, stage, next_epoch):
+        original(self, task_index, stage, next_epoch)
         if (task_index, next_epoch) in ((1, 3), (2, 2)):
             raise KeyboardInterrupt  # Ctrl-C right after an epoch checkpoint
     monkeypatch.setattr(Run, "save", save_then_stop)

@@ -22,6 +22,7 @@ class _DatasetInfo:
     loader: Callable[..., DatasetSplits]
     options: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    accepts_any: bool = False  # a plugin's options are its own business
 
 
 def _digits(root: Path, download: bool, **options: Any) -> DatasetSplits:
@@ -88,20 +89,31 @@ _REGISTRY: dict[str, _DatasetInfo] = {
 }
 
 
+def _datasets() -> dict[str, _DatasetInfo]:
+    """Built-in datasets and those of installed packages (``cilearn.datasets`` entry points: a loader
+    ``load(root, download, **options) -> DatasetSplits``, options passed through unchecked)."""
+    from cilearn.plugins import first_line, plugins
+
+    extra = {name: _DatasetInfo(first_line(load, f"dataset from a plugin ({name})"), load, accepts_any=True)
+             for name, load in plugins("cilearn.datasets").items() if name not in _REGISTRY}
+    return {**_REGISTRY, **extra}
+
+
 def list_datasets() -> list[tuple[str, str]]:
     """Registered datasets as ``(name, one-line description)``."""
-    return [(name, info.description) for name, info in _REGISTRY.items()]
+    return [(name, info.description) for name, info in _datasets().items()]
 
 
 def load_dataset(name: str, root: Optional[PathLike] = None, download: bool = False,
                  **options: Any) -> DatasetSplits:
     """Load a registered dataset; ``root`` defaults to :func:`data_root` (env ``CILEARN_DATA``)."""
     key = str(name).strip().lower().replace("-", "_")
-    info = _REGISTRY.get(key)
+    registry = _datasets()
+    info = registry.get(key) or registry.get(name)
     if info is None:
-        raise unknown_choice("dataset", name, _REGISTRY, "data.name", error=DataError)
+        raise unknown_choice("dataset", name, registry, "data.name", error=DataError)
     unknown = sorted(set(options) - set(info.options))
-    if unknown:
+    if unknown and not info.accepts_any:
         allowed = ", ".join(info.options) if info.options else "none"
         raise DataError(f"dataset {key!r} has no option {unknown[0]!r}.{did_you_mean(unknown[0], info.options)} "
                         f"Its options are: {allowed}.")

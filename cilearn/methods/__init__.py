@@ -1,10 +1,12 @@
-"""Method registry.  A new method is a :class:`Method` subclass in its own module, listed here."""
+"""Method registry.  A new method is a :class:`Method` subclass in its own module, listed here — or in
+another package, registered through the ``cilearn.methods`` entry point (:mod:`cilearn.plugins`)."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
 from ..schema import build_section, unknown_choice
-from .base import Classifier, Method, MethodContext, MethodOptions, head_classifier
+from .base import (Batch, Classifier, Method, MethodContext, MethodOptions, Output, Stage, head_classifier,
+                   task_mask)
 from .finetune import FineTune
 from .icarl import ICaRL
 from .joint import Joint
@@ -12,7 +14,8 @@ from .lwf import LwF
 from .ewc import EWC
 from .replay import IIDStream, Replay
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC)}
+BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC)
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -21,10 +24,22 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def all_methods() -> dict[str, type[Method]]:
+    """Built-in methods and those installed packages register under the ``cilearn.methods`` entry point."""
+    from ..plugins import plugins
+
+    for name, cls in plugins("cilearn.methods").items():
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise ConfigError(f"the cilearn.methods plugin '{name}' is {cls!r}, not a cilearn Method subclass.")
+        METHODS.setdefault(name, cls)
+    return METHODS
+
+
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise unknown_choice("method", name, METHODS, "method.name")
-    return METHODS[name]
+    methods = all_methods()
+    if name not in methods:
+        raise unknown_choice("method", name, methods, "method.name")
+    return methods[name]
 
 
 def method_options(section: dict) -> MethodOptions:
@@ -36,8 +51,9 @@ def method_options(section: dict) -> MethodOptions:
 
 
 def list_methods() -> list[tuple[str, str]]:
-    return [(name, cls.description) for name, cls in sorted(METHODS.items())]
+    return [(name, cls.description) for name, cls in sorted(all_methods().items())]
 
 
-__all__ = ["METHODS", "Classifier", "Method", "MethodContext", "MethodOptions", "head_classifier",
-           "list_methods", "method_class", "method_options", "register"]
+__all__ = ["METHODS", "Batch", "Classifier", "Method", "MethodContext", "MethodOptions", "Output", "Stage",
+           "all_methods", "head_classifier", "list_methods", "method_class", "method_options", "register",
+           "task_mask"]

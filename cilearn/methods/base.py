@@ -1,20 +1,36 @@
 """The method interface: a method adds its idea to the shared training loop through a few hooks.
 
-Required: nothing — the base class is plain fine-tuning.  A method overrides what makes it different:
+Required: nothing — the base class is plain fine-tuning.  A method overrides what makes it different.
 
-- ``loss(logits, targets, inputs)``: the training objective for one batch (the one hook almost every
-  method changes, e.g. adding distillation or a penalty);
+Per step (the training loop, :mod:`cilearn.train`, owns the forward/backward/step and calls):
+
+- ``forward(batch) -> Output``: features and logits of a :class:`Batch` (default: the model);
+- ``loss(out, batch) -> Tensor``: the training objective (the hook almost every method changes);
+- ``before_step(optimizer)``: after ``backward``, before ``optimizer.step()`` (gradient projection);
+- ``after_step(batch, out)``: after the step (fill a reservoir buffer, accumulate an importance).
+
+Per epoch / task / run:
+
 - ``begin_task(task)`` / ``end_task(task, train_data)``: before/after training a task (freeze a teacher,
   update the exemplar memory, estimate a Fisher matrix ...);
-- ``training_data(task)``: what the loop trains on (the task's data plus a replay memory, say);
+- ``begin_epoch(epoch)`` / ``end_epoch(epoch)``;
+- ``training_data(task)``: what the loop trains on (the task's data plus a memory, say);
+- ``stages(task)``: the training stages of a task, run one after the other by the same loop and
+  checkpointed like any epoch (default: one stage; BiC adds a bias-correction stage);
+- ``parameter_groups()``: what the optimizer trains (a method may ask for its own groups);
 - ``classifiers()``: how to predict at test time (the network head, nearest-mean-of-exemplars, ...);
+- ``exemplars()``: the stored samples (for the report), or None;
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume (tensors and plain values only).
+
+A method that replays stored samples every step sets ``self.replay`` to a sampler
+(:mod:`cilearn.buffers`); the loop then attaches a same-device, augmented minibatch of it to every
+batch as ``batch.replay``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 
@@ -23,7 +39,50 @@ from ..losses import classification_loss
 from ..scenarios import Scenario, Task
 from ..schema import option
 
+if TYPE_CHECKING:
+    from ..buffers import ReplaySampler
+
 Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (features, logits) -> predicted labels
+
+
+@dataclasses.dataclass
+class Batch:
+    """One training step's data, on the training device.
+
+    ``inputs`` are augmented and normalised (what the network sees); ``images`` are the same samples
+    as stored (uint8 NCHW, un-augmented); ``indices`` are their positions in the stage's training data;
+    ``task_ids`` the task that introduced each label (the experience index in domain streams).
+    ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits)."""
+
+    inputs: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    task_ids: torch.Tensor
+    indices: torch.Tensor
+    replay: "Batch | None" = None
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Output:
+    """What the forward pass produced: penultimate features (N, d) and logits (N, classes)."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclasses.dataclass
+class Stage:
+    """A training stage of a task: the shared loop runs it with ``overrides`` applied to the train
+    config (e.g. ``{"epochs": 2, "lr": 0.01, "milestones": []}``) on ``data`` (None: the method's
+    ``training_data``).  Between stages the run is checkpointed."""
+
+    name: str = "train"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: ImageData | None = None
 
 
 @dataclasses.dataclass
@@ -42,6 +101,13 @@ class MethodContext:
     seed: int
     infer: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # infer(images uint8 NHWC, flip=False) -> features, logits
     augment: Callable[[torch.Tensor], torch.Tensor]          # uint8 NCHW batch -> augmented float batch
+    build_model: Callable[[], torch.nn.Module] | None = None  # a freshly initialised copy of the architecture
+
+
+def task_mask(class_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, C) bool: the outputs each sample may use in multi-head (task-incremental) training — those
+    of the task that owns its label.  ``class_task[c]`` is the task that introduced class ``c``."""
+    return class_task[None, :] == class_task[labels][:, None]
 
 
 class Method:
@@ -49,15 +115,21 @@ class Method:
 
     name: ClassVar[str] = "finetune"
     description: ClassVar[str] = "fine-tuning: train on each task in turn (lower bound)"
+    paper: ClassVar[str] = ""  # the reference the method follows (shown by the docs and `cilearn list`)
     Options: ClassVar[type] = MethodOptions
     primary_classifier: ClassVar[str] = "head"
+    # True: the network has every class's output from the first task on (iCaRL's fixed 100-way layer);
+    # evaluation still only compares the classes seen so far.
+    full_head: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions, model: torch.nn.Module, context: MethodContext):
         self.options = options
         self.model = model
         self.context = context
         self.task: Task | None = None
-        self._class_task: torch.Tensor | None = None
+        self.stage: Stage = Stage()
+        self.replay: ReplaySampler | None = None
+        self.class_task: torch.Tensor | None = None  # task of each class, set for task-incremental scenarios
 
     # --- hooks -------------------------------------------------------------------------------------
     def check(self, scenario: Scenario) -> None:
@@ -69,28 +141,63 @@ class Method:
         self.task = task
         if task.task_incremental:
             owner = torch.as_tensor(self.context.scenario.task_of_class(), device=self.context.device)
-            self._class_task = owner[: self.model.num_classes]
+            self.class_task = owner[: self.model.num_classes]
+
+    def stages(self, task: Task) -> list[Stage]:
+        """The task's training stages, run in order by the shared loop (default: one)."""
+        return [Stage()]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Called before each stage; ``self.stage`` tells hooks which stage runs."""
+        self.stage = stage
 
     def training_data(self, task: Task) -> ImageData:
+        """What a stage without its own data trains on (default: the task's training data)."""
         return task.train
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.classification_loss(logits, targets)
+    def begin_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch, after the model was put in training mode."""
+
+    def forward(self, batch: Batch) -> Output:
+        """Features and logits of the batch.  A forward that also runs ``batch.replay`` puts the stream
+        batch's rows first (the loop's training accuracy reads them)."""
+        features = self.model.features(batch.inputs)
+        return Output(features, self.model.head(features))
+
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        """The batch objective (default: the classification loss on the classes seen so far)."""
+        return self.classification_loss(self.seen_logits(out.logits), batch.labels)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After ``backward``, before ``optimizer.step()``: the gradients can be changed here."""
+
+    def after_step(self, batch: Batch, out: Output) -> None:
+        """After ``optimizer.step()``; ``out`` still carries the graph: ``.detach()`` what you keep."""
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called at the end of every epoch, before the learning-rate schedule steps."""
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
-        """Called after the last epoch of ``task``, before it is evaluated."""
+        """Called after the last stage of ``task``, before it is evaluated."""
 
     def classifiers(self) -> dict[str, Classifier]:
+        """Test-time classifiers ``{name: fn(features, logits) -> labels}``; the primary one is reported."""
         return {"head": head_classifier}
 
-    def parameters_to_train(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (default: every trainable parameter of the model, one group)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def exemplars(self) -> dict[str, Any] | None:
+        """Stored samples for reports: ``{"images": uint8 NHWC, "labels", "rank"}`` (+ ``"kind"``), or None."""
+        return None
 
     def state_dict(self) -> dict:
+        """Everything a resumed run needs besides the model: tensors and plain values only."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Restore :meth:`state_dict` (called after ``begin_task`` when resuming inside a task)."""
 
     # --- helpers for subclasses ---------------------------------------------------------------------
     @property
@@ -98,14 +205,33 @@ class Method:
         """Exemplars the method keeps (0: none); used to validate classifier choices."""
         return 0
 
-    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_seen(self) -> int:
+        """Classes seen up to the current task (the outputs a loss may use, also with a full head)."""
+        return len(self.task.seen_classes) if self.task is not None else self.model.num_classes
+
+    def seen_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, : self.num_seen] if logits.shape[1] > self.num_seen else logits
+
+    def head_mask(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The multi-head mask of :func:`task_mask` in task-incremental scenarios, else None."""
+        if self.class_task is None:
+            return None
+        return task_mask(self.class_task, labels)
+
+    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor,
+                            kind: str | None = None) -> torch.Tensor:
         """The configured classification loss; with task ids (multi-head), each sample only uses its
         own task's head."""
-        mask = None
-        if self._class_task is not None:
-            sample_task = self._class_task[targets]
-            mask = self._class_task[None, :] == sample_task[:, None]
-        return classification_loss(self.options.classification_loss, logits, targets, mask)
+        mask = self.head_mask(targets)
+        if mask is not None:
+            mask = mask[:, : logits.shape[1]]
+        return classification_loss(kind or self.options.classification_loss, logits, targets, mask)
+
+
+METHOD_HOOKS = ("check", "begin_task", "stages", "begin_stage", "training_data", "parameter_groups", "begin_epoch",
+                "forward", "loss", "before_step", "after_step", "end_epoch", "end_task", "classifiers",
+                "exemplars", "state_dict", "load_state_dict")
 
 
 def head_classifier(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
-from .base import Method, MethodOptions
+from .base import Batch, Method, MethodOptions, Output
 
 
 @dataclasses.dataclass
@@ -78,8 +78,8 @@ class EWC(Method):
         super().begin_task(task)
         self._terms = None  # the head may have grown: new parameter objects
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        loss = self.classification_loss(logits, targets)
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        loss = super().loss(out, batch)
         if self.fisher and self.options.ewc_lambda > 0:
             loss = loss + self.penalty()
         return loss
@@ -99,7 +99,7 @@ class EWC(Method):
         params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        owner = self._class_task
+        owner = self.class_task
         normalize = getattr(self.context.augment, "normalize", self.context.augment)
 
         def log_likelihood(p, x, y):

@@ -1,112 +1,108 @@
-"""iCaRL (Rebuffi et al., 2017): LwF-MC's loss + a fixed exemplar memory + nearest-mean-of-exemplars.
+"""iCaRL (Rebuffi et al., CVPR 2017): distillation + a fixed exemplar memory + nearest-mean-of-exemplars.
 
-What this file adds to :mod:`~cilearn.methods.lwf` (whose teacher and losses it reuses):
+Composed of three components:
 
-- training data = the new classes' data + every exemplar in the memory;
-- after each task: shrink the old classes' exemplar lists to ``memory_size // classes seen`` (dropping
-  their last exemplars), select as many for each new class (``selection``: herding or random);
-- test-time classifiers fitted on the exemplars: ``nme`` (class means of L2-normalised features,
-  averaged with the mirror image's for colour images), ``head`` (the network's outputs, "hybrid 1"),
-  and scikit-learn ``knn`` / ``svm`` / ``mlp`` on the L2-normalised exemplar features.
+- a frozen teacher and iCaRL's objective (:mod:`cilearn.distill`): one binary cross-entropy over every
+  output of a network that has all classes' outputs from the first task — one-hot targets for the
+  current labels, the teacher's sigmoid outputs for the old classes (the loss pairs of the study's
+  ablation are options);
+- the exemplar memory (:class:`~cilearn.memory.ExemplarMemory`): training data = the new classes' data +
+  every exemplar; after each task the old classes' lists shrink to ``memory_size // classes seen``
+  (dropping their last exemplars) and as many are selected for each new class (herding or random);
+- classifiers fitted on the exemplars (:class:`~cilearn.methods.components.ExemplarClassifiers`):
+  ``nme`` (class means of L2-normalised features, averaged with the mirror image's for colour images),
+  ``head`` (the network's outputs, "hybrid 1"), scikit-learn ``knn`` / ``svm`` / ``mlp``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 
-from ..classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
+from ..classifiers import check_classifiers
 from ..data import ImageData
-from ..errors import ConfigError
+from ..distill import Teacher
 from ..memory import ExemplarMemory
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
-from .base import Classifier, MethodContext, head_classifier
-from .lwf import LwF, LwFOptions
+from .base import Batch, Classifier, MethodContext, Method, Output, head_classifier
+from .components import (DistillationOptions, ExemplarClassifiers, MemoryOptions, check_full_head, check_memory,
+                         distillation_loss,
+                         distillation_objective, resolve_losses, uses_full_head)
 
 
 @dataclasses.dataclass
-class ICaRLOptions(LwFOptions):
+class ICaRLOptions(DistillationOptions, MemoryOptions):
     variant: Literal["original", "icarl"] = option(
         "icarl", help="loss pair: icarl = BCE classification + BCE distillation (default); original = CE + KD")
-    memory_size: int = option(2000, min=1, help="K, total exemplars kept (K // classes seen per class)")
-    selection: Literal["herding", "random"] = option("herding", help="how exemplars are chosen")
     classifiers: list[str] = option(default_factory=lambda: ["nme", "head"],
                                     help="any of nme, head, knn, svm, mlp; the first is the primary one")
-    nme_flip: bool | None = option(None, help="average exemplar features with the mirrored image's for the "
-                                              "class means (default: for colour images)")
 
-    has_memory: ClassVar[bool] = True
+    def __post_init__(self) -> None:
+        check_classifiers(self.classifiers, True, self.name)
 
 
-class ICaRL(LwF):
+class ICaRL(Method):
     name = "icarl"
     description = "iCaRL: exemplar memory (herding) + distillation + nearest-mean-of-exemplars classifier"
+    paper = "Rebuffi, Kolesnikov, Sperl & Lampert, iCaRL: Incremental Classifier and Representation Learning, CVPR 2017"
     Options = ICaRLOptions
     primary_classifier = "nme"
 
     def __init__(self, options: ICaRLOptions, model: torch.nn.Module, context: MethodContext):
-        super().__init__(options, model, context)
+        self.losses = resolve_losses(options, has_memory=True)
+        super().__init__(dataclasses.replace(options, classification_loss=self.losses.classification),
+                         model, context)
+        self.primary_classifier = options.classifiers[0]
+        scenario = context.scenario
+        self.full_head = uses_full_head(options, self.losses, scenario)
+        self.objective = distillation_objective(options, self.losses, scenario, self.full_head)
+        self.teacher = Teacher()
         self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed)
-        self.nme = NearestMean()
-        self.fitted: dict[str, SklearnClassifier] = {}
+        flip = options.nme_flip if options.nme_flip is not None else scenario.image_shape[2] == 3
+        self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)
 
-    @staticmethod
-    def memory_size_of(options) -> int:
-        return options.memory_size
+    @property
+    def memory_size(self) -> int:
+        return self.options.memory_size
 
     def check(self, scenario: Scenario) -> None:
-        super().check(scenario)
-        classes = max((len(t.seen_classes) for t in scenario), default=0)
-        if self.options.memory_size < classes:
-            raise ConfigError(
-                f"method.memory_size: {self.options.memory_size} exemplars is smaller than the number of "
-                f"classes in this scenario ({classes}): the memory must hold at least one exemplar per "
-                f"class. Raise memory_size to {classes} or more.")
+        check_full_head(self.options, scenario)
+        check_memory(self.options, scenario)
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        n_old = len(task.seen_classes) - len(task.new_classes) if task.index > 0 else 0
+        self.teacher.begin_task(self.model, n_old, self.full_head)
 
     def training_data(self, task: Task) -> ImageData:
         if len(self.memory) == 0:
             return task.train
         return concat([task.train, self.memory.as_data(task.train.class_names)])
 
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        return distillation_loss(self, out, batch)
+
     def end_task(self, task: Task, train_data: ImageData) -> None:
         self.memory.update(task.train, task.new_classes, len(task.seen_classes), self._features)
-        self.fit_classifiers()
+        self.fitted.fit(self.memory)
 
     def _features(self, images) -> torch.Tensor:
         return self.context.infer(images)[0]
 
-    @property
-    def flip_means(self) -> bool:
-        if self.options.nme_flip is not None:
-            return self.options.nme_flip
-        return self.context.scenario.image_shape[2] == 3  # mirrored digits are other symbols
-
-    def fit_classifiers(self) -> None:
-        """Class means and scikit-learn models from the current memory (after its update)."""
-        wanted = [c for c in self.options.classifiers if c in MEMORY_CLASSIFIERS]
-        if not wanted or len(self.memory) == 0:
-            return
-        features = self._features(self.memory.images)
-        labels = torch.as_tensor(self.memory.labels)
-        if "nme" in wanted:
-            flipped = self.context.infer(self.memory.images, flip=True)[0] if self.flip_means else None
-            classes = self.memory.classes
-            self.nme.fit_means(exemplar_means(features, labels, classes, flipped), classes)
-        self.fitted = {name: SklearnClassifier(name, self.context.seed).fit(features, labels)
-                       for name in wanted if name in SKLEARN_CLASSIFIERS}
-
     def classifiers(self) -> dict[str, Classifier]:
-        available = {"nme": self.nme, "head": head_classifier, **self.fitted}
+        available = {"head": head_classifier, **self.fitted.available()}
         return {name: available[name] for name in self.options.classifiers}
 
+    def exemplars(self) -> dict | None:
+        return self.memory.exemplars()
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "memory": self.memory.state_dict(), "nme": self.nme.state_dict()}
+        return {**self.teacher.state_dict(), "memory": self.memory.state_dict(), "nme": self.fitted.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+        self.teacher.load_state_dict(state, self.model)
         self.memory.load_state_dict(state["memory"])
-        self.nme.load_state_dict(state.get("nme", {}))
-        self.fitted = {}
+        self.fitted.load_state_dict(state.get("nme", {}))

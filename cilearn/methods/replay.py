@@ -129,10 +129,7 @@ class Replay(Method):
             return np.zeros(len(data))
         _, logits = self.context.infer(data.images)
         labels = torch.as_tensor(data.labels, device=logits.device)
-        mask = None
-        if self._class_task is not None:  # task-incremental: each sample scored within its task head
-            owner = self._class_task.to(logits.device)
-            mask = owner[None, :] == owner[labels][:, None]
+        mask = self.head_mask(labels)  # task-incremental: each sample scored within its task head
         return selection_metric(logits, labels, self.options.metric, mask).cpu().numpy()
 
     def end_task(self, task: Task, train_data: ImageData) -> None:

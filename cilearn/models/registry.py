@@ -28,6 +28,7 @@ class _Spec:
     make: Callable[[int, int, dict[str, Any]], nn.Module]  # (in_channels, image_size, options)
     defaults: dict[str, Any]  # every accepted option with its default
     min_image_size: int = 1
+    accepts_any: bool = False  # a plugin's options are its own business
 
 
 _REGISTRY: dict[str, _Spec] = {}
@@ -38,8 +39,18 @@ def _register(name: str, spec: _Spec) -> None:
 
 
 def list_models() -> list[tuple[str, str]]:
-    """``(name, one-line description)`` of every model, in registration order."""
-    return [(name, spec.description) for name, spec in _REGISTRY.items()]
+    """``(name, one-line description)`` of every model, in registration order (plugins last)."""
+    return [(name, spec.description) for name, spec in {**_REGISTRY, **_plugin_specs()}.items()]
+
+
+def _plugin_specs() -> dict[str, _Spec]:
+    """Models of installed packages (``cilearn.models`` entry points): ``make(in_channels, image_size,
+    **options)`` returns a backbone with a ``feature_dim``; its options are passed through unchecked."""
+    from cilearn.plugins import first_line, plugins
+
+    return {name: _Spec(first_line(make, f"model from a plugin ({name})"),
+                        lambda c, s, opts, make=make: make(c, s, **opts), defaults={}, accepts_any=True)
+            for name, make in plugins("cilearn.models").items() if name not in _REGISTRY}
 
 
 def _is_int(value: Any) -> bool:
@@ -54,8 +65,10 @@ def build_model(name: str, in_channels: int, image_size: int, **options: Any) ->
     1 or 3, or an image too small for the model.
     """
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is None and isinstance(name, str):
+        spec = _plugin_specs().get(name)
     if spec is None:
-        raise unknown_choice("model", name, _REGISTRY, "model.name")
+        raise unknown_choice("model", name, {**_REGISTRY, **_plugin_specs()}, "model.name")
     if not _is_int(in_channels) or in_channels not in (1, 3):
         raise ConfigError(f"model {name!r}: in_channels must be 1 or 3, got {in_channels!r}")
     if not _is_int(image_size) or image_size < spec.min_image_size:
@@ -64,7 +77,7 @@ def build_model(name: str, in_channels: int, image_size: int, **options: Any) ->
         )
     in_channels, image_size = int(in_channels), int(image_size)
     unknown = sorted(set(options) - set(spec.defaults))
-    if unknown:
+    if unknown and not spec.accepts_any:
         valid = ", ".join(sorted(spec.defaults)) or "none"
         raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(repr(u) for u in unknown)}."
                           f"{did_you_mean(unknown[0], spec.defaults)} Valid options: {valid}.")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import metrics
 from ..errors import CilearnError
-from ..rundir import atomic_write_text
+from ..rundir import RunDir, atomic_write_text
 from . import ReportError, plots, tables
 from .runs import RunRecord, choose_steps, discover_runs, group_runs, safe_name
 
@@ -76,12 +76,9 @@ def mean_std_curves(curves: list[list], length: int) -> tuple[np.ndarray, np.nda
 
 
 def class_names(run: RunRecord) -> list[str] | None:
-    """Class names in the run's (remapped) label order, or None when the dataset is unavailable."""
-    try:
-        from .model import read_config, rebuild_scenario
-        return list(rebuild_scenario(read_config(run.dir)).class_names)
-    except CilearnError:
-        return None
+    """Class names in the run's (remapped) label order (from its run.json), or None."""
+    info = RunDir(run.dir).read_info()
+    return list(info["class_names"]) if info and "class_names" in info else None
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -231,18 +228,13 @@ def tsne_section(groups, out: Path, options: ReportOptions) -> Section:
 
 
 def exemplar_section(groups, out: Path, options: ReportOptions) -> Section:
-    from .model import find_memory
-    from ..rundir import load_checkpoint
+    from .model import read_memory
 
     section = Section("Exemplar memory", "The exemplars each method keeps after its last task, per class, in "
                       "selection order (first = most representative for herding).")
     for label, group in groups.items():
         run = group[0]
-        path = run.checkpoint_path(run.tasks_done - 1)
-        if not path.is_file():
-            section.notes.append(f"{label}: no checkpoint, so no memory to show.")
-            continue
-        memory = find_memory(load_checkpoint(path).get("method") or {})
+        memory = read_memory(run.dir, run.tasks_done - 1)
         if memory is None:
             section.notes.append(f"{label}: no exemplar memory (the method keeps none).")
             continue
@@ -267,17 +259,12 @@ def default_cam_steps(tasks_done: int, limit: int = 12) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, tasks_done - 1, limit)})
 
 
-def first_task_images(scenario, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed set of the first task's test images: one per class in turn, up to ``count``."""
-    test = scenario[0].test
-    per_class = [np.flatnonzero(test.labels == c) for c in scenario[0].new_classes]
-    picks = []
-    for k in range(max((len(p) for p in per_class), default=0)):
-        for where in per_class:
-            if k < len(where) and len(picks) < count:
-                picks.append(where[k])
-    picks = np.asarray(picks, dtype=np.int64)
-    return test.images[picks], test.labels[picks]
+def first_task_images(run: RunRecord, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed first-task test images the run saved (``samples.npz``), up to ``count``."""
+    samples = RunDir(run.dir).read_npz(RunDir(run.dir).samples)
+    if samples is None:
+        raise ReportError(f"'{RunDir(run.dir).samples}' is missing (runs of cilearn 0.1 lack it).")
+    return samples["images"][:count], samples["labels"][:count]
 
 
 def gradcam_columns(run_dir: Path, steps: list[int], images: np.ndarray, labels: np.ndarray | None,
@@ -312,7 +299,7 @@ def _model_name(run_dir: Path) -> str:
 def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
     from ..models import build_model
     from .gradcam import target_layer
-    from .model import read_config, rebuild_scenario
+    from .model import read_config, read_run_info
 
     target = "the true class" if options.cam_target == "true" else "the predicted class"
     section = Section("Grad-CAM attention drift", f"Grad-CAM heatmaps (w.r.t. {target}) on the last "
@@ -326,19 +313,19 @@ def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
             continue
         try:
             cfg = read_config(run.dir)
-            scenario = rebuild_scenario(cfg)
-            h, _, c = scenario.image_shape
+            info = read_run_info(run.dir)
+            h, _, c = info["image_shape"]
             if target_layer(build_model(cfg.model.name, c, h, **cfg.model.options)) is None:
                 section.notes.append(f"{label}: model '{cfg.model.name}' is not convolutional; Grad-CAM skipped.")
                 continue
             steps = (choose_steps(options.cam_steps, run.tasks_done) if options.cam_steps
                      else default_cam_steps(run.tasks_done))
-            images, labels = first_task_images(scenario, options.cam_images)
+            images, labels = first_task_images(run, options.cam_images)
             columns, layer = gradcam_columns(run.dir, steps, images, labels, options.cam_target)
         except CilearnError as exc:
             section.notes.append(f"{label}: Grad-CAM skipped: {exc}")
             continue
-        names = scenario.class_names
+        names = info["class_names"]
         rows = [f"true {names[t]}" for t in labels]
         title = f"Grad-CAM on {layer} — {label} (seed {run.seed}), w.r.t. {target}"
         section.images.append(plots.gradcam_grid(images, columns, rows, title, out / f"gradcam_{safe_name(label)}.png"))

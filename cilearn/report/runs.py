@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rundir import RunDir
 from . import ReportError
 
 
@@ -41,10 +42,10 @@ class RunRecord:
         return str(self.metrics.get("classifier") or "head")
 
     def checkpoint_path(self, task: int) -> Path:
-        return self.dir / "checkpoints" / f"task_{task:02d}.pt"
+        return RunDir(self.dir).task_checkpoint(task)
 
     def predictions_path(self, task: int) -> Path:
-        return self.dir / "predictions" / f"task_{task:02d}.npz"
+        return RunDir(self.dir).predictions(task)
 
     def has_checkpoints(self) -> bool:
         return all(self.checkpoint_path(t).is_file() for t in range(self.tasks_done))
@@ -88,7 +89,7 @@ def method_label(metrics: dict) -> str:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "metrics.json").is_file() and (path / "config.yaml").is_file()
+    return RunDir(path).is_run()
 
 
 def _read_run(path: Path) -> RunRecord:

@@ -44,7 +44,7 @@ def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
 def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int = 500,
                   exemplars: bool = True) -> Embedding:
     """Test features saved after ``task`` (``predictions/task_XX.npz``) of ``classes``; with ``exemplars``
-    the memory of ``checkpoints/task_XX.pt`` is embedded with them (features from the rebuilt model)."""
+    the stored samples of ``exemplars/task_XX.npz`` are embedded with them (their saved features)."""
     data = run.predictions(task)
     if "features" not in data or "feature_index" not in data:
         return Embedding(task, np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), classes,
@@ -55,16 +55,12 @@ def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int
         keep = np.sort(np.random.RandomState(0).choice(keep, max_points, replace=False))
     features, labels = data["features"][keep], labels[keep]
     ex_features, ex_labels, note = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64), ""
-    if exemplars and run.checkpoint_path(task).is_file():
-        from .model import compute_features, load_run_model
+    if exemplars:
+        from .model import read_memory
 
-        model, _, info = load_run_model(run.dir, task)
-        memory = info.memory()
-        if memory is not None:
+        memory = read_memory(run.dir, task)  # saved with its features under the same model
+        if memory is not None and memory.features is not None:
             chosen = np.flatnonzero(np.isin(memory.labels, classes))
-            ex_features = compute_features(model, info, memory.images[chosen])
-            ex_labels = memory.labels[chosen]
-    elif exemplars:
-        note = "no checkpoint: exemplars not shown"
+            ex_features, ex_labels = memory.features[chosen], memory.labels[chosen]
     both = embed(np.concatenate([features, ex_features]))
     return Embedding(task, both[: len(features)], labels, both[len(features):], ex_labels, classes, note)

@@ -1,0 +1,149 @@
+"""Option groups and builders shared by methods that compose the same components.
+
+- :class:`DistillationOptions` + :func:`distillation_objective`: a frozen teacher and the
+  classification/distillation loss pair (LwF, iCaRL and the study's loss ablation);
+- :class:`MemoryOptions` + :class:`ExemplarClassifiers`: iCaRL's fixed exemplar memory and the
+  classifiers fitted on it (NME, scikit-learn KNN/SVM/MLP), for any method that keeps exemplars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from ..classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
+from ..distill import DistillationObjective, LossSetup
+from ..errors import ConfigError
+from ..memory import ExemplarMemory
+from ..scenarios import Scenario
+from ..schema import option
+from .base import MethodOptions
+
+VARIANT_LOSSES = {"original": ("ce", "kd"), "icarl": ("bce", "bce")}
+
+
+@dataclasses.dataclass
+class DistillationOptions(MethodOptions):
+    variant: Literal["original", "icarl"] = option(
+        "original", help="original: CE + KD with temperature (Li & Hoiem); icarl: BCE + BCE on sigmoid targets")
+    classification_loss: Literal["ce", "bce", "mse"] | None = option(
+        None, help="loss on the current labels (default: the variant's)")
+    distillation_loss: Literal["bce", "mse", "kd"] | None = option(
+        None, help="loss keeping the old classes' outputs close to the previous model's (default: the variant's)")
+    distillation_weight: float = option(1.0, min=0.0, help="λ, the weight of the distillation term")
+    temperature: float = option(2.0, min=1e-3, help="temperature of the kd distillation loss")
+    kd_t2_scaling: bool = option(False, help="multiply the kd loss by T² (Hinton et al.); LwF's paper does not")
+    classification_outputs: Literal["auto", "new", "all"] = option(
+        "auto", help="outputs the classification loss uses: the new classes' only, or all seen; auto: new, "
+                     "except ce/mse with an exemplar memory (all, so exemplars keep their labels)")
+    balance: Literal["auto", "sum", "outputs"] = option(
+        "auto", help="sum: cls + λ·dist; outputs: each term weighted by the share of outputs it covers "
+                     "(iCaRL's single BCE over all outputs); auto: outputs for variant icarl, else sum")
+    head: Literal["auto", "full", "growing"] = option(
+        "auto", help="full: every class's output exists from the first task (the original iCaRL network); "
+                     "growing: outputs are added per task; auto: full for a BCE classification loss in "
+                     "class-incremental scenarios, else growing")
+    bce_average: Literal["all_classes", "seen_classes"] = option(
+        "all_classes", help="with a growing head, divide the BCE by every class of the scenario (the "
+                            "original's gradient per output) or by the classes seen so far (cilearn 0.1)")
+
+
+def resolve_losses(options: DistillationOptions, has_memory: bool) -> LossSetup:
+    cls = options.classification_loss or VARIANT_LOSSES[options.variant][0]
+    dist = options.distillation_loss or VARIANT_LOSSES[options.variant][1]
+    outputs = options.classification_outputs
+    if outputs == "auto":
+        outputs = "all" if has_memory and cls != "bce" else "new"
+    balance = options.balance
+    if balance == "auto":
+        balance = "outputs" if options.variant == "icarl" else "sum"
+    return LossSetup(cls, dist, outputs, balance)
+
+
+def uses_full_head(options: DistillationOptions, setup: LossSetup, scenario: Scenario) -> bool:
+    if options.head != "auto":
+        return options.head == "full"
+    return setup.classification == "bce" and scenario.kind == "class_incremental"
+
+
+def distillation_objective(options: DistillationOptions, setup: LossSetup, scenario: Scenario,
+                           full_head: bool) -> DistillationObjective:
+    if full_head:
+        normaliser = None  # every output exists: average over them
+    elif options.bce_average == "all_classes":
+        normaliser = scenario.num_classes
+    else:
+        normaliser = None  # the outputs that exist = the classes seen so far
+    slices = None
+    if scenario.task_incremental:
+        slices = [slice(int(min(t.new_classes)), int(max(t.new_classes)) + 1) for t in scenario]
+    return DistillationObjective(setup, options.distillation_weight, options.temperature, options.kd_t2_scaling,
+                                 normaliser, slices)
+
+
+def distillation_loss(method, out, batch) -> torch.Tensor:
+    """The objective of a method holding ``teacher`` and ``objective`` on one batch (LwF, iCaRL)."""
+    teacher_logits = method.teacher.logits(batch.inputs) if method.teacher else None
+    mask = method.head_mask(batch.labels)
+    return method.objective(out.logits, batch.labels, teacher_logits, method.num_seen,
+                            None if mask is None else mask[:, : method.num_seen])
+
+
+def check_full_head(options: DistillationOptions, scenario: Scenario) -> None:
+    if options.head == "full" and scenario.task_incremental:
+        raise ConfigError("method.head: full gives every class an output from the start; task-incremental "
+                          "scenarios need one head per task. Use head: growing (or auto).")
+
+
+@dataclasses.dataclass
+class MemoryOptions(MethodOptions):
+    memory_size: int = option(2000, min=1, help="K, total exemplars kept (K // classes seen per class)")
+    selection: Literal["herding", "random"] = option("herding", help="how exemplars are chosen")
+    nme_flip: bool | None = option(None, help="average exemplar features with the mirrored image's for the "
+                                              "class means (default: for colour images)")
+
+
+def check_memory(options: MemoryOptions, scenario: Scenario) -> None:
+    classes = max((len(t.seen_classes) for t in scenario), default=0)
+    if options.memory_size < classes:
+        raise ConfigError(
+            f"method.memory_size: {options.memory_size} exemplars is smaller than the number of "
+            f"classes in this scenario ({classes}): the memory must hold at least one exemplar per "
+            f"class. Raise memory_size to {classes} or more.")
+
+
+class ExemplarClassifiers:
+    """The classifiers fitted on an exemplar memory's features after each task: ``nme`` (class means of
+    L2-normalised features, averaged with the mirror image's when ``flip``) and scikit-learn ``knn`` /
+    ``svm`` / ``mlp`` on the L2-normalised features."""
+
+    def __init__(self, names: list[str], infer, flip: bool, seed: int):
+        self.names, self.infer, self.flip, self.seed = list(names), infer, flip, seed
+        self.nme = NearestMean()
+        self.fitted: dict[str, SklearnClassifier] = {}
+
+    def fit(self, memory: ExemplarMemory) -> None:
+        wanted = [c for c in self.names if c in MEMORY_CLASSIFIERS]
+        if not wanted or len(memory) == 0:
+            return
+        features = self.infer(memory.images)[0]
+        labels = torch.as_tensor(memory.labels)
+        if "nme" in wanted:
+            flipped = self.infer(memory.images, flip=True)[0] if self.flip else None
+            classes = memory.classes
+            self.nme.fit_means(exemplar_means(features, labels, classes, flipped), classes)
+        self.fitted = {name: SklearnClassifier(name, self.seed).fit(features, labels)
+                       for name in wanted if name in SKLEARN_CLASSIFIERS}
+
+    def available(self) -> dict:
+        return {"nme": self.nme, **self.fitted}
+
+    def state_dict(self) -> dict:
+        return self.nme.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        # scikit-learn models are not checkpointed (weights_only): end_task refits them before they are used
+        self.nme.load_state_dict(state or {})
+        self.fitted = {}

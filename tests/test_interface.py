@@ -1,0 +1,319 @@
+"""The method interface: what a Batch carries, which hooks the loop calls and when, replay samplers, training
+stages, and methods/datasets/models registered by separately installed packages (entry points)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cilearn.buffers import ClassBalancedBuffer, ReservoirBuffer
+from cilearn.config import parse_config
+from cilearn.experiment import resume_experiment
+from cilearn.methods import Method, Stage, register
+from cilearn.methods.base import METHOD_HOOKS
+from cilearn.runner import Run
+from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(Method):
+    """Fine-tuning that records what the loop hands it."""
+
+    name = "recorder_test"
+
+    def __init__(self, options, model, context):
+        super().__init__(options, model, context)
+        self.calls: list[str] = []
+        self.batches = []
+        self.grads_at_step: list[bool] = []
+
+    def begin_epoch(self, epoch):
+        self.calls.append(f"begin_epoch {epoch}")
+
+    def end_epoch(self, epoch):
+        self.calls.append(f"end_epoch {epoch}")
+
+    def loss(self, out, batch):
+        self.batches.append(batch)
+        return super().loss(out, batch)
+
+    def before_step(self, optimizer):
+        self.grads_at_step.append(all(p.grad is not None for g in optimizer.param_groups for p in g["params"]))
+        self.calls.append("before_step")
+
+    def after_step(self, batch, out):
+        self.calls.append("after_step")
+
+
+register(Recorder)
+
+
+def test_hooks_are_called_in_order_with_the_batch_they_describe(tmp_path):
+    run = make_run(tmp_path, {"name": "recorder_test"}, num_tasks=2, epochs=2)
+    task = run.scenario[1]
+    run.grow_head(run.scenario[0])
+    run.grow_head(task)
+    run.method.begin_task(task)
+    run.trainer.start(run.method)
+    data = task.train
+    run.trainer.fit(run.model, run.method, data, task_index=1)
+    steps = len(data) // 32 + (1 if len(data) % 32 > 1 else 0)
+    per_epoch = ["before_step", "after_step"] * steps
+    assert run.method.calls == (["begin_epoch 0"] + per_epoch + ["end_epoch 0", "begin_epoch 1"] + per_epoch
+                                + ["end_epoch 1"])
+    assert all(run.method.grads_at_step)  # before_step sees the gradients of this step
+    owner = run.scenario.task_of_class()
+    for batch in run.method.batches:
+        index = batch.indices.numpy()
+        stored = torch.from_numpy(data.images[index]).permute(0, 3, 1, 2)
+        assert torch.equal(batch.images, stored)  # the un-augmented uint8 images of these samples
+        assert torch.equal(batch.labels, torch.as_tensor(data.labels[index]))
+        assert torch.equal(batch.task_ids, torch.as_tensor(owner[data.labels[index]]))
+        assert batch.inputs.dtype == torch.float32 and batch.inputs.shape == batch.images.shape
+        assert batch.replay is None
+    seen = np.concatenate([b.indices.numpy() for b in run.method.batches[:steps]])
+    assert len(np.unique(seen)) == len(seen)  # one epoch = one permutation
+
+
+def test_method_hooks_are_documented():
+    assert set(METHOD_HOOKS) >= {"forward", "loss", "before_step", "after_step", "begin_task", "end_task",
+                                 "begin_epoch", "end_epoch", "stages", "parameter_groups", "training_data",
+                                 "classifiers", "exemplars", "state_dict", "load_state_dict"}
+    for hook in METHOD_HOOKS:
+        assert getattr(Method, hook).__doc__, hook
+
+
+class ReplayRecorder(Recorder):
+    name = "replay_recorder_test"
+    replay_batch_size = 8
+
+    def begin_task(self, task):
+        super().begin_task(task)
+        if self.replay is None:
+            self.replay = ReservoirBuffer(20, self.context.device)
+        else:
+            data = self.context.scenario[0].train
+            images = torch.from_numpy(data.images[:20]).permute(0, 3, 1, 2)
+            self.replay.add(images, torch.as_tensor(data.labels[:20]),
+                            {"marker": torch.arange(20, dtype=torch.float32)[:, None]})
+
+
+register(ReplayRecorder)
+
+
+def test_replay_sampler_hands_an_augmented_minibatch_every_step(tmp_path):
+    run = make_run(tmp_path, {"name": "replay_recorder_test"}, num_tasks=2, epochs=1)
+    run.run_task(run.scenario[0])
+    assert all(b.replay is None for b in run.method.batches)  # empty buffer: nothing to replay
+    run.method.batches.clear()
+    run.run_task(run.scenario[1])
+    buffer = run.method.replay
+    for batch in run.method.batches:
+        replay = batch.replay
+        assert replay is not None and len(replay) == 8
+        assert set(replay.labels.tolist()) <= {0, 1}  # stored samples of the first task
+        assert torch.equal(replay.images, buffer.images[replay.indices])
+        assert torch.equal(replay.extras["marker"][:, 0], replay.indices.float())  # extras travel with samples
+        assert replay.inputs.dtype == torch.float32
+
+
+def sequential_reservoir(capacity: int, draws: list[float]) -> list[int]:
+    """Vitter's algorithm R one sample at a time, with the given uniform draws: the item in each slot."""
+    slots = []
+    for i, u in enumerate(draws):
+        if i < capacity:
+            slots.append(i)
+        else:
+            j = int(u * (i + 1))
+            if j < capacity:
+                slots[j] = i
+    return slots
+
+
+def test_reservoir_buffer_is_algorithm_r():
+    torch.manual_seed(0)
+    buffer = ReservoirBuffer(10)
+    draws = []
+    for start in range(0, 95, 19):  # batches of 19 stream items; item i has label i
+        state = torch.get_rng_state()
+        draws += torch.rand(19).double().tolist()
+        torch.set_rng_state(state)
+        labels = torch.arange(start, start + 19)
+        buffer.add(torch.zeros(19, 1, 2, 2, dtype=torch.uint8), labels)
+    assert len(buffer) == 10 and buffer.seen == 95
+    assert buffer.labels.tolist() == sequential_reservoir(10, draws)
+
+
+def test_reservoir_keeps_every_item_with_the_same_probability():
+    torch.manual_seed(1)
+    kept = torch.zeros(100)
+    for _ in range(400):
+        buffer = ReservoirBuffer(10)
+        for start in range(0, 100, 25):
+            buffer.add(torch.zeros(25, 1, 1, 1, dtype=torch.uint8), torch.arange(start, start + 25))
+        kept[buffer.labels] += 1
+    share = kept / 400  # expected 10 / 100 for every item
+    assert abs(share[:50].mean() - 0.1) < 0.015 and abs(share[50:].mean() - 0.1) < 0.015
+
+
+def test_class_balanced_buffer_stays_balanced():
+    torch.manual_seed(0)
+    buffer = ClassBalancedBuffer(12)
+    labels = torch.tensor([0] * 30 + [1] * 5 + [2] * 30)
+    buffer.add(torch.zeros(len(labels), 1, 1, 1, dtype=torch.uint8), labels)
+    # 12 zeros fill it; the ones then take slots of the largest class (share 6), the twos too until every
+    # class holds its share 12 // 3 = 4; later twos are refused
+    assert buffer.class_counts() == {0: 4, 1: 4, 2: 4} and len(buffer) == 12
+
+
+class TwoStages(Method):
+    """Fine-tuning, then a second stage that trains only the head's biases at a lower learning rate."""
+
+    name = "two_stages_test"
+
+    def stages(self, task):
+        return [Stage(), Stage("bias", {"epochs": 2, "lr": 0.01, "milestones": []})]
+
+    def parameter_groups(self):
+        if self.stage.name == "bias":
+            return [{"params": [chunk.bias for chunk in self.model.head.chunks]}]
+        return super().parameter_groups()
+
+
+register(TwoStages)
+
+
+def _two_stage_config() -> dict:
+    return {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
+            "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "two_stages_test"},
+            "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "progress": False, "checkpoint_every": 1},
+            "output": {"save_features": False}, "seed": 0}
+
+
+def test_stages_run_in_order_train_their_own_parameters_and_resume(tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    Run(parse_config(_two_stage_config()), reference).execute()
+    rows = [line.split(",") for line in (reference / "log.csv").read_text().splitlines()[1:]]
+    assert [(r[0], r[1], r[2], r[7]) for r in rows] == [
+        (t, e, lr, s) for t in "01" for e, lr, s in (("1", "0.05", "train"), ("2", "0.05", "train"),
+                                                     ("1", "0.01", "bias"), ("2", "0.01", "bias"))]
+    # the bias stage moves only the biases
+    run = Run(parse_config(_two_stage_config()), tmp_path / "parts")
+    run.setup()
+    task = run.scenario[0]
+    run.grow_head(task)
+    run.method.begin_task(task)
+    stages = run.method.stages(task)
+    run.run_stage(task, stages, 0, None)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    run.run_stage(task, stages, 1, None)
+    changed = {k for k, v in run.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("head.") and k.endswith(".bias") for k in changed)
+    # stopped between the stages of task 2 (checkpoint at stage 2, epoch 0) and resumed: the same run
+    original = Run.save
+
+    def stop(self, task_index, stage, next_epoch):
+        original(self, task_index, stage, next_epoch)
+        if (task_index, stage, next_epoch) == (1, 1, 0):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "save", stop)
+    with pytest.raises(KeyboardInterrupt):
+        Run(parse_config(_two_stage_config()), tmp_path / "stopped").execute()
+    monkeypatch.setattr(Run, "save", original)
+    resume_experiment(tmp_path / "stopped")
+    strip = lambda p: [line.rsplit(",", 1)[0] for line in (p / "log.csv").read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "stopped") == strip(reference)
+    assert json.loads((tmp_path / "stopped" / "metrics.json").read_text())["accuracy_matrix"] == \
+        json.loads((reference / "metrics.json").read_text())["accuracy_matrix"]
+
+
+def test_lwf_warmup_trains_only_the_new_outputs(tmp_path):
+    run = make_run(tmp_path, {"name": "lwf", "warmup_epochs": 2}, num_tasks=2, epochs=1)
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    run.grow_head(task)
+    run.method.begin_task(task)
+    stages = run.method.stages(task)
+    assert [s.name for s in stages] == ["warmup", "train"]
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    run.run_stage(task, stages, 0, None)
+    changed = {k for k, v in run.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.chunks.1.weight", "head.chunks.1.bias"}  # backbone, its BatchNorm and old outputs fixed
+
+
+# --- plugins: a separately installed package ------------------------------------------------------------
+PLUGIN = '''
+import numpy as np
+import torch
+from cilearn.data import DatasetSplits, ImageData
+from cilearn.methods import Method
+
+
+class HalfLoss(Method):
+    """plugin method: fine-tuning at half the loss"""
+    name = "half_loss"
+    description = "plugin method: fine-tuning at half the loss"
+
+    def loss(self, out, batch):
+        return 0.5 * super().loss(out, batch)
+
+
+def load(root, download, size=8, **options):
+    """plugin dataset: two noisy classes"""
+    rng = np.random.RandomState(0)
+    def split(n):
+        labels = np.arange(n) % 4
+        images = (rng.rand(n, size, size, 1) * 60 + labels[:, None, None, None] * 40).astype(np.uint8)
+        return ImageData(images, labels.astype(np.int64), ["a", "b", "c", "d"])
+    return DatasetSplits(name="plugin_noise", display_name="plugin noise", train=split(80), test=split(40))
+
+
+def make(in_channels, image_size, width=8):
+    """plugin model: a linear layer on the flattened image"""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size ** 2, width), torch.nn.ReLU())
+    net.feature_dim = width
+    return net
+'''
+
+
+def test_a_separately_installed_package_registers_a_method_a_dataset_and_a_model(tmp_path):
+    site = tmp_path / "site"
+    (site / "cilearn_plugin_demo").mkdir(parents=True)
+    (site / "cilearn_plugin_demo" / "__init__.py").write_text(PLUGIN)
+    dist = site / "cilearn_plugin_demo-0.1.dist-info"  # what pip writes for an installed package
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cilearn-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+        [cilearn.methods]
+        half_loss = cilearn_plugin_demo:HalfLoss
+        [cilearn.datasets]
+        plugin_noise = cilearn_plugin_demo:load
+        [cilearn.models]
+        plugin_linear = cilearn_plugin_demo:make
+        """))
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    listing = subprocess.run([sys.executable, "-m", "cilearn", "list"], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    for line in ("half_loss  plugin method: fine-tuning at half the loss", "plugin_noise", "plugin_linear"):
+        assert line in listing.stdout
+    config = tmp_path / "plugin.yaml"
+    config.write_text(json.dumps({
+        "data": {"name": "plugin_noise", "options": {"size": 6}}, "scenario": {"classes_per_task": 2},
+        "model": {"name": "plugin_linear", "options": {"width": 12}}, "method": {"name": "half_loss"},
+        "train": {"epochs": 1, "batch_size": 16, "progress": False}}))
+    run = subprocess.run([sys.executable, "-m", "cilearn", "run", str(config), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["method"] == "half_loss" and metrics["dataset"] == "plugin noise"
