@@ -163,3 +163,103 @@ class RunLock:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def check_fresh(out: Path) -> None:
+    """A new run never writes into a folder that holds anything (a lone ``.lock`` left by a run that died
+    before writing its config does not count)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder '{out}' is a file, not a folder; choose another --out.")
+    if out.is_dir() and any(not _leftover(p.name) for p in out.iterdir()):
+        raise ConfigError(f"output folder '{out}' already exists and is not empty; it is never overwritten. "
+                          f"Continue it with 'cilearn run --resume {out}', or choose another --out.")
+
+
+def _leftover(name: str) -> bool:
+    """What a run killed before it wrote its config leaves behind."""
+    return name == ".lock" or (name.startswith(".config.yaml.") and name.endswith(".tmp"))
+
+
+class RunDir:
+    """The layout of one run folder (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- paths ---
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.json")
+    info = property(lambda self: self.path / "run.json")
+    log = property(lambda self: self.path / "log.csv")
+    matrix = property(lambda self: self.path / "accuracy_matrix.csv")
+    samples = property(lambda self: self.path / "samples.npz")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    epoch_checkpoint = property(lambda self: self.path / "checkpoints" / "epoch.pt")
+
+    def task_checkpoint(self, task: int) -> Path:
+        return self.checkpoints / f"task_{task:02d}.pt"
+
+    def task_checkpoints(self) -> list[Path]:
+        """Finished tasks' checkpoints, last task first."""
+        return sorted((p for p in self.checkpoints.glob("task_*.pt") if p.stem[5:].isdigit()),
+                      key=lambda p: int(p.stem[5:]), reverse=True)
+
+    def predictions(self, task: int) -> Path:
+        return self.path / "predictions" / f"task_{task:02d}.npz"
+
+    def exemplars(self, task: int) -> Path:
+        return self.path / "exemplars" / f"task_{task:02d}.npz"
+
+    def is_run(self) -> bool:
+        return self.metrics.is_file() and self.config.is_file()
+
+    # --- reading ---
+    def read_metrics(self) -> dict | None:
+        try:
+            metrics = json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return None
+        return metrics if isinstance(metrics, dict) else None
+
+    def read_info(self) -> dict | None:
+        try:
+            info = json.loads(self.info.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def read_npz(self, path: Path) -> dict[str, np.ndarray] | None:
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    # --- writing (atomic) ---
+    def write_config(self, config: dict) -> None:
+        write_yaml(self.config, config)
+
+    def write_info(self, info: dict) -> None:
+        write_json(self.info, info)
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics, metrics)
+
+    def write_log(self, header: list[str], rows: list[list[Any]]) -> None:
+        write_csv(self.log, header, rows)
+
+    def write_matrix(self, matrix: list[list[float | None]], num_tasks: int) -> None:
+        write_csv(self.matrix, ["after_task"] + [f"task_{j}" for j in range(num_tasks)],
+                  [[i] + ["" if v is None else f"{v:.6f}" for v in row] + [""] * (num_tasks - len(row))
+                   for i, row in enumerate(matrix)])
+
+    def lock(self) -> "RunLock":
+        return RunLock(self.path)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        return remove_stale_temp_files(self.path)

@@ -388,8 +388,8 @@ def _interrupt_after_first_task(monkeypatch):
 
     original = Run.save
 
-    def save_then_stop(self, task_index, next_epoch):
-        original(self, task_index, next_epoch)
+    def save_then_stop(self, task_index, stage, next_epoch):
+        original(self, task_index, stage, next_epoch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "save", save_then_stop)

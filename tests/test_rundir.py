@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cilearn.errors import CheckpointError
-from cilearn.rundir import RunLock, UnsafeCheckpoint, load_checkpoint, save_checkpoint
+from cilearn.checkpoints import UnsafeCheckpoint, load_checkpoint, save_checkpoint
+from cilearn.rundir import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
