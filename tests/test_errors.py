@@ -411,12 +411,12 @@ def test_ctrl_c_names_the_real_run_folder(tmp_path, capsys, monkeypatch):
     assert main(["run", "--resume", str(run_dir.relative_to(tmp_path))]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["complete"]
 
-    import cilearn.runner
+    import cilearn.experiment
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cilearn.runner, "validate_runs", interrupt)  # Ctrl-C while data and model are checked
+    monkeypatch.setattr(cilearn.experiment, "validate_runs", interrupt)  # Ctrl-C while data and model are checked
     capsys.readouterr()
     assert main(["run", path, "--out", str(tmp_path / "new")]) == 130
     assert capsys.readouterr().err.strip() == "interrupted before the run started; nothing was written."
