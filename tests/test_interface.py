@@ -317,3 +317,40 @@ def test_a_separately_installed_package_registers_a_method_a_dataset_and_a_model
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["complete"] and metrics["method"] == "half_loss" and metrics["dataset"] == "plugin noise"
+
+
+# --- the method author's guide -------------------------------------------------------------------------
+def test_the_guide_method_runs_and_resumes(tmp_path, monkeypatch):
+    """The 30-line method of docs/method_guide.md, executed as written: it trains with a replay minibatch
+    every step, and a run stopped inside a task resumes to exactly the uninterrupted results."""
+    import re
+    import types
+
+    text = (ROOT / "docs" / "method_guide.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 45
+    module = types.ModuleType("guide_method")
+    monkeypatch.setitem(sys.modules, "guide_method", module)  # dataclasses look their module up
+    exec(compile(code, "docs/method_guide.md", "exec"), module.__dict__)  # registers tiny_replay
+    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 3},
+           "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "tiny_replay", "buffer_size": 50},
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "progress": False, "checkpoint_every": 1},
+           "output": {"save_features": False}, "seed": 0}
+    reference = Run(parse_config(raw), tmp_path / "reference")
+    reference.execute()
+    assert len(reference.method.replay) == 50 and reference.method.replay.seen > 50
+    original = Run.save
+
+    def stop(self, task_index, stage, next_epoch):
+        original(self, task_index, stage, next_epoch)
+        if (task_index, next_epoch) == (1, 1):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "save", stop)
+    with pytest.raises(KeyboardInterrupt):
+        Run(parse_config(raw), tmp_path / "stopped").execute()
+    monkeypatch.setattr(Run, "save", original)
+    resume_experiment(tmp_path / "stopped")
+    got = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    want = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert got["accuracy_matrix"] == want["accuracy_matrix"] and got["complete"]
