@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ import time
 from pathlib import Path
 
 from .errors import CilearnError
+from .log import get_logger
+
+log = get_logger(__name__)
 
 
 def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_last: bool, device: str,
@@ -86,6 +88,8 @@ def worker(spec: dict) -> dict:
     wall = time.perf_counter() - started
     timing = result["timing"]
     samples = sum(t["train_samples"] for t in result["task_timing"])
+    import resource  # POSIX only, like this measurement; imported here so that cilearn imports on Windows
+
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "method": label,
@@ -120,7 +124,7 @@ def run_bench(args) -> dict:
     from .config import load_runs
     for method in args.methods:  # fail on a bad config or method name now, not after the bare-step timing
         load_runs(args.config, [f"method={{name: {method}}}", f"model.name={args.model}"] + list(args.set))
-    print(f"bare {args.model} step, batch {args.batch_size}, {args.steps} steps on {device} ...", flush=True)
+    log.info(f"bare {args.model} step, batch {args.batch_size}, {args.steps} steps on {device} ...")
     bare = {}
     for layout, last in (("default", False), ("channels_last", True)):
         bare[layout] = bare_step_throughput(args.model, args.batch_size, args.steps, last, device,
@@ -136,7 +140,7 @@ def run_bench(args) -> dict:
                          f"train.batch_size={args.batch_size}", f"model.name={args.model}",
                          f"train.device={device}", "train.progress=false"] + list(args.set)
             spec = {"config": args.config, "overrides": overrides, "out": str(runs_root / method)}
-            print(f"end to end: {method} ...", flush=True)
+            log.info(f"end to end: {method} ...")
             proc = subprocess.run([sys.executable, "-m", "cilearn.bench", "--worker", json.dumps(spec)],
                                   capture_output=True, text=True)
             lines = proc.stdout.strip().splitlines()

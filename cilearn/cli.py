@@ -1,7 +1,8 @@
 """The ``cilearn`` command line.
 
 Every user mistake (a :class:`~cilearn.errors.CilearnError`) is printed as one ``error:`` line with exit
-code 2 and no traceback; a traceback means a bug in cilearn.
+code 2 and no traceback; a traceback means a bug in cilearn.  What a command produces (``list``, the run
+folder after ``done:``) is printed; everything else goes through :mod:`cilearn.log` (``--quiet``/``--verbose``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import CilearnError, did_you_mean
+from .log import NORMAL, QUIET, VERBOSE, setup_logging
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
@@ -50,7 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--options", action="store_true", help="also show every method's options")
     for module in EXTRA_COMMANDS:
         importlib.import_module(f"cilearn.{module}").register(sub)  # each module adds its sub-commands
+    for command in [parser, *sub.choices.values()]:  # before or after the command: cilearn -q run ... / run ... -q
+        quiet_or_verbose = command.add_mutually_exclusive_group()
+        quiet_or_verbose.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                      help="only warnings and errors (no progress lines or bars)")
+        quiet_or_verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                      help="also debug lines (what was loaded from where, cache hits, ...)")
     return parser
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if quiet and verbose:
+        raise CilearnError("give --quiet or --verbose, not both.")
+    return QUIET if quiet else VERBOSE if verbose else NORMAL
 
 
 def cmd_run(args) -> int:
@@ -106,13 +121,14 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "list": cmd_list}
     args = None
+    log = setup_logging(NORMAL)  # errors while parsing the command line already need the console format
     try:
         args = build_parser().parse_args(argv)
+        setup_logging(verbosity(args))
         handler = getattr(args, "handler", None) or commands[args.command]
         return handler(args)
     except CilearnError as exc:
-        message = " ".join(str(exc).split())  # always one line, whatever the message holds
-        print(f"error: {message}", file=sys.stderr)
+        log.error(" ".join(str(exc).split()))  # always one line, whatever the message holds
         return exc.exit_code
     except BrokenPipeError:  # output piped into head & co. that stopped reading: not an error
         try:

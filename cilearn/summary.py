@@ -6,7 +6,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import metrics
+from .log import get_logger
 from .rundir import atomic_write_text, write_json
+
+log = get_logger(__name__)
 
 SCALARS = ("average_incremental_accuracy", "last_accuracy", "forgetting")
 
@@ -60,13 +63,13 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_summary(out: Path, results: list[dict], files: bool = True) -> str:
-    """Print the comparison table; with ``files`` also write summary.json and summary.md in ``out``."""
+    """Log the comparison table; with ``files`` also write summary.json and summary.md in ``out``."""
     header, rows = summary_rows(results)
     groups = group_by_label(results)
     dataset = results[0].get("dataset", "")
     title = f"Accuracy (%) on all classes seen so far — {dataset}"
     table = text_table(header, rows)
-    print(f"\n{title}\n{table}\nResults in {out}", flush=True)
+    log.info(f"\n{title}\n{table}\nResults in {out}")
     if not files:
         return table
     write_json(out / "summary.json", {

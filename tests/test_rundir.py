@@ -37,10 +37,12 @@ def test_run_lock_on_a_folder_that_cannot_be_made(tmp_path):
             pass
 
 
-def test_cilearn_imports_without_fcntl():
-    """fcntl exists only on POSIX; cilearn (locking through filelock) must import without it (Windows)."""
-    code = ("import sys; sys.modules['fcntl'] = None\n"
+def test_cilearn_imports_without_posix_only_modules():
+    """fcntl and resource exist only on POSIX; cilearn (locking through filelock) and every command must import
+    without them (Windows)."""
+    code = ("import sys; sys.modules['fcntl'] = sys.modules['resource'] = None\n"
             "import cilearn.cli, cilearn.rundir, cilearn.runner\n"
+            "cilearn.cli.build_parser()\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

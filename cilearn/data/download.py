@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import IO, Callable, Optional
 
 from cilearn.errors import DataError
+from cilearn.log import get_logger, progress_disabled
+
+log = get_logger(__name__)
 
 Opener = Callable[[str], IO[bytes]]
 
@@ -55,10 +58,11 @@ def download_file(url: str, md5: str, dest_dir: Path, *, opener: Optional[Opener
     name = posixpath.basename(urllib.parse.urlsplit(url).path) or url
     try:
         with os.fdopen(fd, "wb") as out:
+            log.info(f"downloading {url} into {dest_dir}")
             response = (opener or _default_opener)(url)
             try:
                 with tqdm(total=_content_length(response), unit="B", unit_scale=True, desc=name,
-                          leave=False) as bar:
+                          leave=False, disable=progress_disabled(log)) as bar:
                     while True:
                         chunk = response.read(chunk_size)
                         if not chunk:

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import tarfile
 import tempfile
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,9 @@ import numpy as np
 from cilearn.data.base import DatasetSplits, ImageData, cache_dir
 from cilearn.data.download import check_member_path
 from cilearn.errors import DataError
+from cilearn.log import get_logger, progress_disabled
+
+log = get_logger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
@@ -223,7 +225,7 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
             decoded[keys[name]] = array
             bar.update(1)
 
-    bar = tqdm(desc=f"decoding {path.name}", unit="img", mininterval=1.0, leave=False, disable=None)
+    bar = tqdm(desc=f"decoding {path.name}", unit="img", mininterval=1.0, leave=False, disable=progress_disabled(log))
     try:
         for entry in _iter_entries(path, kind):
             if kind != "dir":  # a member named '../x' or '/x' is not part of this folder: refuse, never skip
@@ -333,7 +335,7 @@ def _read_cache(file: Path) -> Optional[dict[str, np.ndarray]]:
         with np.load(file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _CACHE_KEYS}
     except Exception as exc:  # a damaged cache is not fatal: decode again and overwrite it
-        warnings.warn(f"ignoring unreadable cache file {file} ({exc}); decoding the images again.", stacklevel=3)
+        log.warning(f"ignoring unreadable cache file {file} ({exc}); decoding the images again.")
         return None
     return arrays
 
@@ -343,8 +345,8 @@ def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=".npz")
     except OSError as exc:
-        warnings.warn(f"cannot write the image cache in {file.parent} ({exc.strerror or exc}); images will be "
-                      "decoded again next time. Set CILEARN_CACHE to a writable folder.", stacklevel=3)
+        log.warning(f"cannot write the image cache in {file.parent} ({exc.strerror or exc}); images will be "
+                    "decoded again next time. Set CILEARN_CACHE to a writable folder.")
         return
     try:
         with os.fdopen(fd, "wb") as f:
@@ -354,8 +356,8 @@ def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
         os.replace(tmp, file)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"cannot write the image cache {file} ({exc.strerror or exc}); images will be decoded "
-                      "again next time.", stacklevel=3)
+        log.warning(f"cannot write the image cache {file} ({exc.strerror or exc}); images will be decoded "
+                    "again next time.")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -386,9 +388,12 @@ def load_image_folder(path: Union[str, os.PathLike], *, image_size: ImageSize = 
     cache = _cache_file(src, kind, size) if use_cache else None
     arrays = _read_cache(cache) if cache is not None else None
     if arrays is None:
+        log.debug(f"decoding {src} (cache {cache or 'off'})")
         arrays = _read_image_folder(src, image_size, int(workers))
         if cache is not None:
             _write_cache(cache, arrays)
+    else:
+        log.debug(f"{src}: decoded images read from the cache {cache}")
 
     names = [str(n) for n in arrays["class_names"]]
     train_labels, test_labels = arrays["train_labels"], arrays["test_labels"]

@@ -13,6 +13,9 @@ from cilearn.data.digits import load_digits_splits
 from cilearn.data.idx import load_fashion_mnist, load_mnist
 from cilearn.data.imagefolder import load_cifar10_jpeg, load_image_folder
 from cilearn.errors import DataError, did_you_mean, unknown_choice
+from cilearn.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,4 +123,8 @@ def load_dataset(name: str, root: Optional[PathLike] = None, download: bool = Fa
     missing = [opt for opt in info.required if options.get(opt) in (None, "")]
     if missing:
         raise DataError(f"dataset {key!r} needs the option {missing[0]!r} (e.g. a folder or .tar.gz/.zip archive).")
-    return info.loader(data_root(root), bool(download), **options)
+    folder = data_root(root)
+    splits = info.loader(folder, bool(download), **options)
+    log.debug(f"dataset {key} from {folder}: {len(splits.train)} training and {len(splits.test)} test images, "
+              f"{splits.num_classes} classes, images {splits.train.image_shape}")
+    return splits

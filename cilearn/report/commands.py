@@ -5,6 +5,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..log import get_logger
+
+log = get_logger(__name__)
+
 
 @contextmanager
 def _few_threads():
@@ -155,7 +159,7 @@ def _tsne_runs(args, out: Path, options) -> None:
     for label, group in group_runs(discover_runs([args.run_dir])).items():
         for run in group:
             if not run.has_predictions():
-                print(f"{run.name}: no saved features (output.save_features: false); skipped.")
+                log.warning(f"{run.name}: no saved features (output.save_features: false); skipped.")
                 continue
             steps = choose_steps(args.steps, run.tasks_done)
             path = tsne_figure(run, label, steps, options, out / f"tsne_{safe_name(label)}_seed{run.seed}.png")

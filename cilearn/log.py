@@ -1,0 +1,86 @@
+"""cilearn's console output through the standard :mod:`logging` module, in one format.
+
+Every module logs to its own logger (``log = get_logger(__name__)``, a child of ``cilearn``); the CLI calls
+:func:`setup_logging` with the verbosity of ``--quiet`` / ``--verbose``.  Lines look like this:
+
+| level | line | stream |
+| --- | --- | --- |
+| INFO (progress) | `[icarl] task 2/5 (classes 2-3): ...` | stdout |
+| WARNING | `warning: <message>` | stderr |
+| ERROR | `error: <message>` | stderr |
+| DEBUG (`--verbose`) | `debug [cilearn.data.registry]: <message>` | stderr |
+
+``--quiet`` keeps warnings and errors only (progress bars too are hidden); ``--verbose`` adds debug lines.
+A program that uses cilearn as a library and never calls :func:`setup_logging` gets Python's defaults:
+warnings and errors on stderr, the rest wherever its own logging configuration sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+ROOT = "cilearn"
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of a module: ``get_logger(__name__)``; names outside the package are put under ``cilearn.``."""
+    return logging.getLogger(name if name == ROOT or name.startswith(ROOT + ".") else f"{ROOT}.{name}")
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``message`` for INFO, ``warning: message`` / ``error: message`` above, ``debug [logger]: message`` below."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        if record.levelno < logging.INFO:
+            return f"debug [{record.name}]: {message}"
+        return message
+
+
+class ConsoleHandler(logging.Handler):
+    """INFO lines to stdout, everything else to stderr.  The streams are looked up at every line (not kept from
+    set-up), so output redirected or captured later (pytest, a notebook) still receives it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            stream = sys.stdout if record.levelno == logging.INFO else sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int = NORMAL) -> logging.Logger:
+    """Send cilearn's log lines to the console in :class:`ConsoleFormatter`'s format.
+
+    ``verbosity``: -1 (quiet: warnings and errors), 0 (progress too), 1 (debug too).  Calling it again only
+    changes the level: there is always exactly one console handler."""
+    logger = logging.getLogger(ROOT)
+    logger.setLevel(_LEVELS[max(QUIET, min(VERBOSE, verbosity))])
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        handler = ConsoleHandler()
+        handler.setFormatter(ConsoleFormatter())
+        logger.addHandler(handler)
+    logger.propagate = False  # the console handler prints each line once, whatever the root logger does
+    return logger
+
+
+def progress_disabled(logger: logging.Logger | None = None) -> bool | None:
+    """The value for tqdm's ``disable=``: True when progress lines are off (``--quiet``), else None (tqdm shows
+    a bar only on a terminal)."""
+    logger = logger or logging.getLogger(ROOT)
+    if logging.getLogger(ROOT).level == logging.NOTSET:  # setup_logging never ran (a library user): tqdm decides
+        return None
+    return None if logger.isEnabledFor(logging.INFO) else True

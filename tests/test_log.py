@@ -1,0 +1,98 @@
+"""Console output through logging: one format, --quiet / --verbose on the command line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+
+from cilearn.cli import main
+from cilearn.log import QUIET, VERBOSE, ConsoleHandler, get_logger, progress_disabled, setup_logging
+
+CONFIG = {
+    "data": {"name": "digits"},
+    "scenario": {"classes_per_task": 5, "class_order": "sorted"},
+    "model": {"name": "mlp", "options": {"hidden": [16]}},
+    "method": {"name": "finetune"},
+    "train": {"epochs": 1, "num_threads": 1, "progress": False, "eval_every": 0},
+    "output": {"save_checkpoints": False, "save_features": False},
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    logger = logging.getLogger("cilearn")
+    state = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(state[0])
+    logger.handlers[:] = state[1]
+    logger.propagate = state[2]
+
+
+def test_one_format_and_stream_per_level(capsys):
+    setup_logging(VERBOSE)
+    log = get_logger("cilearn.data.registry")
+    log.debug("loaded 5 images")
+    log.info("[finetune] task 1/2: accuracy 90.0%")
+    log.warning("ignoring an unreadable cache file")
+    log.error("config file 'x.yaml' is empty")
+    out, err = capsys.readouterr()
+    assert out == "[finetune] task 1/2: accuracy 90.0%\n"
+    assert err.splitlines() == ["debug [cilearn.data.registry]: loaded 5 images",
+                                "warning: ignoring an unreadable cache file",
+                                "error: config file 'x.yaml' is empty"]
+
+
+def test_setup_is_idempotent_and_quiet_keeps_warnings(capsys):
+    for _ in range(3):
+        setup_logging(QUIET)
+    logger = logging.getLogger("cilearn")
+    assert sum(isinstance(h, ConsoleHandler) for h in logger.handlers) == 1
+    get_logger("bench").info("progress")  # a bare name lands under cilearn.
+    get_logger("bench").warning("careful")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "warning: careful\n"
+    assert progress_disabled() is True
+    setup_logging()
+    assert progress_disabled() is None  # tqdm's own choice: a bar on a terminal only
+
+
+def test_quiet_and_verbose_on_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    assert main(["run", str(path), "--out", "normal"]) == 0
+    out, err = capsys.readouterr()
+    assert "Accuracy (%) on all classes seen so far" in out and "debug" not in err
+    assert main(["-v", "run", str(path), "--out", "verbose"]) == 0
+    out, err = capsys.readouterr()
+    assert "debug [cilearn.data.registry]: dataset digits" in err and "Accuracy (%)" in out
+    assert main(["run", str(path), "--out", "quiet", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "Accuracy (%)" not in out and out.strip().endswith("done: quiet") and err == ""
+    assert main(["run", str(path), "-q", "-v"]) == 2
+    assert capsys.readouterr().err.startswith("error: argument -v/--verbose: not allowed with argument -q/--quiet")
+
+
+def test_image_cache_problems_are_warnings_on_stderr(tmp_path, capsys, monkeypatch):
+    """A damaged image-folder cache is a warning line (through logging), and the images are decoded again."""
+    import numpy as np
+    from PIL import Image
+
+    from cilearn.data import load_dataset
+
+    monkeypatch.setenv("CILEARN_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(tmp_path / "imgs" / split / name / "0.png")
+    setup_logging()
+    load_dataset("image_folder", path=str(tmp_path / "imgs"))
+    (cache,) = (tmp_path / "cache" / "image_folder").glob("*.npz")
+    cache.write_bytes(b"damaged")
+    capsys.readouterr()
+    splits = load_dataset("image_folder", path=str(tmp_path / "imgs"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: ignoring unreadable cache file {cache}") and err.count("\n") == 1, err
+    assert len(splits.train) == 2
