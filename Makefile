@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CILEARN_DATA ?= $(abspath ../shared/data)
 export CILEARN_DATA
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -96,7 +96,8 @@ def worker(spec: dict) -> dict:
         "wall_seconds": wall,
         "train_seconds": timing["train_seconds"],
         "train_images_per_second": samples / max(timing["train_seconds"], 1e-9),
-        "outside_gradient_steps_seconds": {k: timing[k] for k in ("eval_seconds", "end_task_seconds", "checkpoint_seconds")},
+        "outside_gradient_steps_seconds": {k: timing[k]
+                                           for k in ("eval_seconds", "end_task_seconds", "checkpoint_seconds")},
         "setup_and_other_seconds": wall - sum(timing.values()),
         "per_task": [{"task": i, "train_samples": t["train_samples"], "train_seconds": t["train_seconds"],
                       "images_per_second": t["train_samples"] / max(t["train_seconds"], 1e-9),
@@ -174,8 +175,9 @@ def project_icarl_cifar100(results: list[dict]) -> dict | None:
 
 def print_table(report: dict) -> None:
     bare = report["bare_step_images_per_second"]
-    print(f"\nmachine: {report['machine']['device']} {report['machine']['gpu'] or ''} torch {report['machine']['torch']}, "
-          f"{report['machine']['torch_threads']} threads")
+    machine = report["machine"]
+    print(f"\nmachine: {machine['device']} {machine['gpu'] or ''} torch {machine['torch']}, "
+          f"{machine['torch_threads']} threads")
     print(f"bare step (img/s): default {bare['default']:.0f}, channels_last {bare['channels_last']:.0f}, "
           f"channels_last + frozen teacher forward {bare['channels_last_with_teacher']:.0f}")
     header = (f"{'method':<10} {'train img/s':>11} {'÷ bare':>7} {'÷ bare+teacher':>14} {'train s':>8} "
@@ -193,8 +195,9 @@ def print_table(report: dict) -> None:
         print(f"  {r['method']}: train img/s per task: {speeds}")
     projection = report.get("projection")
     if projection:
-        print(f"projected training time of iCaRL's {projection['protocol']} at {projection['at_images_per_second']:.0f} "
-              f"img/s: {projection['training_hours']:.1f} h ({projection['training_images']:,} training images)")
+        print(f"projected training time of iCaRL's {projection['protocol']} at "
+              f"{projection['at_images_per_second']:.0f} img/s: {projection['training_hours']:.1f} h "
+              f"({projection['training_images']:,} training images)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

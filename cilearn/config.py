@@ -41,7 +41,8 @@ class ScenarioConfig:
 class ModelConfig:
     name: str = option(help="model name (cilearn list)")
     options: dict = option(default_factory=dict, help="model options, e.g. width for ResNets")
-    pretrained: str | None = option(None, help="start from a checkpoint: a run directory, a cilearn checkpoint or a state dict")
+    pretrained: str | None = option(
+        None, help="start from a checkpoint: a run directory, a cilearn checkpoint or a state dict")
     transfer: Literal["full", "linear_probe", "freeze"] = option(
         "full", help="with pretrained: fine-tune everything, train only the head, or freeze the first freeze_stages")
     freeze_stages: int = option(0, min=0, help="stages (stem = stage 0) kept frozen when transfer is 'freeze'")
@@ -59,7 +60,8 @@ class TrainConfig:
     gamma: float = option(0.2, min=0.0)
     augment: Literal["auto", "none", "crop", "crop_flip", "flip"] = option(
         "auto", help="auto: crop+flip for colour images, none for grey digits")
-    eval_batch_size: int = option(256, min=1, help="batch for evaluation and feature extraction (256: as fast as larger batches on CPU, far less memory)")
+    eval_batch_size: int = option(256, min=1, help="batch for evaluation and feature extraction (256: as fast as "
+                                                   "larger batches on CPU, far less memory)")
     eval_every: int = option(1, min=0, help="evaluate on test data every N epochs (0: only after each task)")
     checkpoint_every: int = option(0, min=0, help="also checkpoint every N epochs inside a task (0: only per task)")
     device: str = option("auto", help="auto, cpu, cuda or cuda:N")

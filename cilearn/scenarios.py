@@ -10,8 +10,8 @@ next ones, and so on; the network's head simply grows by each task's new classes
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 

@@ -12,7 +12,8 @@ import math
 import re
 import types
 import typing
-from typing import Any, Literal, Mapping, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Union
 
 from .errors import ConfigError, did_you_mean, unknown_choice  # noqa: F401 - unknown_choice: re-exported
 

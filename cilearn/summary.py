@@ -39,7 +39,7 @@ def summary_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         agg = metrics.aggregate(runs)
         curve = agg.get("seen_accuracy", {})
         cells = [label, str(runs[0].get("classifier", "")), str(len(runs))]
-        means, stds = curve.get("mean", []), curve.get("std", [])
+        means = curve.get("mean", [])  # the per-step columns show means; the scalar columns mean ± std
         cells += [_pct(m) for m in means] + ["-"] * (steps - len(means))
         for key in SCALARS:
             entry = agg.get(key)

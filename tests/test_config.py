@@ -10,9 +10,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from cilearn.config import (Config, apply_overrides, expand_runs, load_runs, load_yaml, parse_config,
-                            parse_override)
 from cilearn.cli import build_parser
+from cilearn.config import Config, apply_overrides, expand_runs, load_runs, load_yaml, parse_config, parse_override
 from cilearn.data import load_dataset
 from cilearn.errors import CilearnError, ConfigError
 from cilearn.models import build_model

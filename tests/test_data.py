@@ -24,11 +24,11 @@ from cilearn.data import (
     cache_dir,
     data_root,
     download_and_extract,
+    imagefolder,
     list_datasets,
     load_dataset,
     parse_idx,
 )
-from cilearn.data import imagefolder
 from cilearn.errors import DataError
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -9,9 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -224,7 +224,8 @@ CASES = [
     Case("duplicate key", lambda c: ["run", c.config(text="data: {name: digits}\ntrain: {epochs: 1}\n"
                                                          "model: {name: mlp}\ntrain: {lr: 0.1}\n")],
          ("line 4", "the key 'train' appears twice")),
-    Case("top level is a list", lambda c: ["run", c.config(text="- data\n- model\n")], ("top level must be a mapping",)),
+    Case("top level is a list", lambda c: ["run", c.config(text="- data\n- model\n")],
+         ("top level must be a mapping",)),
     Case("binary config", lambda c: ["run", c.config(text=b"\x80\x81\xfe\x00")], ("not a text (UTF-8) file",)),
     Case("empty config", lambda c: ["run", c.config(text="")], ("config.yaml' is empty",)),
     Case("config with only comments", lambda c: ["run", c.config(text="# to do\n")], ("config.yaml' is empty",)),
@@ -233,7 +234,8 @@ CASES = [
          ("unknown top-level key 'trian'", "Did you mean 'train'?")),
     Case("unknown key in a section", lambda c: c.run({"train.epoch": 3}),
          ("train: unknown key 'epoch'", "Did you mean 'epochs'?")),
-    Case("wrong type (int)", lambda c: c.run({"train.epochs": "ten"}), ("train.epochs: expected an integer, got 'ten'",)),
+    Case("wrong type (int)", lambda c: c.run({"train.epochs": "ten"}),
+         ("train.epochs: expected an integer, got 'ten'",)),
     Case("wrong type (float)", lambda c: c.run({"train.lr": "fast"}), ("train.lr: expected a number, got 'fast'",)),
     Case("wrong type (bool)", lambda c: c.run({"train.progress": 3}), ("train.progress: expected true or false",)),
     Case("fractional int", lambda c: c.run({"train.epochs": 2.5}), ("train.epochs: expected an integer, got 2.5",)),
@@ -255,9 +257,11 @@ CASES = [
     Case("unknown dataset option", lambda c: c.run({"data.options": {"size": 3}}), ("has no option 'size'",)),
     Case("unknown model", lambda c: c.run({"model.name": "mpl"}), ("unknown model 'mpl'", "'mlp'")),
     Case("unknown model option", lambda c: c.run({"model.options": {"hiden": [3]}}), ("'hiden'", "'hidden'")),
-    Case("classes per task do not divide", lambda c: c.run({"scenario.classes_per_task": 3}, drop=("scenario.num_tasks",)),
+    Case("classes per task do not divide",
+         lambda c: c.run({"scenario.classes_per_task": 3}, drop=("scenario.num_tasks",)),
          ("classes_per_task: 3 does not divide the 7 classes",)),
-    Case("more tasks than classes allow", lambda c: c.run({"scenario.num_tasks": 7}), ("num_tasks: 7 is more than the 5",)),
+    Case("more tasks than classes allow", lambda c: c.run({"scenario.num_tasks": 7}),
+         ("num_tasks: 7 is more than the 5",)),
     Case("memory smaller than the classes", lambda c: c.run({"method": {"name": "icarl", "memory_size": 3}}),
          ("memory_size: 3 exemplars is smaller",), needs=("icarl",)),
     Case("nearest-mean without memory", lambda c: c.run({"method": {"name": "lwf", "classifiers": ["nme"]}}),
@@ -284,12 +288,14 @@ CASES = [
     # --- the command line
     Case("--set without =", lambda c: c.run(None, "--set", "train.epochs"), ("expected KEY=VALUE",)),
     Case("--set empty key part", lambda c: c.run(None, "--set", "train..lr=1"), ("dotted names",)),
-    Case("--set into a value", lambda c: c.run(None, "--set", "train.epochs.x=1"), ("'train.epochs' is not a section",)),
+    Case("--set into a value", lambda c: c.run(None, "--set", "train.epochs.x=1"),
+         ("'train.epochs' is not a section",)),
     Case("--set unknown key", lambda c: c.run(None, "--set", "train.eopchs=1"), ("Did you mean 'epochs'?",)),
     Case("--set bad YAML", lambda c: c.run(None, "--set", "train.milestones=[1,"), ("cannot parse the value",)),
     Case("no config", lambda c: ["run"], ("give a config file",)),
     Case("--resume with a config", lambda c: ["run", c.config(), "--resume", str(c.earlier)], ("takes no config",)),
-    Case("--resume on a non-run folder", lambda c: ["run", "--resume", str(c.tmp)], ("is not a cilearn run directory",)),
+    Case("--resume on a non-run folder", lambda c: ["run", "--resume", str(c.tmp)],
+         ("is not a cilearn run directory",)),
     Case("--resume on a missing folder", lambda c: ["run", "--resume", str(c.tmp / "gone")], ("does not exist",)),
     Case("unknown command", lambda c: ["rn"], ("unknown command 'rn'", "Did you mean 'run'?")),
     Case("unknown option", lambda c: ["run", "--bogus"], ("unrecognized arguments: --bogus",)),
@@ -299,7 +305,8 @@ CASES = [
     Case("--out is an earlier run", lambda c: ["run", c.config(), "--out", str(c.earlier)],
          ("already exists and is not empty; it is never overwritten", "--resume")),
     Case("--out is a file", a_file, ("is a file, not a folder",)),
-    Case("malicious checkpoint", evil_checkpoint, ("epoch.pt' holds more than tensors and plain values", "refusing to load it"),
+    Case("malicious checkpoint", evil_checkpoint,
+         ("epoch.pt' holds more than tensors and plain values", "refusing to load it"),
          check=not_executed),
     Case("malicious plain pickle", lambda c: evil_checkpoint(c, plain_pickle=True),
          ("epoch.pt' holds more than tensors and plain values", "refusing to load it"), check=not_executed),
@@ -405,7 +412,8 @@ def test_ctrl_c_names_the_real_run_folder(tmp_path, capsys, monkeypatch):
     assert main(["run", path]) == 130
     err = capsys.readouterr().err.strip()
     (run_dir,) = (tmp_path / "runs" / "config").iterdir()
-    assert err == f"interrupted: finished tasks are saved; continue with: cilearn run --resume {run_dir.relative_to(tmp_path)}"
+    resume = f"cilearn run --resume {run_dir.relative_to(tmp_path)}"
+    assert err == f"interrupted: finished tasks are saved; continue with: {resume}"
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--resume", str(run_dir.relative_to(tmp_path))]) == 0

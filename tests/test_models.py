@@ -31,7 +31,7 @@ EXPECTED_PARAMS = {
 DEFAULT_OPTIONS = {"cifar_resnet": {"depth": 32}}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str) -> IncrementalNet:
     """Each registered model is built once per test session (resnet50 init is not free)."""
     torch.manual_seed(0)

@@ -55,7 +55,8 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("kind, error, message", [
-    ("random bytes", CheckpointError, "is not a checkpoint (corrupt or wrong file: neither a zip archive nor a pickle)"),
+    ("random bytes", CheckpointError,
+     "is not a checkpoint (corrupt or wrong file: neither a zip archive nor a pickle)"),
     ("random bytes after a pickle header", CheckpointError, "is not a checkpoint (corrupt or wrong file: Unsupported"),
     ("text", CheckpointError, "is not a checkpoint (corrupt or wrong file"),
     ("plain pickle of plain values", CheckpointError, "a pickle that torch.save did not write"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class ImageData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, indices: Union[np.ndarray, list[int], slice]) -> "ImageData":
+    def subset(self, indices: np.ndarray | list[int] | slice) -> ImageData:
         """Return the selected images (integer indices, boolean mask or slice); class names are kept."""
         if not isinstance(indices, slice):
             indices = np.asarray(indices)
@@ -64,9 +64,9 @@ class DatasetSplits:
     display_name: str
     train: ImageData
     test: ImageData
-    train_coarse_labels: Optional[np.ndarray] = None
-    test_coarse_labels: Optional[np.ndarray] = None
-    coarse_class_names: Optional[list[str]] = None
+    train_coarse_labels: np.ndarray | None = None
+    test_coarse_labels: np.ndarray | None = None
+    coarse_class_names: list[str] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -77,7 +77,7 @@ class DatasetSplits:
         return self.train.num_classes
 
 
-def data_root(root: Optional[PathLike] = None) -> Path:
+def data_root(root: PathLike | None = None) -> Path:
     """The datasets folder: ``root`` if given, else env ``CILEARN_DATA``, else ``~/.cache/cilearn/data``."""
     if root is not None and str(root) != "":
         return Path(root).expanduser()

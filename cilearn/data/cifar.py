@@ -6,7 +6,7 @@ import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def _names(d: Any, key: bytes, path: Path, count: int) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw]
 
 
-def _ensure_present(source: CifarSource, root: Path, download: bool, opener: Optional[Opener]) -> Path:
+def _ensure_present(source: CifarSource, root: Path, download: bool, opener: Opener | None) -> Path:
     """Return the dataset folder, downloading it first if asked; otherwise explain how to get it."""
     folder = root / source.folder
     manual = (f"To place it by hand, download {source.url} (md5 {source.md5}) and unpack it so that "
@@ -162,7 +162,7 @@ def _ensure_present(source: CifarSource, root: Path, download: bool, opener: Opt
     return folder
 
 
-def load_cifar10(root: Path, download: bool = False, opener: Optional[Opener] = None) -> DatasetSplits:
+def load_cifar10(root: Path, download: bool = False, opener: Opener | None = None) -> DatasetSplits:
     """CIFAR-10 from ``<root>/cifar-10-batches-py/``."""
     folder = _ensure_present(CIFAR10, root, download, opener)
     meta_path = folder / "batches.meta"
@@ -186,7 +186,7 @@ def load_cifar10(root: Path, download: bool = False, opener: Optional[Opener] = 
     )
 
 
-def load_cifar100(root: Path, download: bool = False, opener: Optional[Opener] = None) -> DatasetSplits:
+def load_cifar100(root: Path, download: bool = False, opener: Opener | None = None) -> DatasetSplits:
     """CIFAR-100 from ``<root>/cifar-100-python/`` with fine labels and coarse (superclass) labels."""
     folder = _ensure_present(CIFAR100, root, download, opener)
     meta_path = folder / "meta"

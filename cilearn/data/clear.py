@@ -16,7 +16,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -31,9 +30,9 @@ TEST_FOLDER = "test"
 class BucketedSplits(DatasetSplits):
     """Splits whose samples also carry the index of their bucket (``bucket_names[index]``)."""
 
-    train_buckets: Optional[np.ndarray] = None
-    test_buckets: Optional[np.ndarray] = None
-    bucket_names: Optional[list[str]] = None
+    train_buckets: np.ndarray | None = None
+    test_buckets: np.ndarray | None = None
+    bucket_names: list[str] | None = None
 
 
 def natural_key(name: str) -> list:
@@ -62,10 +61,10 @@ def _stratified_test_mask(labels: np.ndarray, fraction: float, rng: np.random.Ra
     return test
 
 
-def load_clear(path: Union[str, os.PathLike], *, test_path: Union[str, os.PathLike, None] = None,
+def load_clear(path: str | os.PathLike, *, test_path: str | os.PathLike | None = None,
                test_fraction: float = 0.3, seed: int = 0, image_size: ImageSize = None,
-               workers: Optional[int] = None, name: str = "clear",
-               display_name: Optional[str] = None) -> BucketedSplits:
+               workers: int | None = None, name: str = "clear",
+               display_name: str | None = None) -> BucketedSplits:
     """Read ``<path>/<bucket>/<class>/*`` (and the test images, see the module docstring)."""
     root = Path(path).expanduser().absolute()
     if not root.is_dir():
@@ -81,7 +80,7 @@ def load_clear(path: Union[str, os.PathLike], *, test_path: Union[str, os.PathLi
         raise DataError(f"{root}: no bucket folders found; the layout is <path>/<bucket>/<class>/*.jpg.")
 
     # (bucket index, split or None = to be split, class name, file)
-    entries: list[tuple[int, Optional[str], str, Path]] = []
+    entries: list[tuple[int, str | None, str, Path]] = []
     for b, bucket in enumerate(buckets):
         own_test = bucket / TEST_FOLDER
         test_dir = own_test if own_test.is_dir() else (test_root / bucket.name if test_root else None)
@@ -111,7 +110,7 @@ def load_clear(path: Union[str, os.PathLike], *, test_path: Union[str, os.PathLi
 
     size = _target_size(image_size)
     decoder = _Decoder(size, int(workers if workers is not None else min(2, os.cpu_count() or 1)))
-    decoded: list[Optional[np.ndarray]] = [None] * len(entries)
+    decoded: list[np.ndarray | None] = [None] * len(entries)
     where = {str(i): e[3] for i, e in enumerate(entries)}
 
     def collect(results) -> None:

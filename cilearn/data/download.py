@@ -12,8 +12,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO
 
 from cilearn.errors import DataError
 from cilearn.log import get_logger, progress_disabled
@@ -27,7 +28,7 @@ def _default_opener(url: str) -> IO[bytes]:
     return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the scheme is checked to be https first
 
 
-def _content_length(response: object) -> Optional[int]:
+def _content_length(response: object) -> int | None:
     headers = getattr(response, "headers", None)
     value = headers.get("Content-Length") if headers is not None else None
     try:
@@ -36,7 +37,7 @@ def _content_length(response: object) -> Optional[int]:
         return None
 
 
-def download_file(url: str, md5: str, dest_dir: Path, *, opener: Optional[Opener] = None,
+def download_file(url: str, md5: str, dest_dir: Path, *, opener: Opener | None = None,
                   chunk_size: int = 1 << 20, manual_hint: str = "") -> Path:
     """Download ``url`` over HTTPS into a temporary file in ``dest_dir`` and check its md5.
 
@@ -114,7 +115,8 @@ def _check_member(member: tarfile.TarInfo, archive: str) -> None:
     if member.issym() or member.islnk():
         target = member.linkname
         if target.startswith(("/", "\\")) or posixpath.isabs(target):
-            raise DataError(f"{archive}: refusing link {name!r} -> {target!r} to an absolute path; the archive is unsafe.")
+            raise DataError(f"{archive}: refusing link {name!r} -> {target!r} to an absolute path; "
+                            "the archive is unsafe.")
         # Symlinks resolve relative to their own folder, hard links relative to the archive root.
         base = posixpath.dirname(name.replace("\\", "/")) if member.issym() else ""
         resolved = posixpath.normpath(posixpath.join(base, target.replace("\\", "/")))
@@ -123,7 +125,7 @@ def _check_member(member: tarfile.TarInfo, archive: str) -> None:
                             "the archive is unsafe.")
 
 
-def safe_extract_tar(archive: Path, dest: Path, display: Optional[str] = None) -> None:
+def safe_extract_tar(archive: Path, dest: Path, display: str | None = None) -> None:
     """Extract a tar archive into ``dest`` after checking every member (nothing is written if one is unsafe)."""
     label = display or str(archive)
     try:
@@ -142,7 +144,7 @@ def safe_extract_tar(archive: Path, dest: Path, display: Optional[str] = None) -
         raise DataError(f"{label}: cannot extract the archive ({exc}); it is corrupt, download it again.") from exc
 
 
-def download_and_extract(url: str, md5: str, root: Path, folder: str, *, opener: Optional[Opener] = None,
+def download_and_extract(url: str, md5: str, root: Path, folder: str, *, opener: Opener | None = None,
                          manual_hint: str = "") -> Path:
     """Download a tar archive, verify it, and place its top-level ``folder`` at ``root/folder`` atomically.
 
@@ -152,7 +154,7 @@ def download_and_extract(url: str, md5: str, root: Path, folder: str, *, opener:
     root = Path(root)
     target = root / folder
     archive = download_file(url, md5, root, opener=opener, manual_hint=manual_hint)
-    tmp_dir: Optional[Path] = None
+    tmp_dir: Path | None = None
     try:
         tmp_dir = Path(tempfile.mkdtemp(dir=root, prefix=".extract-"))
         safe_extract_tar(archive, tmp_dir, display=f"archive downloaded from {url}")

@@ -31,7 +31,8 @@ FASHION_CLASSES = [
 def parse_idx(data: bytes, source: str) -> np.ndarray:
     """Parse the bytes of an IDX file; ``source`` names the file in error messages."""
     if len(data) < 4:
-        raise DataError(f"{source}: file is too short to be an IDX file ({len(data)} bytes); replace it with the official file.")
+        raise DataError(f"{source}: file is too short to be an IDX file ({len(data)} bytes); "
+                        "replace it with the official file.")
     zero1, zero2, code, ndim = data[0], data[1], data[2], data[3]
     if zero1 != 0 or zero2 != 0 or code not in _IDX_DTYPES or ndim == 0:
         raise DataError(
@@ -68,7 +69,8 @@ def read_idx(path: Path) -> np.ndarray:
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: corrupt gzip file ({exc}); download it again.") from exc
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc}); check that it exists and is readable.") from exc
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc}); "
+                        "check that it exists and is readable.") from exc
     return parse_idx(data, str(path))
 
 

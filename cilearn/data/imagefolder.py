@@ -15,9 +15,9 @@ import os
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,7 +33,7 @@ SPLITS = ("train", "test")
 # Bump when the cached arrays' meaning changes so stale caches are never read.
 _CACHE_VERSION = 1
 
-ImageSize = Union[int, Sequence[int], None]
+ImageSize = int | Sequence[int] | None
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _iter_entries(path: Path, kind: str) -> Iterator[_Entry]:
                     yield _Entry(info.filename, False, lambda i=info: zf.read(i))
 
 
-def _split_name(name: str) -> Optional[tuple[str, str, list[str]]]:
+def _split_name(name: str) -> tuple[str, str, list[str]] | None:
     """Map an entry name to ``(wrapper folder or "", split, rest of the parts)``; None if irrelevant."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     # Hidden files and macOS resource forks are never part of the dataset.
@@ -110,7 +110,7 @@ def _split_name(name: str) -> Optional[tuple[str, str, list[str]]]:
 # Decoding (runs in worker processes when there are many images)
 # ---------------------------------------------------------------------------------------------
 
-def _target_size(image_size: ImageSize) -> Optional[tuple[int, int]]:
+def _target_size(image_size: ImageSize) -> tuple[int, int] | None:
     """``image_size`` as PIL's (width, height), or None."""
     if image_size is None:
         return None
@@ -126,15 +126,15 @@ def _target_size(image_size: ImageSize) -> Optional[tuple[int, int]]:
     return size
 
 
-def _decode_batch(batch: list[tuple[str, bytes]], size: Optional[tuple[int, int]]
-                  ) -> list[tuple[str, Optional[np.ndarray], str]]:
+def _decode_batch(batch: list[tuple[str, bytes]], size: tuple[int, int] | None
+                  ) -> list[tuple[str, np.ndarray | None, str]]:
     """Decode images to uint8 arrays: (H, W) for 'L' images, (H, W, 3) otherwise.
 
     Returns ``(name, array or None, error message)`` so the parent can name the bad file.
     """
     from PIL import Image
 
-    out: list[tuple[str, Optional[np.ndarray], str]] = []
+    out: list[tuple[str, np.ndarray | None, str]] = []
     for name, data in batch:
         try:
             # Restricting formats skips PIL's probing of every plugin (faster) and refuses files whose
@@ -161,7 +161,7 @@ def _decode_batch(batch: list[tuple[str, bytes]], size: Optional[tuple[int, int]
 class _Decoder:
     """Decodes batches in order, in a small process pool when worth it, else in this process."""
 
-    def __init__(self, size: Optional[tuple[int, int]], workers: int) -> None:
+    def __init__(self, size: tuple[int, int] | None, workers: int) -> None:
         self._size = size
         self._workers = workers
         self._pool = None
@@ -169,7 +169,7 @@ class _Decoder:
         self._pending: list = []
         self._max_pending = 4 * max(workers, 1)
 
-    def submit(self, batch: list[tuple[str, bytes]]) -> Iterator[tuple[str, Optional[np.ndarray], str]]:
+    def submit(self, batch: list[tuple[str, bytes]]) -> Iterator[tuple[str, np.ndarray | None, str]]:
         """Queue a batch; yield whatever results are ready (in submission order)."""
         self._submitted += 1
         # Start the pool only from the second batch on: small folders are not worth the start-up cost.
@@ -185,7 +185,7 @@ class _Decoder:
         while len(self._pending) > self._max_pending:
             yield from self._pending.pop(0).get()
 
-    def finish(self) -> Iterator[tuple[str, Optional[np.ndarray], str]]:
+    def finish(self) -> Iterator[tuple[str, np.ndarray | None, str]]:
         while self._pending:
             yield from self._pending.pop(0).get()
 
@@ -217,7 +217,7 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
     decoder = _Decoder(size, workers)
     batch: list[tuple[str, bytes]] = []
 
-    def collect(results: Iterator[tuple[str, Optional[np.ndarray], str]]) -> None:
+    def collect(results: Iterator[tuple[str, np.ndarray | None, str]]) -> None:
         for name, array, error in results:
             if array is None:
                 raise DataError(f"{where(name)}: cannot decode the image ({error}); "
@@ -307,7 +307,7 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
 # Cache
 # ---------------------------------------------------------------------------------------------
 
-def _cache_file(path: Path, kind: str, size: Optional[tuple[int, int]]) -> Path:
+def _cache_file(path: Path, kind: str, size: tuple[int, int] | None) -> Path:
     """Cache file named by the sha1 of the source's absolute path, size and mtime (and options)."""
     st = path.stat()
     signature: dict = {"version": _CACHE_VERSION, "path": str(path), "size": st.st_size,
@@ -328,7 +328,7 @@ def _cache_file(path: Path, kind: str, size: Optional[tuple[int, int]]) -> Path:
 _CACHE_KEYS = ("class_names", "train_images", "train_labels", "test_images", "test_labels")
 
 
-def _read_cache(file: Path) -> Optional[dict[str, np.ndarray]]:
+def _read_cache(file: Path) -> dict[str, np.ndarray] | None:
     if not file.is_file():
         return None
     try:
@@ -367,9 +367,9 @@ def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
 # Public loader
 # ---------------------------------------------------------------------------------------------
 
-def load_image_folder(path: Union[str, os.PathLike], *, image_size: ImageSize = None,
-                      class_names: Optional[Sequence[str]] = None, workers: Optional[int] = None,
-                      name: str = "image_folder", display_name: Optional[str] = None,
+def load_image_folder(path: str | os.PathLike, *, image_size: ImageSize = None,
+                      class_names: Sequence[str] | None = None, workers: int | None = None,
+                      name: str = "image_folder", display_name: str | None = None,
                       use_cache: bool = True) -> DatasetSplits:
     """Load ``<path>/{train,test}/<class>/*.{png,jpg,jpeg}`` (folder, .tar[.gz], .tgz or .zip).
 
@@ -415,7 +415,7 @@ def load_image_folder(path: Union[str, os.PathLike], *, image_size: ImageSize = 
     )
 
 
-def load_cifar10_jpeg(root: Path, image_size: ImageSize = None, workers: Optional[int] = None) -> DatasetSplits:
+def load_cifar10_jpeg(root: Path, image_size: ImageSize = None, workers: int | None = None) -> DatasetSplits:
     """CIFAR-10 published as JPEG: ``<root>/cifar10-jpeg/cifar10-jpeg.tar.gz`` (+ ``classes.json``)."""
     folder = root / "cifar10-jpeg"
     archive = folder / "cifar10-jpeg.tar.gz"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from cilearn.data.base import DatasetSplits, PathLike, data_root
 from cilearn.data.cifar import load_cifar10, load_cifar100
@@ -107,7 +108,7 @@ def list_datasets() -> list[tuple[str, str]]:
     return [(name, info.description) for name, info in _datasets().items()]
 
 
-def load_dataset(name: str, root: Optional[PathLike] = None, download: bool = False,
+def load_dataset(name: str, root: PathLike | None = None, download: bool = False,
                  **options: Any) -> DatasetSplits:
     """Load a registered dataset; ``root`` defaults to :func:`data_root` (env ``CILEARN_DATA``)."""
     key = str(name).strip().lower().replace("-", "_")
