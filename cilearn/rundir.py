@@ -258,7 +258,7 @@ class RunDir:
                   [[i] + ["" if v is None else f"{v:.6f}" for v in row] + [""] * (num_tasks - len(row))
                    for i, row in enumerate(matrix)])
 
-    def lock(self) -> "RunLock":
+    def lock(self) -> RunLock:
         return RunLock(self.path)
 
     def remove_stale_temp_files(self) -> list[Path]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cilearn.errors import CheckpointError
 from cilearn.checkpoints import UnsafeCheckpoint, load_checkpoint, save_checkpoint
+from cilearn.errors import CheckpointError
 from cilearn.rundir import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
