@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list datasets, models and methods")
     lst.add_argument("--options", action="store_true", help="also show every method's options")
+    schema = sub.add_parser("schema", help="print the JSON Schema of config files (for editors that check YAML)")
+    schema.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
     for module in EXTRA_COMMANDS:
         importlib.import_module(f"cilearn.{module}").register(sub)  # each module adds its sub-commands
     for command in [parser, *sub.choices.values()]:  # before or after the command: cilearn -q run ... / run ... -q
@@ -118,8 +120,25 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    import json
+
+    from .config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CilearnError(f"--out: cannot write '{args.out}' ({exc.strerror or exc}).") from None
+    print(f"schema: {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    commands = {"run": cmd_run, "list": cmd_list}
+    commands = {"run": cmd_run, "list": cmd_list, "schema": cmd_schema}
     args = None
     log = setup_logging(NORMAL)  # errors while parsing the command line already need the console format
     try:

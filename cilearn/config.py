@@ -222,7 +222,9 @@ def run_label(raw: dict, with_seed: bool) -> str:
 
 def parse_config(raw: dict) -> Config:
     """Validate one single-run raw config (after expansion)."""
-    from .methods import method_options  # late import: methods import config types
+    from .methods import method_options  # late imports: methods and streams import config types
+    from .models.registry import model_defaults
+    from .streams import STREAM_OPTIONS
 
     for section in ("data", "model"):
         if section not in raw or raw[section] is None:
@@ -230,7 +232,13 @@ def parse_config(raw: dict) -> Config:
     cfg = build_section(Config, raw, "")
     if not isinstance(cfg.method, dict) or "name" not in cfg.method:
         raise ConfigError("method: expected a mapping with a 'name', e.g. method: {name: finetune}.")
-    method_options(cfg.method)  # validates the method's own keys now, before any work starts
+    # The resolved config lists every default: the method's options, the model's, the stream's.
+    cfg.method = to_dict(method_options(cfg.method))  # validates the method's own keys now, before any work
+    defaults, _ = model_defaults(cfg.model.name)
+    cfg.model.options = {**defaults, **cfg.model.options}
+    if cfg.scenario.type == "domain_incremental" and cfg.scenario.options.get("stream") in STREAM_OPTIONS:
+        kind = cfg.scenario.options["stream"]
+        cfg.scenario.options = to_dict(build_section(STREAM_OPTIONS[kind], cfg.scenario.options, "scenario.options"))
     if cfg.scenario.type != "domain_incremental" and cfg.scenario.classes_per_task is None:
         raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios.")
     milestones = cfg.train.milestones
@@ -246,3 +254,51 @@ def load_runs(path: str | Path, overrides: list[str] | None = None) -> tuple[str
     raws = expand_runs(raw)
     many_seeds = len({r["seed"] for r in raws}) > 1
     return str(raw.get("name")), [(run_label(r, many_seeds), parse_config(r)) for r in raws]
+
+
+def json_schema() -> dict:
+    """JSON Schema (draft 2020-12) of a config file, for editors that complete and check YAML (``cilearn schema``).
+
+    Built from the same dataclasses that validate configs: every section's keys, types, choices, bounds,
+    defaults and help lines; ``method`` (and each entry of ``methods``) is a union of the registered methods'
+    options discriminated by ``name``, ``scenario.options`` one of the domain streams' options discriminated by
+    ``stream``.  cilearn's own checks go further (cross-section rules, dataset and model options)."""
+    from .methods import all_methods
+    from .schema import section_schema
+    from .streams import STREAM_OPTIONS
+
+    defs: dict = {}
+    schema = section_schema(Config, defs)
+    methods = all_methods()
+    for name, cls in sorted(methods.items()):
+        options = section_schema(cls.Options, defs)
+        options["properties"]["name"] = {"const": name, "description": cls.description}
+        options["title"] = f"method {name}"
+        defs[f"method.{name}"] = options
+    one_method = {"anyOf": [
+        {"type": "object", "oneOf": [{"$ref": f"#/$defs/method.{n}"} for n in sorted(methods)],
+         "discriminator": {"propertyName": "name"}},
+        {"enum": sorted(methods), "description": "a method with its default options"}]}
+    schema["properties"]["method"] = {**one_method, "description": "the method of this experiment"}
+    schema["properties"]["methods"] = {"type": "array", "minItems": 1, "items": one_method,
+                                       "description": "several methods, one run each, compared in a summary"}
+    schema["properties"]["seeds"] = {"type": "array", "minItems": 1, "uniqueItems": True,
+                                     "items": {"type": "integer", "minimum": 0},
+                                     "description": "several seeds, one run each (mean ± std in the summary)"}
+    schema["required"] = [key for key in schema["required"] if key != "method"]
+    schema["oneOf"] = [{"required": ["method"]}, {"required": ["methods"]}]
+    for kind, cls in STREAM_OPTIONS.items():
+        stream = section_schema(cls, defs)
+        stream["properties"]["stream"] = {"const": kind}
+        defs[f"stream.{kind}"] = stream
+    defs["ScenarioConfig"]["properties"]["options"] = {
+        "anyOf": [{"type": "object", "maxProperties": 0},
+                  {"type": "object", "oneOf": [{"$ref": f"#/$defs/stream.{k}"} for k in STREAM_OPTIONS],
+                   "discriminator": {"propertyName": "stream"}}],
+        "description": "domain_incremental streams: stream and its options"}
+    # classes_per_task is needed by every scenario but the domain streams
+    schema["if"] = {"properties": {"scenario": {"properties": {"type": {"const": "domain_incremental"}},
+                                                "required": ["type"]}}, "required": ["scenario"]}
+    schema["else"] = {"properties": {"scenario": {"required": ["classes_per_task"]}}, "required": ["scenario"]}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "cilearn experiment config",
+            **schema, "$defs": dict(sorted(defs.items()))}

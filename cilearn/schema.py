@@ -154,3 +154,71 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
     return rows
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return to_dict(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return to_dict(f.default_factory())
+    return dataclasses.MISSING
+
+
+def _type_schema(tp: Any, bounds: dict, defs: dict) -> dict:
+    """JSON Schema of one field type; ``bounds`` (minimum/maximum) apply to its numbers."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return {}
+    if origin in (Union, types.UnionType):
+        options = [_type_schema(a, bounds, defs) for a in typing.get_args(tp)]
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(tp))}
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return {"type": "array", "items": _type_schema(inner, bounds, defs)}
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if dataclasses.is_dataclass(tp):
+        defs.setdefault(tp.__name__, section_schema(tp, defs))
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    if tp is type(None):
+        return {"type": "null"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer", **bounds}
+    if tp is float:  # YAML 1.1 (PyYAML) reads 1e-3 as a string; cilearn takes it as the number it means
+        return {"type": ["number", "string"], "pattern": f"^{_NUMBER.pattern}$", **bounds}
+    if tp is str:
+        return {"type": "string"}
+    raise TypeError(f"unsupported schema type {tp!r}")
+
+
+def section_schema(cls: type, defs: dict | None = None) -> dict:
+    """JSON Schema (draft 2020-12) of a section: the same types, choices, bounds, defaults and help lines that
+    :func:`build_section` checks and ``cilearn list --options`` shows; unknown keys are refused.  Nested
+    sections are put in ``defs`` (referenced as ``#/$defs/<class name>``)."""
+    defs = {} if defs is None else defs
+    hints = typing.get_type_hints(cls)
+    properties, required = {}, []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        bounds = {key: f.metadata[name] for name, key in (("min", "minimum"), ("max", "maximum"))
+                  if f.metadata.get(name) is not None}
+        prop = _type_schema(hints[f.name], bounds, defs)
+        if f.metadata.get("help"):
+            prop["description"] = f.metadata["help"]
+        default = _default(f)
+        if default is dataclasses.MISSING:
+            required.append(f.name)
+        elif not dataclasses.is_dataclass(hints[f.name]):  # a nested section lists its own defaults
+            prop["default"] = default
+        properties[f.name] = prop
+    schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
+    if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):  # not the dataclass's generated one
+        schema["description"] = cls.__doc__.strip().splitlines()[0]
+    if required:
+        schema["required"] = required
+    return schema

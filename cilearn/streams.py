@@ -71,8 +71,8 @@ class BucketsOptions:
     num_tasks: int | None = option(None, min=1, help="use only the first buckets")
 
 
-_OPTIONS = {"rotated": RotatedOptions, "permuted": PermutedOptions, "superclass": SuperclassOptions,
-            "buckets": BucketsOptions}
+STREAM_OPTIONS = {"rotated": RotatedOptions, "permuted": PermutedOptions, "superclass": SuperclassOptions,
+                  "buckets": BucketsOptions}
 
 
 # --- image transforms ---------------------------------------------------------------------------------
@@ -210,13 +210,13 @@ def build_stream(cfg, splits: DatasetSplits, seed: int) -> Scenario:
                               f"remove it.")
     options = dict(cfg.options or {})
     kind = options.get("stream")
-    if kind not in _OPTIONS:
+    if kind not in STREAM_OPTIONS:
         from .schema import unknown_choice
         if kind is None:
             raise ConfigError(f"scenario.options.stream: required for domain_incremental scenarios; one of "
                               f"{', '.join(STREAMS)} (e.g. options: {{stream: rotated, num_tasks: 5}}).")
         raise unknown_choice("stream", str(kind), STREAMS, "scenario.options.stream")
-    opts = build_section(_OPTIONS[kind], options, "scenario.options")
+    opts = build_section(STREAM_OPTIONS[kind], options, "scenario.options")
     class_names = list(splits.class_names)
     if kind == "rotated":
         experiences = _rotated(opts, splits, seed)

@@ -53,6 +53,16 @@ def _plugin_specs() -> dict[str, _Spec]:
             for name, make in plugins("cilearn.models").items() if name not in _REGISTRY}
 
 
+def model_defaults(name: str) -> tuple[dict[str, Any], list[str]]:
+    """A built-in model's options with their defaults, and the options without one (the user must give them);
+    ``({}, [])`` for a plugin's model or an unknown name (``build_model`` reports that)."""
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is None:
+        return {}, []
+    return ({k: v for k, v in spec.defaults.items() if v is not _REQUIRED},
+            [k for k, v in spec.defaults.items() if v is _REQUIRED])
+
+
 def _is_int(value: Any) -> bool:
     # numbers.Integral also admits numpy ints; bool is an int subclass but never a valid size.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
