@@ -14,6 +14,7 @@ from cilearn.cli import build_parser
 from cilearn.config import Config, apply_overrides, expand_runs, load_runs, load_yaml, parse_config, parse_override
 from cilearn.data import load_dataset
 from cilearn.errors import CilearnError, ConfigError
+from cilearn.methods import METHODS
 from cilearn.models import build_model
 from cilearn.schema import build_section, did_you_mean, option
 
@@ -140,7 +141,9 @@ def test_parse_config_defaults_and_round_trip():
     cfg = parse_config(expand_runs(dict(BASE))[0])
     assert isinstance(cfg, Config)
     assert cfg.train.epochs == 1 and cfg.train.checkpoint_every == 0 and cfg.seed == 0
-    assert cfg.method == {"name": "finetune"} and cfg.scenario.classes_per_task == 2
+    assert cfg.method["name"] == "finetune"  # with every option's default listed
+    assert set(cfg.method) == {f.name for f in dataclasses.fields(METHODS["finetune"].Options)}
+    assert cfg.scenario.classes_per_task == 2
     again = parse_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))  # what config.yaml holds
     assert again == cfg
 
