@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CILEARN_DATA ?= $(abspath ../shared/data)
 export CILEARN_DATA
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,5 +25,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $@
+
+# The documentation site into site/; --strict: a broken link or a docstring mkdocstrings cannot read fails.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site

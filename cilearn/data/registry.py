@@ -103,6 +103,12 @@ def _datasets() -> dict[str, _DatasetInfo]:
     return {**_REGISTRY, **extra}
 
 
+def dataset_options(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``data.options`` a registered dataset accepts and those it needs (a plugin's: none listed)."""
+    info = _datasets()[name]
+    return tuple(option for option in info.options if option != "opener"), info.required  # opener: tests only
+
+
 def list_datasets() -> list[tuple[str, str]]:
     """Registered datasets as ``(name, one-line description)``."""
     return [(name, info.description) for name, info in _datasets().items()]
