@@ -90,7 +90,10 @@ def cmd_run(args) -> int:
         args.run_dir = Path(args.out) if args.out else default_out_dir(
             str(apply_overrides(load_yaml(args.config), overrides).get("name")))
         out = run_experiment(args.config, overrides, args.run_dir)
-    print(f"done: {out}")
+    from .distributed import is_main
+
+    if is_main():
+        print(f"done: {out}")
     return 0
 
 
@@ -137,6 +140,24 @@ def cmd_schema(args) -> int:
     return 0
 
 
+class JobStopped(CilearnError):
+    """torchrun stopped this process because another process of the job failed."""
+
+
+def _stop_on_sigterm(args) -> None:
+    """Under torchrun, a process that dies makes torchrun terminate the others: rank 0 says what happened and
+    where the finished tasks are (files are written atomically, so nothing is left half-written)."""
+    import signal
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return
+
+    def stop(signum, frame):
+        raise JobStopped("another process of this torchrun job stopped, so torchrun ended this one.")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "list": cmd_list, "schema": cmd_schema}
     args = None
@@ -144,10 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         setup_logging(verbosity(args))
+        _stop_on_sigterm(args)
         handler = getattr(args, "handler", None) or commands[args.command]
         return handler(args)
     except CilearnError as exc:
-        log.error(" ".join(str(exc).split()))  # always one line, whatever the message holds
+        message = " ".join(str(exc).split())  # always one line, whatever the message holds
+        run_dir = getattr(args, "run_dir", None)
+        if type(exc).__name__ in ("PeerLost", "JobStopped") and run_dir and "saved in" not in message:
+            message += (f" Finished tasks are saved in '{run_dir}': continue with torchrun ... -m cilearn run "
+                        f"--resume {run_dir}")
+        log.error(message)  # rank 0 of a torchrun job alone prints (setup_logging)
         return exc.exit_code
     except BrokenPipeError:  # output piped into head & co. that stopped reading: not an error
         try:
@@ -158,6 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(getattr(args, "run_dir", None)), file=sys.stderr)
         return 130
+    finally:
+        _leave_job()
+
+
+def _leave_job() -> None:
+    """After a torchrun job's command: a later SIGTERM from torchrun ends the process quietly, and the process
+    group is closed (PyTorch warns about one left open)."""
+    if "LOCAL_RANK" not in os.environ:
+        return
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # a peer already gone: nothing left to close cleanly
+        pass
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class TrainConfig:
     compile: bool = option(False, help="torch.compile the model")
     deterministic: bool = option(False, help="torch deterministic algorithms (slower on GPU)")
     progress: bool = option(True, help="progress bars")
+    sync_batchnorm: bool = option(False, help="under torchrun: synchronise BatchNorm statistics across processes "
+                                              "(CUDA only)")
+    dist_timeout: float = option(1800.0, min=1.0, help="under torchrun: seconds a process waits for the others "
+                                                       "before the job stops")
 
 
 @dataclasses.dataclass

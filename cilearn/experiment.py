@@ -10,7 +10,7 @@ from .config import Config, apply_overrides, expand_runs, load_runs, load_yaml, 
 from .data.memo import shared_datasets
 from .errors import CheckpointError, ConfigError
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
-from .runner import Run
+from .runner import Run, say
 
 
 def default_out_dir(name: str) -> Path:
@@ -79,14 +79,14 @@ def _resume_experiment(out: Path) -> Path:
             runs = [(run_label(r, many), parse_config(r)) for r in raws]
             if (out / "summary.json").is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
-                print(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.", flush=True)
+                say(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.")
                 return out
             run_children(out, runs, resume=True)
     elif (out / "config.yaml").is_file():
         metrics = read_metrics(out)
         if metrics and metrics.get("complete"):
-            print(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
-                  f"nothing to resume.", flush=True)
+            say(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
+                  f"nothing to resume.")
             return out
         from .summary import write_summary
         try:

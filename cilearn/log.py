@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from .distributed import is_main
+
 ROOT = "cilearn"
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
@@ -69,6 +71,8 @@ def setup_logging(verbosity: int = NORMAL) -> logging.Logger:
     changes the level: there is always exactly one console handler."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(_LEVELS[max(QUIET, min(VERBOSE, verbosity))])
+    if not is_main():  # a torchrun job speaks through rank 0 only
+        logger.setLevel(logging.CRITICAL + 1)
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         handler = ConsoleHandler()
         handler.setFormatter(ConsoleFormatter())

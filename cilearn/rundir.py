@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 from filelock import FileLock, Timeout
 
+from .distributed import is_main
 from .errors import CheckpointError, ConfigError
 
 TMP_SUFFIX = ".tmp"
@@ -51,7 +52,11 @@ _FILE_MODE = 0o666 & ~_read_umask()
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: readers see the old file or
     the new one, never half of one, even if the process is killed mid-write.  A file system that
-    refuses the write (full disk, read-only, no permission) is a CheckpointError naming the file."""
+    refuses the write (full disk, read-only, no permission) is a CheckpointError naming the file.
+
+    In a torchrun job only rank 0 writes: the other processes hold the same results and skip it."""
+    if not is_main():
+        return
     path = Path(path)
     tmp = None
     try:
@@ -134,6 +139,8 @@ class RunLock:
         self._lock: FileLock | None = None
 
     def __enter__(self) -> RunLock:
+        if not is_main():  # torchrun: rank 0 holds the lock for the whole job
+            return self
         lock = FileLock(self.path, timeout=0)  # one attempt: a folder in use is an error, never a wait
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +174,9 @@ class RunLock:
 
 def check_fresh(out: Path) -> None:
     """A new run never writes into a folder that holds anything (a lone ``.lock`` left by a run that died
-    before writing its config does not count)."""
+    before writing its config does not count).  Rank 0 of a torchrun job checks for all."""
+    if not is_main():
+        return
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder '{out}' is a file, not a folder; choose another --out.")
     if out.is_dir() and any(not _leftover(p.name) for p in out.iterdir()):

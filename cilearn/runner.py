@@ -20,6 +20,10 @@ from .augment import BatchAugment
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore
 from .config import Config
 from .data.memo import load_splits
+from .distributed import Distributed, is_main
+from .log import get_logger
+from .distributed import check_config as check_distributed_config
+from .distributed import check_method as check_distributed_method
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .methods import MethodContext, method_class, method_options
@@ -28,6 +32,8 @@ from .rundir import RunDir, check_fresh, write_npz
 from .runtime import configure_torch, resolve_device, rng_state, seed_everything, set_rng_state
 from .scenarios import build_scenario
 from .train import EpochResult, Trainer
+
+log = get_logger(__name__)
 
 LOG_COLUMNS = ["task", "epoch", "lr", "train_loss", "train_accuracy", "test_accuracy_current",
                "test_accuracy_seen", "stage", "seconds"]
@@ -55,6 +61,8 @@ class Run:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.train.device)
         configure_torch(cfg.train, self.device)
+        check_distributed_config(cfg.train, self.device)
+        self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
         self.scenario = build_scenario(cfg.scenario, load_splits(cfg.data), cfg.seed)
         height, width, channels = self.scenario.image_shape
         if height != width:
@@ -66,6 +74,8 @@ class Run:
             apply_transfer(self.model, cfg.model)
         elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
             raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start from).")
+        if cfg.train.sync_batchnorm and self.distributed is not None:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile:
@@ -78,12 +88,13 @@ class Run:
                                 infer=self.inference, augment=self.augment, build_model=self.build_model)
         self.method = method_class(options.name)(options, self.model, context)
         self.method.check(self.scenario)
+        check_distributed_method(self.method, self.distributed)
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed)
         class_task = None
         if self.scenario.kind != "domain_incremental":
             class_task = torch.as_tensor(self.scenario.task_of_class(), device=self.device)
-        self.trainer = Trainer(cfg.train, self.device, self.augment, class_task)
+        self.trainer = Trainer(cfg.train, self.device, self.augment, class_task, self.distributed)
         self.checkpoints = CheckpointStore(self.files, len(self.scenario))
         self.ready = True
 
@@ -193,7 +204,10 @@ class Run:
             if not resume:
                 check_fresh(self.dir)  # checked again under the lock: another run may have just finished here
             self.files.remove_stale_temp_files()  # left by a process killed while writing
-            state = self.checkpoints.latest() if resume else None
+            state = self.checkpoints.latest() if resume and is_main() else None
+            if self.distributed is not None:  # rank 0 read it: every process resumes from the same point
+                state = self.distributed.broadcast(state)
+                say(self.distributed.describe(self.cfg.train.batch_size))
             if not resume or not self.files.info.is_file():
                 if not resume:
                     self.files.write_config(self.cfg.to_dict())
@@ -208,12 +222,12 @@ class Run:
                 stage = f", stage {start_stage + 1}" if start_stage else ""
                 where = (f"task {first_task + 1}/{tasks}{stage}, epoch {start_epoch + 1}" if inside
                          else f"the start of task {first_task + 1}/{tasks}")
-                print(f"[{self.label}] resuming from '{self.checkpoints.resumed_from}' at {where}", flush=True)
+                source = self.checkpoints.resumed_from or "the checkpoint rank 0 read"
+                say(f"[{self.label}] resuming from '{source}' at {where}")
                 if not inside:
                     state = None
             elif resume:
-                print(f"[{self.label}] no checkpoint in '{self.dir}' yet: starting the run from the beginning",
-                      flush=True)
+                say(f"[{self.label}] no checkpoint in '{self.dir}' yet: starting the run from the beginning")
             try:
                 for task in self.scenario[first_task:]:
                     self.run_task(task, state)
@@ -263,6 +277,8 @@ class Run:
         started = time.perf_counter()
         self.method.end_task(task, data)
         self.timing["end_task_seconds"] += time.perf_counter() - started
+        if self.distributed is not None:
+            self.distributed.check_identical(self.model, f"after task {task.index + 1}")
         self.evaluate_task(task, before)
 
     def run_stage(self, task, stages: list, index: int, state: dict | None):
@@ -323,9 +339,9 @@ class Run:
             self.write_exemplars(task.index)
         self.save(task.index, 0, None)
         self.write_results(complete=task.index + 1 == len(self.scenario))
-        print(f"[{self.label}] task {task.index + 1}/{len(self.scenario)} ({task.name}): "
-              f"accuracy on seen classes {primary['seen_accuracy']:.1%}, on this task "
-              f"{primary['current_accuracy']:.1%}", flush=True)
+        say(f"[{self.label}] task {task.index + 1}/{len(self.scenario)} ({task.name}): "
+            f"accuracy on seen classes {primary['seen_accuracy']:.1%}, on this task "
+            f"{primary['current_accuracy']:.1%}")
 
     def write_exemplars(self, task_index: int) -> None:
         """The method's stored samples after the task, with their features under the current model (the
@@ -336,6 +352,11 @@ class Run:
         arrays = {key: np.asarray(value) for key, value in stored.items()}
         arrays["features"] = self.inference(arrays["images"])[0].cpu().numpy().astype(np.float32)
         write_npz(self.files.exemplars(task_index), arrays)
+
+
+def say(message: str) -> None:
+    """Progress for the user (the console logger; rank 0 alone in a torchrun job)."""
+    log.info(message)
 
 
 def first_task_samples(scenario, count: int) -> tuple[np.ndarray, np.ndarray]:

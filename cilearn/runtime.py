@@ -42,6 +42,8 @@ def _as_tuple(value):
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)

@@ -23,6 +23,7 @@ from .augment import BatchAugment, to_tensor_images
 from .config import TrainConfig
 from .data import ImageData
 from .errors import TrainingDiverged
+from .distributed import Distributed
 from .methods import Batch, Method
 
 
@@ -59,10 +60,11 @@ class Trainer:
     ids; without it (domain streams) every sample carries the current task's index."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment,
-                 class_task: torch.Tensor | None = None):
+                 class_task: torch.Tensor | None = None, distributed: Distributed | None = None):
         self.base_cfg = self.cfg = cfg
         self.device, self.augment = device, augment
         self.class_task = class_task
+        self.distributed = distributed  # torchrun: this process computes its share of every batch
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
 
@@ -102,8 +104,12 @@ class Trainer:
         images = to_tensor_images(data.images, device)
         labels = torch.as_tensor(data.labels, device=device)
         n = len(labels)
+        dist = self.distributed
         # A last batch of one sample breaks BatchNorm in training mode; drop it (it is reshuffled next epoch).
-        steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
+        # Under torchrun every process needs two samples of it.
+        smallest = 2 * dist.world if dist is not None and _has_batchnorm(model) else (dist.world if dist else 2)
+        steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= smallest else 0)
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                     else nullcontext())
         num_seen = method.num_seen
@@ -120,7 +126,11 @@ class Trainer:
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 raw, targets = images[idx], labels[idx]
-                batch = Batch(inputs=self.augment(raw), images=raw, labels=targets,
+                inputs, total = self.augment(raw), len(idx)
+                if dist is not None:  # the whole batch is drawn and augmented alike everywhere; compute a share
+                    part = dist.shard(total)
+                    idx, raw, targets, inputs = idx[part], raw[part], targets[part], inputs[part]
+                batch = Batch(inputs=inputs, images=raw, labels=targets,
                               task_ids=self._task_ids(targets, task_index), indices=idx,
                               replay=self._replay_batch(method, len(idx), task_index))
                 with autocast:
@@ -128,14 +138,18 @@ class Trainer:
                     loss = method.loss(out, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if dist is not None:
+                    dist.average_gradients(parameters, len(idx), total)
                 method.before_step(self.optimizer)
                 self.optimizer.step()
                 method.after_step(batch, out)
-                loss_sum += loss.detach().float()
+                loss_sum += loss.detach().float() * (len(idx) / total if dist is not None else 1.0)
                 logits = out.logits.detach()[: len(targets), :num_seen]
                 correct += (logits.argmax(1) == targets).sum()
                 bar.update()
             method.end_epoch(epoch)
+            if dist is not None:  # every process logs (and stops on NaN) with the whole batch's figures
+                loss_sum, correct = dist.sum(loss_sum), dist.sum(correct)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             mean_loss = loss_sum.item() / max(steps, 1)
@@ -153,3 +167,7 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(result)
         bar.close()
+
+
+def _has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

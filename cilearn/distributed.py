@@ -1,0 +1,177 @@
+"""One run on several processes with torch.distributed: ``torchrun --nproc_per_node N -m cilearn run CONFIG``
+(multi-node: torchrun's usual ``--nnodes/--node_rank/--rdzv_endpoint`` flags).  gloo on CPU, NCCL on CUDA.
+
+How the work is split, and why the results equal a single process's:
+
+- every process holds the same model, method state and random generators (seeded alike), so every
+  process draws the same permutation and augments the same global batch of ``train.batch_size`` samples —
+  the batch a single process would train on — and computes the forward and backward of its own
+  contiguous share of it (a disjoint shard of every epoch's permutation);
+- the gradients are summed with one all-reduce per step, each process's weighted by its share of the
+  batch: the result is the gradient of the whole batch (up to the order of a float sum), every process
+  applies the same step and the models stay identical (checked after every task).  The effective batch
+  is ``train.batch_size`` whatever the number of processes, so the learning rate is not rescaled;
+- everything that is not a gradient step — the frozen teacher, exemplar selection (herding), class means,
+  evaluation — runs on every process on identical models and inputs and gives identical results; only
+  rank 0 writes the run directory and prints; a checkpoint is read by rank 0 and broadcast, and resumes on
+  any number of processes (one included).
+
+Why not ``DistributedDataParallel``: it synchronises gradients only for work that goes through its own
+``forward``, while cilearn's methods call parts of the network (features, head, a teacher) from their hooks;
+the explicit all-reduce gives the same gradients for every method (without DDP's overlap of communication
+with the backward pass).  BatchNorm statistics are per process unless ``train.sync_batchnorm`` (CUDA only:
+PyTorch's SyncBatchNorm has no CPU kernel); with it, or without BatchNorm, runs match a single process.
+
+Methods that keep per-step state (a reservoir buffer filled in ``after_step``, a replay minibatch, gradient
+projection in ``before_step``) would need that state gathered across processes; they are refused under
+torchrun with one clear message rather than run subtly differently.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from .errors import CilearnError, ConfigError
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """True in a single process and in rank 0 of a torchrun job: the one process that writes and prints."""
+    return rank() == 0
+
+
+class ProcessesDiverged(CilearnError):
+    """The processes of a torchrun job no longer hold the same model (a nondeterministic kernel)."""
+
+
+class PeerLost(CilearnError):
+    """Another process of the torchrun job died or stopped answering."""
+
+
+@contextmanager
+def _collective(what: str):
+    """A collective call: a peer that died (connection closed, timeout) becomes one clear error."""
+    try:
+        yield
+    except (RuntimeError, dist.DistBackendError) as exc:
+        text = re.sub(r"\[[^\]]*\]:?\s*", "", " ".join(str(exc).split()))  # drop source paths and addresses
+        detail = text.split(". ")[0][:160]
+        raise PeerLost(f"another process of this torchrun job stopped or stopped answering during {what} "
+                       f"({detail}).") from None
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    backend: str
+
+    # --- setup ---
+    @classmethod
+    def from_environment(cls, device: torch.device, timeout_s: float) -> "Distributed | None":
+        """The job this process belongs to (torchrun's environment), or None for a single process."""
+        if world_size() <= 1:
+            return None
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(), backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self, batch_size: int) -> str:
+        share = f"{batch_size // self.world}" + ("" if batch_size % self.world == 0 else f"-{batch_size // self.world + 1}")
+        return (f"torchrun: {self.world} processes ({self.backend}); each computes {share} of every batch of "
+                f"{batch_size}: the effective batch is train.batch_size, so the learning rate is not rescaled")
+
+    # --- one step ---
+    def shard(self, n: int) -> slice:
+        """This process's contiguous part of a global batch of ``n`` samples (sizes differ by at most one)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter], local: int, total: int) -> None:
+        """Replace each gradient by the whole batch's: Σ over processes of (local / total) × local gradient.
+
+        Every process passes the same parameters in the same order; a missing gradient counts as zeros."""
+        params = [p for p in parameters if p.requires_grad]
+        if not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = _flatten_dense_tensors(grads).mul_(local / total)
+        with _collective("the gradient all-reduce"):
+            dist.all_reduce(flat)
+        for p, synced in zip(params, _unflatten_dense_tensors(flat, grads)):
+            if p.grad is None:
+                p.grad = synced.clone()
+            else:
+                p.grad.copy_(synced)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        with _collective("an all-reduce"):
+            dist.all_reduce(value)
+        return value
+
+    # --- consistency ---
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every process (e.g. the checkpoint to resume from)."""
+        box = [obj if self.main else None]
+        with _collective("a broadcast"):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def check_identical(self, model: torch.nn.Module, where: str) -> None:
+        """Refuse to go on when the processes' models differ (a checksum of every parameter and buffer)."""
+        values = [t.detach().double().flatten() for t in model.state_dict().values() if t.is_floating_point()]
+        flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
+        weights = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)
+        checksum = torch.stack([flat.sum(), (flat * weights).sum()]).to(torch.float64)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
+        with _collective("the model check"):
+            dist.all_gather(gathered, checksum)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise ProcessesDiverged(f"the {self.world} processes of this torchrun job hold different models {where} "
+                                    f"(a nondeterministic kernel?); set train.deterministic: true and start again.")
+
+    def barrier(self) -> None:
+        with _collective("a barrier"):
+            dist.barrier()
+
+
+def check_method(method, distributed: Distributed | None) -> None:
+    """Refuse methods whose per-step state would differ between processes."""
+    if distributed is None:
+        return
+    from .methods import Method
+
+    cls = type(method)
+    per_step = [hook for hook in ("before_step", "after_step") if getattr(cls, hook) is not getattr(Method, hook)]
+    if per_step or method.replay is not None or getattr(cls, "replay_batch_size", None):
+        what = ", ".join(per_step) or "a per-step replay buffer"
+        raise ConfigError(f"method '{cls.name}' keeps per-step state ({what}) that is not yet gathered across "
+                          f"the processes of a torchrun job; run it in one process (plain 'cilearn run').")
+
+
+def check_config(train_cfg, device: torch.device) -> None:
+    if train_cfg.sync_batchnorm and world_size() > 1 and device.type != "cuda":
+        raise ConfigError("train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; on CPU set it to false "
+                          "(BatchNorm statistics are then per process).")

@@ -1,0 +1,188 @@
+"""One run on two processes (torchrun, gloo on the CPU) against the same run in one process.
+
+The MLP has no BatchNorm, so the arithmetic of the two is the same up to the order of float sums: the two
+processes compute halves of every batch and all-reduce the weighted gradients.  Stated tolerance: accuracies
+and losses within 1e-4 (in practice they agree to the last printed digit); exemplars (herding on identical
+models) identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cilearn.distributed import Distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-4
+
+
+def config(method: dict, tasks: int = 3) -> dict:
+    return {"data": {"name": "digits"},
+            "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": tasks},
+            "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": method,
+            "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False,
+                      "num_threads": 1, "dist_timeout": 120},
+            "output": {"max_feature_samples": 40}, "seed": 2}
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def torchrun(args: list[str], processes: int = 2, timeout: float = 300, script: str | None = None):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    target = [script] if script else ["-m", "cilearn"]
+    return subprocess.run(launcher + target + args, capture_output=True, text=True, env=env(), timeout=timeout)
+
+
+def single(args: list[str], timeout: float = 300):
+    return subprocess.run([sys.executable, "-m", "cilearn"] + args, capture_output=True, text=True, env=env(),
+                          timeout=timeout)
+
+
+def scores(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {name: np.array([[np.nan if v is None else v for v in row] for row in s["accuracy_matrix"]])
+            for name, s in metrics["classifiers"].items()}
+
+
+def test_shards_cover_a_batch_once():
+    for n in (1, 7, 32, 33):
+        for world in (2, 3):
+            parts = [Distributed(r, world, "gloo").shard(n) for r in range(world)]
+            covered = [i for p in parts for i in range(n)[p]]
+            assert covered == list(range(n)) and max(len(range(n)[p]) for p in parts) - min(
+                len(range(n)[p]) for p in parts) <= 1
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist")
+    path = folder / "icarl.yaml"
+    path.write_text(yaml.safe_dump(config({"name": "icarl", "memory_size": 40})))
+    one = single(["run", str(path), "--out", str(folder / "one")])
+    assert one.returncode == 0, one.stderr
+    two = torchrun(["run", str(path), "--out", str(folder / "two")])
+    assert two.returncode == 0, two.stderr
+    return folder, path, two
+
+
+def test_two_processes_match_one(runs):
+    folder, _, two = runs
+    assert "torchrun: 2 processes (gloo); each computes 16 of every batch of 32" in two.stdout
+    assert two.stdout.count("task 3/3") == 1  # rank 0 alone reports
+    want, got = scores(folder / "one"), scores(folder / "two")
+    assert want.keys() == got.keys() == {"nme", "head"}
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=TOLERANCE, equal_nan=True)
+    for task in range(3):  # herding on identical models: the same exemplars
+        a = np.load(folder / "one" / "exemplars" / f"task_{task:02d}.npz")
+        b = np.load(folder / "two" / "exemplars" / f"task_{task:02d}.npz")
+        assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
+    log_one = [r.split(",") for r in (folder / "one" / "log.csv").read_text().splitlines()[1:]]
+    log_two = [r.split(",") for r in (folder / "two" / "log.csv").read_text().splitlines()[1:]]
+    for a, b in zip(log_one, log_two):  # train loss and accuracy over the whole batch, as one process
+        assert abs(float(a[3]) - float(b[3])) < TOLERANCE and abs(float(a[4]) - float(b[4])) < TOLERANCE
+    assert not list((folder / "two").rglob("*.tmp"))
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    folder, _, _ = runs
+    resumed = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(folder / "two", resumed)
+    (resumed / "checkpoints" / "task_02.pt").unlink()  # as if the job had stopped after its second task
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    metrics["complete"] = False
+    (resumed / "metrics.json").write_text(json.dumps(metrics))
+    proc = single(["run", "--resume", str(resumed)])
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stdout and "task 3/3" in proc.stdout
+    for name, matrix in scores(folder / "one").items():
+        np.testing.assert_allclose(scores(resumed)[name], matrix, atol=TOLERANCE, equal_nan=True)
+
+
+KILLER = '''
+import os, signal, sys, threading
+from cilearn import runner
+if os.environ.get("RANK") == "1":
+    original = runner.Run.evaluate_task
+    def evaluate_then_die(self, task, before):
+        original(self, task, before)
+        if task.index == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # rank 1 dies after its second task
+    runner.Run.evaluate_task = evaluate_then_die
+from cilearn.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_dead_process_ends_the_job_with_one_message_and_nothing_half_written(runs, tmp_path):
+    _, path, _ = runs
+    script = tmp_path / "die.py"
+    script.write_text(KILLER)
+    out = tmp_path / "out"
+    proc = torchrun(["run", str(path), "--out", str(out)], script=str(script), timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr  # rank 0's one line (torchrun adds its own report after it)
+    assert "another process of this torchrun job stopped" in errors[0] and str(out) in errors[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not metrics["complete"] and metrics["tasks_done"] >= 1
+    assert not list(out.rglob("*.tmp"))
+    resumed = single(["run", "--resume", str(out)])  # and the run continues in one process
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_methods_with_per_step_state_are_refused_under_torchrun(tmp_path):
+    from cilearn.methods import Method, register
+
+    path = tmp_path / "guide.yaml"
+    path.write_text(yaml.safe_dump(config({"name": "finetune"}) | {"train": {"sync_batchnorm": True, "epochs": 1}}))
+    proc = torchrun(["run", str(path), "--out", str(tmp_path / "out")], timeout=200)
+    assert proc.returncode != 0  # torchrun turns any failed process into its own exit code 1
+    assert "error: train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+    class StepState(Method):
+        name = "step_state_test"
+
+        def after_step(self, batch, out):
+            pass
+
+    register(StepState)
+    from cilearn.distributed import check_method
+    from cilearn.errors import ConfigError
+
+    method = StepState.__new__(StepState)
+    method.replay = None
+    with pytest.raises(ConfigError, match="per-step state \\(after_step\\)"):
+        check_method(method, Distributed(0, 2, "gloo"))
+    check_method(method, None)  # one process: fine
+
+
+def test_average_gradients_weights_each_share(monkeypatch):
+    """The all-reduce of (local / total)-weighted gradients is the whole batch's mean gradient."""
+    import torch.distributed as dist
+
+    shares = {0: (3, torch.tensor([1.0, 2.0])), 1: (1, torch.tensor([5.0, -4.0]))}  # per-process mean gradients
+    total = 4
+
+    def fake_all_reduce(flat):  # sums what both processes contribute
+        flat.copy_(sum(g * (n / total) for n, g in shares.values()))
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = shares[0][1].clone()
+    Distributed(0, 2, "gloo").average_gradients([p], 3, total)
+    assert torch.allclose(p.grad, (3 * shares[0][1] + 1 * shares[1][1]) / 4)
