@@ -35,11 +35,15 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from typing import TYPE_CHECKING
 
 from .errors import CilearnError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: rank() and is_main() serve the logger and the file
+# writer, and `cilearn --help` must not pay for importing torch.
 
 
 def rank() -> int:
@@ -66,6 +70,8 @@ class PeerLost(CilearnError):
 @contextmanager
 def _collective(what: str):
     """A collective call: a peer that died (connection closed, timeout) becomes one clear error."""
+    import torch.distributed as dist
+
     try:
         yield
     except (RuntimeError, dist.DistBackendError) as exc:
@@ -87,6 +93,8 @@ class Distributed:
         """The job this process belongs to (torchrun's environment), or None for a single process."""
         if world_size() <= 1:
             return None
+        import torch.distributed as dist
+
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -112,6 +120,10 @@ class Distributed:
         """Replace each gradient by the whole batch's: Σ over processes of (local / total) × local gradient.
 
         Every process passes the same parameters in the same order; a missing gradient counts as zeros."""
+        import torch
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
         params = [p for p in parameters if p.requires_grad]
         if not params:
             return
@@ -126,6 +138,8 @@ class Distributed:
                 p.grad.copy_(synced)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
         value = value.clone()
         with _collective("an all-reduce"):
             dist.all_reduce(value)
@@ -134,6 +148,8 @@ class Distributed:
     # --- consistency ---
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every process (e.g. the checkpoint to resume from)."""
+        import torch.distributed as dist
+
         box = [obj if self.main else None]
         with _collective("a broadcast"):
             dist.broadcast_object_list(box, src=0)
@@ -141,6 +157,9 @@ class Distributed:
 
     def check_identical(self, model: torch.nn.Module, where: str) -> None:
         """Refuse to go on when the processes' models differ (a checksum of every parameter and buffer)."""
+        import torch
+        import torch.distributed as dist
+
         values = [t.detach().double().flatten() for t in model.state_dict().values() if t.is_floating_point()]
         flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
         weights = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)
@@ -153,6 +172,8 @@ class Distributed:
                                     f"(a nondeterministic kernel?); set train.deterministic: true and start again.")
 
     def barrier(self) -> None:
+        import torch.distributed as dist
+
         with _collective("a barrier"):
             dist.barrier()
 
