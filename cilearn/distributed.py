@@ -34,7 +34,6 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from .errors import CilearnError, ConfigError
@@ -89,7 +88,7 @@ class Distributed:
 
     # --- setup ---
     @classmethod
-    def from_environment(cls, device: torch.device, timeout_s: float) -> "Distributed | None":
+    def from_environment(cls, device: torch.device, timeout_s: float) -> Distributed | None:
         """The job this process belongs to (torchrun's environment), or None for a single process."""
         if world_size() <= 1:
             return None
@@ -105,7 +104,8 @@ class Distributed:
         return self.rank == 0
 
     def describe(self, batch_size: int) -> str:
-        share = f"{batch_size // self.world}" + ("" if batch_size % self.world == 0 else f"-{batch_size // self.world + 1}")
+        low, extra = divmod(batch_size, self.world)
+        share = f"{low}" + (f"-{low + 1}" if extra else "")
         return (f"torchrun: {self.world} processes ({self.backend}); each computes {share} of every batch of "
                 f"{batch_size}: the effective batch is train.batch_size, so the learning rate is not rescaled")
 

@@ -21,11 +21,11 @@ from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore
 from .config import Config
 from .data.memo import load_splits
 from .distributed import Distributed, is_main
-from .log import get_logger
 from .distributed import check_config as check_distributed_config
 from .distributed import check_method as check_distributed_method
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
+from .log import get_logger
 from .methods import MethodContext, method_class, method_options
 from .models import build_model
 from .rundir import RunDir, check_fresh, write_npz

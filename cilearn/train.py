@@ -22,8 +22,8 @@ from tqdm import tqdm
 from .augment import BatchAugment, to_tensor_images
 from .config import TrainConfig
 from .data import ImageData
-from .errors import TrainingDiverged
 from .distributed import Distributed
+from .errors import TrainingDiverged
 from .methods import Batch, Method
 
 
