@@ -9,11 +9,18 @@ Selection strategies:
 - :func:`herding` (iCaRL): greedily add the sample whose L2-normalised feature, averaged with the
   features already chosen, is closest to the class mean; no sample is chosen twice;
 - :func:`random_selection`: a seeded random order (ablation).
+
+What goes into the memory for a new class is decided by a *builder* (:class:`ExemplarBuilder`): by
+default :class:`SelectedExemplars` stores the selected training images themselves; the study's
+proposals build collages (:mod:`cilearn.exemplars.collage`) or synthesize images
+(:mod:`cilearn.exemplars.deepinversion`) instead.  Whatever the builder makes is stored the same way
+(uint8 images in the class's order, first = kept longest) with its ``kind`` (real, collage, synthetic).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +29,8 @@ import torch.nn.functional as F
 from .data import ImageData
 
 SELECTIONS = ("herding", "random")
+KINDS = ("real", "collage", "synthetic")  # what an exemplar is; stored per exemplar as its index here
+KIND_CODES = {name: code for code, name in enumerate(KINDS)}
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -57,20 +66,56 @@ def random_selection(n: int, m: int, generator: torch.Generator) -> torch.Tensor
     return torch.randperm(n, generator=generator)[: min(int(m), n)]
 
 
+@dataclass
+class ClassPool:
+    """The training images of one new class, as a builder receives them."""
+
+    label: int
+    images: np.ndarray  # uint8 NHWC
+
+
+Selector = Callable[[ClassPool, int], np.ndarray]  # (pool, m) -> indices into pool.images, best first
+
+
+class ExemplarBuilder(Protocol):
+    def build(self, pools: list[ClassPool], per_class: int, select: Selector,
+              step: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each pool, at most ``per_class`` exemplars (uint8 NHWC, first = kept longest) and the
+        ``KIND_CODES`` code of each.  ``select`` is the memory's own selection (herding or random);
+        ``step`` is the task index, for builders that seed a generator per task."""
+        ...
+
+
+class SelectedExemplars:
+    """The default builder: the exemplars are the selected training images themselves."""
+
+    def build(self, pools: list[ClassPool], per_class: int, select: Selector,
+              step: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        built = []
+        for pool in pools:
+            images = pool.images[select(pool, per_class)]
+            built.append((images, np.full(len(images), KIND_CODES["real"], dtype=np.int8)))
+        return built
+
+
 class ExemplarMemory:
     """At most ``capacity`` exemplars, the same number for every class (``capacity // classes``).
 
     Stored as numpy arrays (uint8 NHWC images, int64 labels) plus ``rank``: the position of each
-    exemplar in its class's selection order (0 = most representative).
+    exemplar in its class's order (0 = most representative, kept longest) and ``kind`` (a
+    :data:`KINDS` index).  ``builder`` makes a new class's exemplars (default: the selected images).
     """
 
-    def __init__(self, capacity: int, selection: str = "herding", seed: int = 0):
+    def __init__(self, capacity: int, selection: str = "herding", seed: int = 0,
+                 builder: ExemplarBuilder | None = None):
         if selection not in SELECTIONS:
             raise ValueError(f"unknown exemplar selection {selection!r}; use one of {SELECTIONS}")
         self.capacity, self.selection, self.seed = int(capacity), selection, int(seed)
+        self.builder = builder if builder is not None else SelectedExemplars()
         self.images: np.ndarray | None = None
         self.labels = np.zeros(0, dtype=np.int64)
         self.rank = np.zeros(0, dtype=np.int64)
+        self.kind = np.zeros(0, dtype=np.int8)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,45 +144,46 @@ class ExemplarMemory:
     def _keep(self, mask: np.ndarray) -> None:
         if self.images is not None:
             self.images = self.images[mask]
-        self.labels, self.rank = self.labels[mask], self.rank[mask]
+        self.labels, self.rank, self.kind = self.labels[mask], self.rank[mask], self.kind[mask]
+
+    def select(self, pool: ClassPool, m: int,
+               features: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
+        """Indices of the ``m`` best images of ``pool`` by this memory's selection, best first."""
+        if self.selection == "herding":
+            if features is None:
+                raise ValueError("herding selection needs a feature extractor")
+            return herding(features(pool.images), m).cpu().numpy()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(pool.label))
+        return random_selection(len(pool.images), m, generator).numpy()
 
     def add(self, data: ImageData, classes: list[int], per_class: int,
-            features: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
-        """Select ``per_class`` exemplars of each of ``classes`` from ``data`` (replacing any it held).
+            features: Callable[[np.ndarray], torch.Tensor] | None = None, step: int = 0) -> None:
+        """Build ``per_class`` exemplars of each of ``classes`` from ``data`` (replacing any it held).
 
         ``features(images) -> (n, d) tensor`` is needed for herding.
         """
         self._keep(~np.isin(self.labels, classes))
-        new_images, new_labels, new_rank = [], [], []
-        for label in classes:
-            where = np.flatnonzero(data.labels == label)
-            if len(where) == 0:
-                continue
-            if self.selection == "herding":
-                if features is None:
-                    raise ValueError("herding selection needs a feature extractor")
-                order = herding(features(data.images[where]), per_class).cpu().numpy()
-            else:
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(label))
-                order = random_selection(len(where), per_class, generator).numpy()
-            picked = where[order]
-            new_images.append(data.images[picked])
-            new_labels.append(np.full(len(picked), label, dtype=np.int64))
-            new_rank.append(np.arange(len(picked), dtype=np.int64))
-        if not new_labels:
+        pools = [ClassPool(int(label), data.images[data.labels == label]) for label in classes]
+        pools = [pool for pool in pools if len(pool.images)]
+        if not pools:
             return
-        parts = ([self.images] if self.images is not None else []) + new_images
-        self.images = np.concatenate(parts)
-        self.labels = np.concatenate([self.labels] + new_labels)
-        self.rank = np.concatenate([self.rank] + new_rank)
+        built = self.builder.build(pools, per_class, lambda pool, m: self.select(pool, m, features), step)
+        for pool, (images, kind) in zip(pools, built):
+            if len(images) > per_class or len(kind) != len(images) or images.dtype != np.uint8:
+                raise ValueError(f"exemplar builder returned {len(images)} {images.dtype} images with "
+                                 f"{len(kind)} kinds for class {pool.label} (budget {per_class})")
+            self.images = images if self.images is None else np.concatenate([self.images, images])
+            self.labels = np.concatenate([self.labels, np.full(len(images), pool.label, dtype=np.int64)])
+            self.rank = np.concatenate([self.rank, np.arange(len(images), dtype=np.int64)])
+            self.kind = np.concatenate([self.kind, np.asarray(kind, dtype=np.int8)])
 
     def update(self, data: ImageData, new_classes: list[int], num_seen: int,
-               features: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+               features: Callable[[np.ndarray], torch.Tensor] | None = None, step: int = 0) -> None:
         """iCaRL's memory step after a task: shrink the old classes to ``capacity // num_seen`` each,
-        then select as many for each new class."""
+        then build as many for each new class."""
         per_class = self.per_class(num_seen)
         self.reduce(per_class)
-        self.add(data, new_classes, per_class, features)
+        self.add(data, new_classes, per_class, features, step)
 
     def exemplars(self) -> dict | None:
         """What the report shows: the stored images (uint8 NHWC), labels and selection rank."""
@@ -150,10 +196,14 @@ class ExemplarMemory:
         images = self.images if self.images is not None else np.zeros((0, 0, 0, 0), dtype=np.uint8)
         return {"images": torch.from_numpy(np.ascontiguousarray(images)),
                 "labels": torch.from_numpy(self.labels.copy()),
-                "rank": torch.from_numpy(self.rank.copy())}
+                "rank": torch.from_numpy(self.rank.copy()),
+                "kind": torch.from_numpy(self.kind.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         labels = state["labels"].cpu().numpy().astype(np.int64)
         self.images = state["images"].cpu().numpy().astype(np.uint8) if len(labels) else None
         self.labels = labels
         self.rank = state["rank"].cpu().numpy().astype(np.int64)
+        kind = state.get("kind")  # absent in checkpoints written before builders existed: all real
+        self.kind = (kind.cpu().numpy().astype(np.int8) if kind is not None
+                     else np.full(len(labels), KIND_CODES["real"], dtype=np.int8))
