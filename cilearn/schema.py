@@ -41,7 +41,7 @@ def _type_name(tp: Any) -> str:
         (inner,) = typing.get_args(tp) or (Any,)
         plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
         return f"a list of {plural.get(inner, 'values')}"
-    if origin is dict or tp is dict:
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
@@ -145,14 +145,19 @@ def to_dict(section: Any) -> Any:
     return section
 
 
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each option of a section, for ``cilearn list``."""
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each option of a section, for ``cilearn list``; the options of a
+    nested section follow it as ``section.option``."""
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        nested = dataclasses.is_dataclass(hints[f.name])
+        rows.append((prefix + f.name, _type_name(hints[f.name]), "{...}" if nested else default,
+                     f.metadata.get("help", "")))
+        if nested:
+            rows.extend(describe(hints[f.name], f"{prefix}{f.name}."))
     return rows
 
 

@@ -9,6 +9,8 @@ Composed of three components:
 - the exemplar memory (:class:`~cilearn.memory.ExemplarMemory`): training data = the new classes' data +
   every exemplar; after each task the old classes' lists shrink to ``memory_size // classes seen``
   (dropping their last exemplars) and as many are selected for each new class (herding or random);
+  ``exemplars`` decides what is stored for a new class: the selected images (iCaRL), or the study's
+  proposals — collages of four images or DeepInversion images (:mod:`cilearn.exemplars`);
 - classifiers fitted on the exemplars (:class:`~cilearn.methods.components.ExemplarClassifiers`):
   ``nme`` (class means of L2-normalised features, averaged with the mirror image's for colour images),
   ``head`` (the network's outputs, "hybrid 1"), scikit-learn ``knn`` / ``svm`` / ``mlp``.
@@ -24,6 +26,7 @@ import torch
 from ..classifiers import check_classifiers
 from ..data import ImageData
 from ..distill import Teacher
+from ..exemplars import DeepInversionOptions, check_policy, make_builder
 from ..memory import ExemplarMemory
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
@@ -39,6 +42,14 @@ class ICaRLOptions(DistillationOptions, MemoryOptions):
         "icarl", help="loss pair: icarl = BCE classification + BCE distillation (default); original = CE + KD")
     classifiers: list[str] = option(default_factory=lambda: ["nme", "head"],
                                     help="any of nme, head, knn, svm, mlp; the first is the primary one")
+    exemplars: Literal["selected", "collage", "deepinversion"] = option(
+        "selected", help="what a new class's exemplars are: the selected images, collages of 4 random images "
+                         "(the memory counts collages), or images synthesized by DeepInversion")
+    collage: Literal["resized", "random_crop", "center_crop"] = option(
+        "resized", help="exemplars: collage: each quadrant is a source image at half size, a random or the "
+                        "central half-size patch")
+    deepinversion: DeepInversionOptions = option(default_factory=DeepInversionOptions,
+                                                 help="exemplars: deepinversion settings")
 
     def __post_init__(self) -> None:
         check_classifiers(self.classifiers, True, self.name)
@@ -60,7 +71,10 @@ class ICaRL(Method):
         self.full_head = uses_full_head(options, self.losses, scenario)
         self.objective = distillation_objective(options, self.losses, scenario, self.full_head)
         self.teacher = Teacher()
-        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed)
+        builder = make_builder(options.exemplars, seed=context.seed, collage=options.collage,
+                               deepinversion=options.deepinversion, model=model, mean=scenario.mean,
+                               std=scenario.std, device=context.device, features=self._features)
+        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed, builder)
         flip = options.nme_flip if options.nme_flip is not None else scenario.image_shape[2] == 3
         self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)
 
@@ -71,6 +85,7 @@ class ICaRL(Method):
     def check(self, scenario: Scenario) -> None:
         check_full_head(self.options, scenario)
         check_memory(self.options, scenario)
+        check_policy(self.options.exemplars, scenario.image_shape, self.model, self.options.deepinversion)
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
@@ -86,7 +101,7 @@ class ICaRL(Method):
         return distillation_loss(self, out, batch)
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
-        self.memory.update(task.train, task.new_classes, len(task.seen_classes), self._features)
+        self.memory.update(task.train, task.new_classes, len(task.seen_classes), self._features, step=task.index)
         self.fitted.fit(self.memory)
 
     def _features(self, images) -> torch.Tensor:

@@ -18,6 +18,11 @@ per-class stratification, on purpose: the metric alone decides):
 ``keep: hardest`` (default) keeps the largest error / entropy and the smallest margin; ``keep: easiest``
 the opposite.  In task-incremental scenarios the metric uses each sample's own task head.
 
+``exemplars: collage`` stores collages instead (the iCaRL study's proposal, :mod:`cilearn.exemplars.collage`):
+the metric picks 4× as many samples and each class's picks, four by four, become one collage, so the
+buffer still holds ``fraction``/``per_experience`` items per experience (fewer when a class's picks do
+not divide by four).
+
 Baselines of the same family: ``finetune`` (no replay) and ``iid`` (below).
 """
 
@@ -31,6 +36,9 @@ import torch
 
 from ..data import ImageData
 from ..errors import ConfigError
+from ..exemplars import check_policy
+from ..exemplars.collage import collages_by_class
+from ..memory import KIND_CODES
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import Method, MethodOptions
@@ -93,6 +101,11 @@ class ReplayOptions(MethodOptions):
     metric: Literal["error_l2", "entropy", "margin", "random"] = option(
         "error_l2", help="which samples to keep: L2 error of the softmax, its entropy, the logit margin, or random")
     keep: Literal["hardest", "easiest"] = option("hardest", help="keep the hardest or the easiest by the metric")
+    exemplars: Literal["selected", "collage"] = option(
+        "selected", help="what the buffer keeps: the selected samples, or collages of 4 selected samples of a "
+                         "class (the buffer counts collages)")
+    collage: Literal["resized", "random_crop", "center_crop"] = option(
+        "resized", help="exemplars: collage: each quadrant is a sample at half size, a random or the central patch")
 
 
 class Replay(Method):
@@ -105,10 +118,12 @@ class Replay(Method):
         self.buffer_images: np.ndarray | None = None  # uint8 NHWC
         self.buffer_labels = np.zeros(0, dtype=np.int64)
         self.buffer_task = np.zeros(0, dtype=np.int64)  # experience each buffered sample came from
+        self.buffer_kind = np.zeros(0, dtype=np.int8)   # memory.KINDS index: real sample or collage
 
     def check(self, scenario: Scenario) -> None:
         if self.options.fraction is not None and self.options.per_experience is not None:
             raise ConfigError("method.fraction / method.per_experience: give one of them, not both.")
+        check_policy(self.options.exemplars, scenario.image_shape, self.model)
 
     @property
     def memory_size(self) -> int:
@@ -136,23 +151,34 @@ class Replay(Method):
         data = task.train  # only this experience's own samples join the buffer
         count = buffer_size(len(data), self.options.fraction, self.options.per_experience)
         rng = np.random.RandomState(self.context.seed * 1000 + task.index)
-        keep = select(self.selection_values(data), count, self.options.metric, self.options.keep, rng)
-        if not len(keep):
+        collage = self.options.exemplars == "collage"
+        keep = select(self.selection_values(data), 4 * count if collage else count, self.options.metric,
+                      self.options.keep, rng)
+        chosen, labels = data.images[keep], data.labels[keep]
+        if collage:
+            generator = torch.Generator().manual_seed(self.context.seed * 1000 + task.index)
+            chosen, labels = collages_by_class(chosen, labels, self.options.collage, generator)
+        if not len(labels):
             return
-        chosen = data.images[keep]
         self.buffer_images = chosen if self.buffer_images is None else np.concatenate([self.buffer_images, chosen])
-        self.buffer_labels = np.concatenate([self.buffer_labels, data.labels[keep]])
-        self.buffer_task = np.concatenate([self.buffer_task, np.full(len(keep), task.index, dtype=np.int64)])
+        self.buffer_labels = np.concatenate([self.buffer_labels, labels])
+        self.buffer_task = np.concatenate([self.buffer_task, np.full(len(labels), task.index, dtype=np.int64)])
+        kind = KIND_CODES["collage" if collage else "real"]
+        self.buffer_kind = np.concatenate([self.buffer_kind, np.full(len(labels), kind, dtype=np.int8)])
 
     def state_dict(self) -> dict:
         images = self.buffer_images if self.buffer_images is not None else np.zeros((0, 1, 1, 1), np.uint8)
         return {"images": torch.from_numpy(np.ascontiguousarray(images)),
                 "labels": torch.from_numpy(self.buffer_labels.copy()),
-                "task": torch.from_numpy(self.buffer_task.copy())}
+                "task": torch.from_numpy(self.buffer_task.copy()),
+                "kind": torch.from_numpy(self.buffer_kind.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         labels = state["labels"].cpu().numpy().astype(np.int64)
         self.buffer_labels, self.buffer_task = labels, state["task"].cpu().numpy().astype(np.int64)
+        kind = state.get("kind")  # absent in checkpoints written before collage buffers: all real samples
+        self.buffer_kind = (kind.cpu().numpy().astype(np.int8) if kind is not None
+                            else np.full(len(labels), KIND_CODES["real"], dtype=np.int8))
         self.buffer_images = state["images"].cpu().numpy() if len(labels) else None
 
 
