@@ -521,3 +521,36 @@ def test_killed_during_synthesis_resumes_to_identical_images(tmp_path, capsys):
     got, want = run_outputs(out), run_outputs(reference)
     assert got["memories"].keys() == want["memories"].keys() == {"task_00.pt", "task_01.pt", "task_02.pt"}
     assert got == want
+
+
+# --- the report shows collages and synthetic images ---------------------------------------------------------
+def test_report_shows_collage_and_synthetic_exemplars(tmp_path):
+    import yaml
+
+    from cilearn.report.model import find_memory
+    from cilearn.report.runs import discover_runs
+    from cilearn.report.tsne import run_embedding
+    from cilearn.rundir import load_checkpoint
+
+    raw = {**{k: v for k, v in RESUME_CONFIG.items() if k != "method"},
+           "methods": [{"name": "icarl", "label": "collage", "memory_size": 24, "exemplars": "collage"},
+                       {"name": "icarl", "label": "di_add", "memory_size": 24, "exemplars": "deepinversion",
+                        "deepinversion": {"iterations": 3, "mode": "add"}}]}
+    raw["scenario"] = {**raw["scenario"], "num_tasks": 2}
+    raw["train"] = {**raw["train"], "epochs": 1, "checkpoint_every": 0}
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config), "--out", str(tmp_path / "exp")]) == 0
+    expected = {"collage": ({KIND_CODES["collage"]}, "collages"),
+                "di_add": ({KIND_CODES["real"], KIND_CODES["synthetic"]}, "real images and synthetic images")}
+    for run in discover_runs([tmp_path / "exp"]):
+        memory = find_memory(load_checkpoint(run.checkpoint_path(1))["method"])
+        kinds, description = expected[run.label]
+        assert set(memory.kinds().tolist()) == kinds and memory.description() == description
+        embedding = run_embedding(run, 1, [0, 1], 100)
+        assert len(embedding.exemplar_kinds) == len(embedding.exemplar_labels) == int(np.isin(memory.labels, [0, 1]).sum())
+        assert set(embedding.exemplar_kinds.tolist()) == kinds
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "exp"), "--out", str(out), "--cam-images", "2"]) == 0
+    for label in ("collage", "di_add"):
+        assert (out / f"exemplars_{label}.png").stat().st_size > 0 and (out / f"tsne_{label}.png").is_file()

@@ -203,16 +203,20 @@ def tsne_figure(run: RunRecord, label: str, steps: list[int], options: ReportOpt
     classes = first_task_classes(run, options.tsne_classes)
     embeddings = [run_embedding(run, step, classes, options.tsne_points) for step in steps]
     names = class_names(run) or [str(i) for i in range(max(classes, default=0) + 1)]
-    memory = any(len(e.exemplar_labels) for e in embeddings)
+    kinds = {str(k) for e in embeddings if e.exemplar_kinds is not None for k in e.exemplar_kinds}
+    kinds |= {"real" for e in embeddings if e.exemplar_kinds is None and len(e.exemplar_labels)}
+    shapes = {"real": "stars: exemplars in memory", "collage": "plus signs: collage exemplars",
+              "synthetic": "diamonds: synthetic exemplars"}
     title = (f"t-SNE of test features of the first task's classes — {label} (seed {run.seed})"
-             + ("; stars: exemplars in memory" if memory else ""))
+             + "".join(f"; {text}" for kind, text in shapes.items() if kind in kinds))
     return plots.tsne(embeddings, names, title, path)
 
 
 def tsne_section(groups, out: Path, options: ReportOptions) -> Section:
     section = Section("t-SNE of features", "Test features of (up to) the first task's first classes, embedded "
                       "in 2-D with t-SNE, after several tasks: clusters that stay apart mean the features still "
-                      "separate the old classes. Stars are the exemplars the method keeps for those classes, "
+                      "separate the old classes. Stars are the exemplars the method keeps for those classes (plus signs "
+                      "collages, diamonds synthetic images), "
                       "embedded with the same model.")
     for label, group in groups.items():
         run = group[0]
@@ -247,8 +251,9 @@ def exemplar_section(groups, out: Path, options: ReportOptions) -> Section:
             where = where[np.argsort(memory.rank[where], kind="stable")][: options.exemplars_per_class]
             rows.append((names[c] if names and c < len(names) else str(c), memory.images[where]))
         more = f", first {len(shown)} shown" if len(shown) < len(classes) else ""
+        what = f" ({memory.description()})" if memory.description() else ""
         title = (f"Exemplar memory after task {run.tasks_done} — {label} (seed {run.seed}): {len(memory)} "
-                 f"exemplars of {len(classes)} classes{more}")
+                 f"exemplars{what} of {len(classes)} classes{more}")
         section.images.append(plots.exemplar_grid(rows, title, out / f"exemplars_{safe_name(label)}.png"))
     return section
 

@@ -128,6 +128,19 @@ class Memory:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def kinds(self) -> np.ndarray:
+        """What every sample is (strings; "real" where the method did not say)."""
+        if self.kind is None:
+            return np.full(len(self.labels), "real")
+        return np.asarray(self.kind).astype(str)
+
+    def description(self) -> str:
+        """What the samples are, for titles: "" for real images only, else e.g. "collages"."""
+        names = {"real": "real images", "collage": "collages", "synthetic": "synthetic images"}
+        order = list(names)
+        present = sorted(set(self.kinds().tolist()), key=lambda k: (order.index(k) if k in order else len(order), k))
+        return "" if present in ([], ["real"]) else " and ".join(names.get(k, k) for k in present)
+
 
 def read_memory(run_dir: Path, task: int) -> Memory | None:
     """The exemplars the run saved after ``task`` (``exemplars/task_XX.npz``), or None."""

@@ -199,6 +199,11 @@ def training_curves(logs: list[dict], label: str, path: Path) -> Path:
 
 
 # --- t-SNE -------------------------------------------------------------------------------------------
+# marker, size and legend of each kind of exemplar (cilearn.memory.KINDS)
+EXEMPLAR_MARKERS = {"real": ("*", 70, "exemplars in memory"), "collage": ("P", 45, "collage exemplars in memory"),
+                    "synthetic": ("D", 30, "synthetic exemplars in memory")}
+
+
 def tsne(embeddings: list, class_names: list[str], title: str, path: Path) -> Path:
     n = len(embeddings)
     figure = _figure(4.3 * n + 1.5, 4.6)
@@ -212,19 +217,23 @@ def tsne(embeddings: list, class_names: list[str], title: str, path: Path) -> Pa
             ax.scatter(points[:, 0], points[:, 1], s=10, color=color, alpha=0.6, linewidths=0)
             handles.setdefault(f"class {name}", Line2D([], [], marker="o", linestyle="", color=color,
                                                        label=f"class {name} (test)"))
-            ex = emb.exemplar_points[emb.exemplar_labels == c]
-            if len(ex):
-                ax.scatter(ex[:, 0], ex[:, 1], s=70, marker="*", color=color, edgecolors="black",
-                           linewidths=0.7, zorder=3)
-                handles.setdefault("exemplars", Line2D([], [], marker="*", linestyle="", color="grey",
-                                                       markeredgecolor="black", markersize=10,
-                                                       label="exemplars in memory"))
+            kinds = (np.asarray(emb.exemplar_kinds).astype(str) if emb.exemplar_kinds is not None
+                     else np.full(len(emb.exemplar_labels), "real"))
+            for kind, (marker, size, name) in EXEMPLAR_MARKERS.items():
+                ex = emb.exemplar_points[(emb.exemplar_labels == c) & (kinds == kind)]
+                if len(ex):
+                    ax.scatter(ex[:, 0], ex[:, 1], s=size, marker=marker, color=color, edgecolors="black",
+                               linewidths=0.7, zorder=3)
+                    handles.setdefault(f"exemplars {kind}", Line2D([], [], marker=marker, linestyle="", color="grey",
+                                                                   markeredgecolor="black", markersize=size ** 0.5 + 1.6,
+                                                                   label=name))
         ax.set_title(f"after task {emb.task + 1}" + (f"\n({emb.note})" if emb.note else ""), fontsize=10)
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
         ax.set_xticks([])
         ax.set_yticks([])
-    ordered = [h for k, h in handles.items() if k != "exemplars"] + [h for k, h in handles.items() if k == "exemplars"]
+    ordered = ([h for k, h in handles.items() if not k.startswith("exemplars")]
+               + [h for k, h in handles.items() if k.startswith("exemplars")])
     figure.legend(handles=ordered, loc="outside right center", fontsize="small")
     figure.suptitle(title)
     return _save(figure, path)

@@ -18,6 +18,7 @@ class Embedding:
     exemplar_labels: np.ndarray  # (m,)
     classes: list[int]
     note: str = ""
+    exemplar_kinds: np.ndarray | None = None  # (m,) what each exemplar is: "real", "collage", "synthetic"
 
 
 def first_task_classes(run: RunRecord, limit: int) -> list[int]:
@@ -55,12 +56,13 @@ def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int
         keep = np.sort(np.random.RandomState(0).choice(keep, max_points, replace=False))
     features, labels = data["features"][keep], labels[keep]
     ex_features, ex_labels, note = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64), ""
+    ex_kinds = np.zeros(0, dtype=str)
     if exemplars:
         from .model import read_memory
 
         memory = read_memory(run.dir, task)  # saved with its features under the same model
         if memory is not None and memory.features is not None:
             chosen = np.flatnonzero(np.isin(memory.labels, classes))
-            ex_features, ex_labels = memory.features[chosen], memory.labels[chosen]
+            ex_features, ex_labels, ex_kinds = memory.features[chosen], memory.labels[chosen], memory.kinds()[chosen]
     both = embed(np.concatenate([features, ex_features]))
-    return Embedding(task, both[: len(features)], labels, both[len(features):], ex_labels, classes, note)
+    return Embedding(task, both[: len(features)], labels, both[len(features):], ex_labels, classes, note, ex_kinds)
