@@ -5,6 +5,9 @@ In one invocation, on one machine, it measures
 2. cilearn end to end (fine-tuning, LwF, iCaRL by default) on CIFAR-10 (JPEG) 5×2, each method in its own
    subprocess so that its peak resident memory is its own: training throughput, time per task, time
    spent outside the gradient steps (evaluation, herding/class means, checkpoints), peak memory.
+3. with ``--synthesis``: the time DeepInversion takes to synthesize one class's exemplars on the bench model
+   (plain and adaptive, one chunk of classes, the study's 300 iterations by default), and the time to build
+   one class's collages.
 It prints a table with the ratio end-to-end / bare step and writes everything to a JSON file.
 Timings are never asserted in tests: this is the reproducible place for speed claims.
 """
@@ -74,6 +77,41 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_class: int, iterations: int,
+                                image_size: int = 32, channels: int = 3) -> dict:
+    """Seconds per class to build exemplars of ``classes`` classes (``per_class`` each) in one chunk:
+    DeepInversion plain and adaptive (from noise; the cost does not depend on the weights or the start)
+    and collages (from random uint8 images, 4 per collage)."""
+    import numpy as np
+    import torch
+
+    from .exemplars.collage import CollageBuilder
+    from .exemplars.deepinversion import DeepInversionBuilder, DeepInversionOptions
+    from .memory import ClassPool
+    from .models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, channels, image_size).to(device)
+    model.add_classes(classes)
+    model = model.to(memory_format=torch.channels_last).eval()
+    rng = np.random.RandomState(0)
+    pools = [ClassPool(c, rng.randint(0, 256, (4 * per_class, image_size, image_size, channels)).astype(np.uint8))
+             for c in range(classes)]
+    result = {"classes": classes, "per_class": per_class, "iterations": iterations}
+    for name, adaptive in (("deepinversion", False), ("adaptive_deepinversion", True)):
+        options = DeepInversionOptions(iterations=iterations, adaptive=adaptive, class_chunk=classes)
+        builder = DeepInversionBuilder(options, model, (0.5,) * channels, (0.25,) * channels, device, log=lambda _: None)
+        started = time.perf_counter()
+        builder.build(pools, per_class, None)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        result[f"{name}_seconds_per_class"] = (time.perf_counter() - started) / classes
+    started = time.perf_counter()
+    CollageBuilder("resized", log=lambda _: None).build(pools, per_class, None)
+    result["collage_seconds_per_class"] = (time.perf_counter() - started) / classes
+    return result
+
+
 def worker(spec: dict) -> dict:
     """Run one method end to end in this process and report its timings and peak memory."""
     import torch
@@ -133,6 +171,12 @@ def run_bench(args) -> dict:
     bare["channels_last_with_teacher"] = bare_step_throughput(args.model, args.batch_size, args.steps, True, device,
                                                               args.image_size, args.channels, teacher=True)
     report["bare_step_images_per_second"] = bare
+    if args.synthesis:
+        print(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
+              f"{args.synthesis_iterations} DeepInversion iterations ...", flush=True)
+        report["synthesis"] = synthesis_seconds_per_class(args.model, device, args.synthesis_classes,
+                                                          args.synthesis_per_class, args.synthesis_iterations,
+                                                          args.image_size, args.channels)
     results = []
     with tempfile.TemporaryDirectory(prefix="cilearn-bench-") as tmp:
         runs_root = Path(args.keep_runs) if args.keep_runs else Path(tmp)
@@ -193,6 +237,12 @@ def print_table(report: dict) -> None:
     for r in report["end_to_end"]:
         speeds = " ".join(f"{t['images_per_second']:.0f}" for t in r["per_task"])
         print(f"  {r['method']}: train img/s per task: {speeds}")
+    synthesis = report.get("synthesis")
+    if synthesis:
+        print(f"exemplars of one class ({synthesis['per_class']} images, {synthesis['classes']} classes per chunk): "
+              f"DeepInversion {synthesis['deepinversion_seconds_per_class']:.1f} s, adaptive "
+              f"{synthesis['adaptive_deepinversion_seconds_per_class']:.1f} s ({synthesis['iterations']} iterations); "
+              f"collages {1000 * synthesis['collage_seconds_per_class']:.1f} ms")
     projection = report.get("projection")
     if projection:
         print(f"projected training time of iCaRL's {projection['protocol']} at "
@@ -212,6 +262,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--synthesis", action="store_true", help="also time DeepInversion and collage exemplars "
+                        "per class (on --model)")
+    parser.add_argument("--synthesis-classes", type=int, default=4, help="classes per DeepInversion chunk")
+    parser.add_argument("--synthesis-per-class", type=int, default=20,
+                        help="exemplars per class (20: CIFAR-100's last task with K=2000)")
+    parser.add_argument("--synthesis-iterations", type=int, default=300, help="DeepInversion iterations (study: 300)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--keep-runs", metavar="DIR", help="keep each method's run directory under DIR (default: "
                         "a temporary folder, removed afterwards)")
