@@ -100,7 +100,8 @@ def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_
     result = {"classes": classes, "per_class": per_class, "iterations": iterations}
     for name, adaptive in (("deepinversion", False), ("adaptive_deepinversion", True)):
         options = DeepInversionOptions(iterations=iterations, adaptive=adaptive, class_chunk=classes)
-        builder = DeepInversionBuilder(options, model, (0.5,) * channels, (0.25,) * channels, device, log=lambda _: None)
+        builder = DeepInversionBuilder(options, model, (0.5,) * channels, (0.25,) * channels, device,
+                                       log=lambda _: None)
         started = time.perf_counter()
         builder.build(pools, per_class, None)
         if device.startswith("cuda"):
@@ -172,8 +173,8 @@ def run_bench(args) -> dict:
                                                               args.image_size, args.channels, teacher=True)
     report["bare_step_images_per_second"] = bare
     if args.synthesis:
-        print(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
-              f"{args.synthesis_iterations} DeepInversion iterations ...", flush=True)
+        log.info(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
+                 f"{args.synthesis_iterations} DeepInversion iterations ...")
         report["synthesis"] = synthesis_seconds_per_class(args.model, device, args.synthesis_classes,
                                                           args.synthesis_per_class, args.synthesis_iterations,
                                                           args.image_size, args.channels)

@@ -186,10 +186,11 @@ class ExemplarMemory:
         self.add(data, new_classes, per_class, features, step)
 
     def exemplars(self) -> dict | None:
-        """What the report shows: the stored images (uint8 NHWC), labels and selection rank."""
+        """What the report shows: the stored images (uint8 NHWC), labels, selection rank and kind (strings)."""
         if self.images is None or not len(self.labels):
             return None
-        return {"images": self.images, "labels": self.labels, "rank": self.rank}
+        return {"images": self.images, "labels": self.labels, "rank": self.rank,
+                "kind": np.asarray(KINDS)[self.kind]}
 
     # --- resume ---
     def state_dict(self) -> dict:

@@ -9,20 +9,35 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_run, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 from cilearn.cli import main
 from cilearn.config import load_runs
 from cilearn.errors import ConfigError
 from cilearn.exemplars import check_policy
-from cilearn.exemplars.collage import (CollageBuilder, collages, collages_by_class, draw_collages, half_size,
-                                       quadrants, tile)
-from cilearn.exemplars.deepinversion import (BatchNormStatistics, DeepInversionBuilder, DeepInversionOptions,
-                                             competition, interleave, js_divergence, synthesize, to_uint8,
-                                             total_variation)
+from cilearn.exemplars.collage import (
+    CollageBuilder,
+    collages,
+    collages_by_class,
+    draw_collages,
+    half_size,
+    quadrants,
+    tile,
+)
+from cilearn.exemplars.deepinversion import (
+    BatchNormStatistics,
+    DeepInversionBuilder,
+    DeepInversionOptions,
+    competition,
+    interleave,
+    js_divergence,
+    synthesize,
+    to_uint8,
+    total_variation,
+)
 from cilearn.memory import KIND_CODES, ClassPool, herding
 from cilearn.methods import method_options
 from cilearn.models import build_model
-from helpers import make_run, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 def noise_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -133,7 +148,7 @@ def test_odd_sized_images_cannot_be_collaged():
 
 
 # --- collage exemplars in iCaRL's memory -------------------------------------------------------------------
-def test_collage_memory_budget_order_and_sources_in_a_run(tmp_path, capsys):
+def test_collage_memory_budget_order_and_sources_in_a_run(tmp_path, caplog):
     capacity = 40
     run = make_run(tmp_path, {"name": "icarl", "memory_size": capacity, "exemplars": "collage",
                               "collage": "center_crop"}, num_tasks=4)
@@ -156,13 +171,14 @@ def test_collage_memory_budget_order_and_sources_in_a_run(tmp_path, capsys):
         used = [centres[quarter(image, k).tobytes()] for image in memory.images[memory.class_indices(c)]
                 for k in range(4)]
         assert len(set(used)) == len(used)
-    assert "fewer than" not in capsys.readouterr().out  # 4·m ≤ ~180 digits per class: no shortfall
+    assert "fewer than" not in caplog.text  # 4·m ≤ ~180 digits per class: no shortfall
 
 
-def test_first_task_shortfall_is_logged(tmp_path, capsys):
+def test_first_task_shortfall_is_logged(tmp_path, caplog):
     run = make_run(tmp_path, {"name": "icarl", "memory_size": 400, "exemplars": "collage"}, num_tasks=2)
-    run.run_task(run.scenario[0])
-    out = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="cilearn.exemplars"):
+        run.run_task(run.scenario[0])
+    out = caplog.text
     counts = {c: len(run.method.memory.class_indices(c)) for c in (0, 1)}
     sizes = {c: int((run.scenario[0].train.labels == c).sum()) for c in (0, 1)}
     assert counts == {c: sizes[c] // 4 for c in (0, 1)}  # 200 wanted, as many as the images allow
@@ -180,7 +196,8 @@ def test_replay_keeps_collages_of_the_selected_samples():
     from cilearn.methods.replay import select, selection_metric
     from cilearn.scenarios import build_scenario
 
-    cfg = ScenarioConfig(type="domain_incremental", options={"stream": "rotated", "angles": [0, 90], "train_samples": 200})
+    cfg = ScenarioConfig(type="domain_incremental",
+                         options={"stream": "rotated", "angles": [0, 90], "train_samples": 200})
     stream = build_scenario(cfg, load_dataset("digits"), 0)
     model = build_model("mlp", 1, 8, hidden=[16])
     model.add_classes(len(stream[0].new_classes))
@@ -202,6 +219,8 @@ def test_replay_keeps_collages_of_the_selected_samples():
     assert np.array_equal(method.buffer_images, expected) and np.array_equal(method.buffer_labels, labels)
     assert (method.buffer_kind == KIND_CODES["collage"]).all()
     assert method.state_dict()["kind"].tolist() == method.buffer_kind.tolist()
+    shown = method.exemplars()  # what the report's grids and t-SNE read
+    assert set(shown["kind"].tolist()) == {"collage"} and np.array_equal(shown["images"], expected)
 
 
 # --- DeepInversion ----------------------------------------------------------------------------------------
@@ -270,7 +289,7 @@ def trained_net():
     net.add_classes(3)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     net.train()
-    for step in range(60):
+    for _ in range(60):
         idx = torch.randint(0, len(y), (64,))
         loss = F.cross_entropy(net(x[idx]), y[idx])
         optimizer.zero_grad()
@@ -283,7 +302,7 @@ def trained_net():
 def test_batchnorm_term_decreases_during_synthesis_and_images_stay_valid(trained_net):
     net, mean, std, _, _ = trained_net
     options = DeepInversionOptions(iterations=60, lr=0.1)
-    low, high = torch.tensor((0 - mean[0]) / std[0]).view(1, 1, 1, 1), torch.tensor((1 - mean[0]) / std[0]).view(1, 1, 1, 1)
+    low, high = (torch.tensor((v - mean[0]) / std[0]).view(1, 1, 1, 1) for v in (0.0, 1.0))
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(12, 1, 8, 8, generator=generator)
     targets = torch.arange(3).repeat(4)
@@ -301,7 +320,7 @@ def test_cross_entropy_term_makes_images_of_the_target_classes(trained_net):
     """Without the BatchNorm term (and without jitter) the inputs become what the teacher calls their
     targets: the cross-entropy term pulls towards the right classes."""
     net, mean, std, _, _ = trained_net
-    low, high = torch.tensor((0 - mean[0]) / std[0]).view(1, 1, 1, 1), torch.tensor((1 - mean[0]) / std[0]).view(1, 1, 1, 1)
+    low, high = (torch.tensor((v - mean[0]) / std[0]).view(1, 1, 1, 1) for v in (0.0, 1.0))
     generator = torch.Generator().manual_seed(1)
     targets = torch.arange(3).repeat(4)
     trace: list[dict] = []
@@ -433,8 +452,9 @@ def test_study_configs_parse():
     labels = {label.split("/")[0] for label, _ in runs}
     assert len(runs) == 30 and len(labels) == 10
     assert {"icarl", "collage_resized", "collage_random_crop", "collage_center_crop"} <= labels
-    variants = {(o.exemplars, o.collage if o.exemplars == "collage" else (o.deepinversion.init, o.deepinversion.adaptive))
-                for o in (method_options(cfg.method) for _, cfg in runs)}
+    options = [method_options(cfg.method) for _, cfg in runs]
+    variants = {(o.exemplars, o.collage) if o.exemplars == "collage" else
+                (o.exemplars, o.deepinversion.init, o.deepinversion.adaptive) for o in options}
     assert len(variants) == 10 and all(method_options(cfg.method).memory_size == 200 for _, cfg in runs)
 
 
@@ -444,8 +464,8 @@ RESUME_CONFIG = {
     "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 3},
     "model": {"name": "resnet20", "options": {"width": 0.5}},
     "method": {"name": "icarl", "memory_size": 40, "exemplars": "deepinversion",
-               "deepinversion": {"iterations": 120, "adaptive": True, "init": "random_images", "flip": True}},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "num_threads": 1,
+               "deepinversion": {"iterations": 60, "adaptive": True, "init": "random_images", "flip": True}},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "num_threads": 1,
               "checkpoint_every": 1, "progress": False},
     "output": {"max_feature_samples": 30},
     "seed": 4,
@@ -456,7 +476,7 @@ def run_outputs(run) -> dict:
     """What must not depend on interruptions: metrics (timings aside), predictions, every task's memory."""
     import json
 
-    from cilearn.rundir import load_checkpoint
+    from cilearn.checkpoints import load_checkpoint
 
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("timing", "task_timing"):
@@ -484,7 +504,6 @@ def test_killed_during_synthesis_resumes_to_identical_images(tmp_path, capsys):
     import time
 
     import yaml
-
     from test_resume import ROOT, env
 
     config = tmp_path / "di.yaml"
@@ -527,10 +546,9 @@ def test_killed_during_synthesis_resumes_to_identical_images(tmp_path, capsys):
 def test_report_shows_collage_and_synthetic_exemplars(tmp_path):
     import yaml
 
-    from cilearn.report.model import find_memory
+    from cilearn.report.model import read_memory
     from cilearn.report.runs import discover_runs
     from cilearn.report.tsne import run_embedding
-    from cilearn.rundir import load_checkpoint
 
     raw = {**{k: v for k, v in RESUME_CONFIG.items() if k != "method"},
            "methods": [{"name": "icarl", "label": "collage", "memory_size": 24, "exemplars": "collage"},
@@ -541,14 +559,15 @@ def test_report_shows_collage_and_synthetic_exemplars(tmp_path):
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(raw))
     assert main(["run", str(config), "--out", str(tmp_path / "exp")]) == 0
-    expected = {"collage": ({KIND_CODES["collage"]}, "collages"),
-                "di_add": ({KIND_CODES["real"], KIND_CODES["synthetic"]}, "real images and synthetic images")}
+    expected = {"collage": ({"collage"}, "collages"),
+                "di_add": ({"real", "synthetic"}, "real images and synthetic images")}
     for run in discover_runs([tmp_path / "exp"]):
-        memory = find_memory(load_checkpoint(run.checkpoint_path(1))["method"])
+        memory = read_memory(run.dir, 1)
         kinds, description = expected[run.label]
         assert set(memory.kinds().tolist()) == kinds and memory.description() == description
         embedding = run_embedding(run, 1, [0, 1], 100)
-        assert len(embedding.exemplar_kinds) == len(embedding.exemplar_labels) == int(np.isin(memory.labels, [0, 1]).sum())
+        shown = int(np.isin(memory.labels, [0, 1]).sum())
+        assert len(embedding.exemplar_kinds) == len(embedding.exemplar_labels) == shown
         assert set(embedding.exemplar_kinds.tolist()) == kinds
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "exp"), "--out", str(out), "--cam-images", "2"]) == 0

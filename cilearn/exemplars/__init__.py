@@ -10,7 +10,7 @@ calls when a new class enters the memory; the training loop and the methods neve
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,17 +44,18 @@ def make_builder(policy: str, *, seed: int, collage: str = "resized",
                  deepinversion: DeepInversionOptions | None = None, model: torch.nn.Module | None = None,
                  mean=(), std=(), device: torch.device | str = "cpu",
                  features: Callable[[np.ndarray], torch.Tensor] | None = None,
-                 log: Callable[[str], None] = print) -> ExemplarBuilder:
-    """The builder of ``policy`` (``model``, ``mean``/``std`` and ``device`` serve DeepInversion)."""
+                 build_model: Callable[[], torch.nn.Module] | None = None) -> ExemplarBuilder:
+    """The builder of ``policy`` (``model``, ``mean``/``std``, ``device``, ``features`` and ``build_model``
+    serve DeepInversion)."""
     if policy == "selected":
         return SelectedExemplars()
     if policy == "collage":
-        return CollageBuilder(collage, seed, log)
+        return CollageBuilder(collage, seed)
     if policy == "deepinversion":
         if model is None:
             raise ValueError("deepinversion exemplars need the model to invert")
         return DeepInversionBuilder(deepinversion or DeepInversionOptions(), model, mean, std, device, seed,
-                                    features, log)
+                                    features, build_model=build_model)
     raise ValueError(f"unknown exemplar policy {policy!r}; use one of {POLICIES}")
 
 

@@ -20,12 +20,15 @@ per CIFAR-100 class in the first task).  Everything here is a pure function of i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from ..log import get_logger
 from ..memory import KIND_CODES
+
+log = get_logger(__name__)
 
 COLLAGE_VARIANTS = ("resized", "random_crop", "center_crop")
 
@@ -118,7 +121,7 @@ class CollageBuilder:
     One generator per class, seeded from the run's seed and the class label, so the collages of a class do
     not depend on which other classes were built with it."""
 
-    def __init__(self, variant: str, seed: int = 0, log: Callable[[str], None] = print):
+    def __init__(self, variant: str, seed: int = 0, log: Callable[[str], None] = log.info):
         if variant not in COLLAGE_VARIANTS:
             raise ValueError(f"unknown collage variant {variant!r}; use one of {COLLAGE_VARIANTS}")
         self.variant, self.seed, self.log = variant, int(seed), log

@@ -37,8 +37,8 @@ Departures, and why:
   result to [0, 1]; the true JS needs neither (it is finite and at most ln 2 < 1);
 - the images of the last iteration are kept (the code keeps the batch of lowest loss seen, a noisy
   criterion under random jitter);
-- Adaptive DeepInversion's student is a randomly initialised copy of the teacher's architecture
-  (PyTorch's default initialisation of every layer), one per task.  The paper updates the student
+- Adaptive DeepInversion's student is a randomly initialised network of the teacher's architecture (the
+  run's own initialisation, from a seed of the synthesis generator), one per task.  The paper updates the student
   between synthesized batches; with one batch per task (few classes per task) that student would never
   learn before it is used, so here it takes ``student_steps`` distillation steps (KL divergence to the
   teacher's softened outputs on the jittered batch, Adam at ``student_lr``) after every synthesis
@@ -56,7 +56,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,8 +65,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..log import get_logger, progress_disabled
 from ..memory import KIND_CODES, ClassPool, herding
 from ..schema import option
+
+log = get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -129,7 +133,7 @@ class BatchNormStatistics:
         self.handles: list = []
         self.terms: list[torch.Tensor] = []
 
-    def __enter__(self) -> "BatchNormStatistics":
+    def __enter__(self) -> BatchNormStatistics:
         self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
         return self
 
@@ -161,21 +165,28 @@ def frozen(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def random_student(teacher: nn.Module, generator: torch.Generator) -> nn.Module:
-    """A copy of ``teacher``'s architecture with every layer re-initialised (PyTorch's default schemes,
-    BatchNorm running statistics reset), drawn from a seed taken from ``generator``; the global random
-    state is left as it was."""
-    device = next(teacher.parameters()).device
-    student = copy.deepcopy(teacher).cpu()
+def random_student(teacher: nn.Module, generator: torch.Generator,
+                   build: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """A randomly initialised network of ``teacher``'s architecture, from a seed drawn from ``generator``; the
+    global random state is left as it was.  ``build()`` makes a fresh network with an empty head (the run's
+    own initialisation), grown here to the teacher's head chunks; without it, a copy of the teacher has every
+    layer re-initialised (PyTorch's default schemes, BatchNorm statistics reset)."""
+    kernel = next(teacher.parameters())
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in student.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        if build is not None:
+            student = build().cpu()
+            for part in teacher.head.task_slices:
+                student.add_classes(part.stop - part.start)
+        else:
+            student = copy.deepcopy(teacher).cpu()
+            for module in student.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     for p in student.parameters():
         p.requires_grad_(True)
-    return student.to(device).eval()
+    return student.to(kernel.device, memory_format=memory_format_of(teacher)).eval()
 
 
 def memory_format_of(model: nn.Module) -> torch.memory_format:
@@ -204,8 +215,9 @@ class Student:
     optimizer: torch.optim.Optimizer
 
     @classmethod
-    def create(cls, teacher: nn.Module, lr: float, generator: torch.Generator) -> "Student":
-        model = random_student(teacher, generator)
+    def create(cls, teacher: nn.Module, lr: float, generator: torch.Generator,
+               build: Callable[[], nn.Module] | None = None) -> Student:
+        model = random_student(teacher, generator, build)
         return cls(model, torch.optim.Adam(model.parameters(), lr=lr))
 
     def distill(self, inputs: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> float:
@@ -288,8 +300,9 @@ class DeepInversionBuilder:
     def __init__(self, options: DeepInversionOptions, model: nn.Module, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str, seed: int = 0,
                  features: Callable[[np.ndarray], torch.Tensor] | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = log.info, build_model: Callable[[], nn.Module] | None = None):
         self.options, self.model, self.device, self.seed = options, model, torch.device(device), int(seed)
+        self.build_model = build_model  # Adaptive DI's student: a fresh network of the same architecture
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.features, self.log = features, log
@@ -315,13 +328,14 @@ class DeepInversionBuilder:
             picks = herding(self.features(pool.images), count).cpu().numpy()
         return self.normalize(pool.images[picks])
 
-    def build(self, pools: list[ClassPool], per_class: int, select, step: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    def build(self, pools: list[ClassPool], per_class: int, select,
+              step: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         options, started = self.options, time.perf_counter()
         generator = self.generator(step)
         wanted = per_class if options.mode == "replace" else per_class // 2
         starts = [self.starting_points(pool, wanted, generator) for pool in pools]  # image inits: ≤ class size
         teacher = frozen(self.model)
-        student = Student.create(teacher, options.student_lr, generator) if options.adaptive else None
+        student = Student.create(teacher, options.student_lr, generator, self.build_model) if options.adaptive else None
         low, high = (0 - self.mean) / self.std, (1 - self.mean) / self.std
         chunks = [list(range(i, min(i + options.class_chunk, len(pools))))
                   for i in range(0, len(pools), options.class_chunk)]
@@ -330,8 +344,8 @@ class DeepInversionBuilder:
                  f"{len(chunks)} chunk{'s' if len(chunks) != 1 else ''}, {options.iterations} iterations"
                  f"{', adaptive' if options.adaptive else ''}, init {options.init})")
         synthetic: list[np.ndarray] = [np.zeros((0, *pool.images.shape[1:]), np.uint8) for pool in pools]
-        bar = tqdm(total=options.iterations * len(chunks), desc=f"DeepInversion task {step + 1}", disable=None,
-                   leave=False, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=options.iterations * len(chunks), desc=f"DeepInversion task {step + 1}",
+                   disable=progress_disabled(log), leave=False, unit="it", dynamic_ncols=True)
         for chunk in chunks:
             if not sum(len(starts[i]) for i in chunk):
                 bar.update(options.iterations)

@@ -73,7 +73,8 @@ class ICaRL(Method):
         self.teacher = Teacher()
         builder = make_builder(options.exemplars, seed=context.seed, collage=options.collage,
                                deepinversion=options.deepinversion, model=model, mean=scenario.mean,
-                               std=scenario.std, device=context.device, features=self._features)
+                               std=scenario.std, device=context.device, features=self._features,
+                               build_model=context.build_model)
         self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed, builder)
         flip = options.nme_flip if options.nme_flip is not None else scenario.image_shape[2] == 3
         self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)

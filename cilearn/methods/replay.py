@@ -38,7 +38,7 @@ from ..data import ImageData
 from ..errors import ConfigError
 from ..exemplars import check_policy
 from ..exemplars.collage import collages_by_class
-from ..memory import KIND_CODES
+from ..memory import KIND_CODES, KINDS
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import Method, MethodOptions
@@ -133,6 +133,17 @@ class Replay(Method):
         if self.buffer_images is None or not len(self.buffer_labels):
             return None
         return ImageData(self.buffer_images, self.buffer_labels, self.context.scenario.class_names)
+
+    def exemplars(self) -> dict | None:
+        """The buffer for reports; rank = order of arrival within each class."""
+        if self.buffer_images is None or not len(self.buffer_labels):
+            return None
+        rank = np.zeros(len(self.buffer_labels), dtype=np.int64)
+        for label in np.unique(self.buffer_labels):
+            where = np.flatnonzero(self.buffer_labels == label)
+            rank[where] = np.arange(len(where))
+        return {"images": self.buffer_images, "labels": self.buffer_labels, "rank": rank,
+                "kind": np.asarray(KINDS)[self.buffer_kind]}
 
     def training_data(self, task: Task) -> ImageData:
         memory = self.buffer()

@@ -215,9 +215,8 @@ def tsne_figure(run: RunRecord, label: str, steps: list[int], options: ReportOpt
 def tsne_section(groups, out: Path, options: ReportOptions) -> Section:
     section = Section("t-SNE of features", "Test features of (up to) the first task's first classes, embedded "
                       "in 2-D with t-SNE, after several tasks: clusters that stay apart mean the features still "
-                      "separate the old classes. Stars are the exemplars the method keeps for those classes (plus signs "
-                      "collages, diamonds synthetic images), "
-                      "embedded with the same model.")
+                      "separate the old classes. Stars are the exemplars the method keeps for those classes "
+                      "(plus signs collages, diamonds synthetic images), embedded with the same model.")
     for label, group in groups.items():
         run = group[0]
         if not run.has_predictions():

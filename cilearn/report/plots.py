@@ -224,9 +224,9 @@ def tsne(embeddings: list, class_names: list[str], title: str, path: Path) -> Pa
                 if len(ex):
                     ax.scatter(ex[:, 0], ex[:, 1], s=size, marker=marker, color=color, edgecolors="black",
                                linewidths=0.7, zorder=3)
-                    handles.setdefault(f"exemplars {kind}", Line2D([], [], marker=marker, linestyle="", color="grey",
-                                                                   markeredgecolor="black", markersize=size ** 0.5 + 1.6,
-                                                                   label=name))
+                    handles.setdefault(f"exemplars {kind}", Line2D(
+                        [], [], marker=marker, linestyle="", color="grey", markeredgecolor="black",
+                        markersize=size ** 0.5 + 1.6, label=name))
         ax.set_title(f"after task {emb.task + 1}" + (f"\n({emb.note})" if emb.note else ""), fontsize=10)
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
