@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 API_MODULES = [
     "cilearn.data", "cilearn.scenarios", "cilearn.streams", "cilearn.augment", "cilearn.models",
     "cilearn.methods", "cilearn.methods.components", "cilearn.distill", "cilearn.buffers", "cilearn.memory",
+    "cilearn.exemplars", "cilearn.exemplars.collage", "cilearn.exemplars.deepinversion",
     "cilearn.classifiers", "cilearn.losses", "cilearn.train", "cilearn.evaluate", "cilearn.metrics",
     "cilearn.runner", "cilearn.experiment", "cilearn.rundir", "cilearn.checkpoints", "cilearn.transfer",
     "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.log", "cilearn.errors",
