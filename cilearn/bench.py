@@ -227,8 +227,9 @@ def print_table(report: dict) -> None:
           f"channels_last + frozen teacher forward {bare['channels_last_with_teacher']:.0f}")
     header = (f"{'method':<10} {'train img/s':>11} {'÷ bare':>7} {'÷ bare+teacher':>14} {'train s':>8} "
               f"{'eval s':>7} {'end-task s':>10} {'ckpt s':>7} {'peak MiB':>9} {'last acc':>8}")
-    print(header)
-    print("-" * len(header))
+    if report["end_to_end"]:
+        print(header)
+        print("-" * len(header))
     for r in report["end_to_end"]:
         out = r["outside_gradient_steps_seconds"]
         print(f"{r['method']:<10} {r['train_images_per_second']:>11.0f} {r['ratio_to_bare_channels_last']:>7.2f} "
@@ -253,7 +254,8 @@ def print_table(report: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/bench_cifar10jpeg.yaml", help="scenario and data to run")
-    parser.add_argument("--methods", nargs="+", default=["finetune", "lwf", "icarl"])
+    parser.add_argument("--methods", nargs="*", default=["finetune", "lwf", "icarl"],
+                        help="methods run end to end (none: only the bare step and, with --synthesis, exemplars)")
     parser.add_argument("--model", default="resnet32")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
     parser.add_argument("--batch-size", type=int, default=128)
