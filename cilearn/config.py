@@ -33,7 +33,12 @@ class ScenarioConfig:
     initial_classes: int | None = option(None, min=1, help="classes in the first task (B0: = classes_per_task)")
     num_tasks: int | None = option(None, min=1, help="stop after this many tasks")
     class_order: str | list[int] = option(
-        "seed", help="'seed' (permutation from the run seed), 'icarl' (seed 1993), 'sorted', or a list of labels")
+        "seed", help="'seed' (numpy permutation from class_order_seed, default the run seed), 'pycil' (permutation "
+                     "with seed 1993, PyCIL's CIFAR-100 order), 'icarl_script' (first order of iCaRL's CIFAR-100 "
+                     "script), 'sorted', or a list of labels")
+    class_order_seed: int | None = option(
+        None, min=0, help="with class_order 'seed': draw the order from this seed, so that seeds: vary only the "
+                          "initialisation and training randomness; default: each run seed draws its own order")
     options: dict = option(default_factory=dict, help="stream-specific options (domain streams)")
 
 
@@ -245,6 +250,9 @@ def parse_config(raw: dict) -> Config:
         cfg.scenario.options = to_dict(build_section(STREAM_OPTIONS[kind], cfg.scenario.options, "scenario.options"))
     if cfg.scenario.type != "domain_incremental" and cfg.scenario.classes_per_task is None:
         raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios.")
+    if cfg.scenario.class_order_seed is not None and cfg.scenario.class_order != "seed":
+        raise ConfigError(f"scenario.class_order_seed: only used with class_order: seed (this config has "
+                          f"class_order: {cfg.scenario.class_order!r}); remove one of them.")
     milestones = cfg.train.milestones
     if milestones != sorted(milestones) or any(m > cfg.train.epochs for m in milestones):
         raise ConfigError(f"train.milestones: {milestones} must be increasing and at most train.epochs "

@@ -18,7 +18,8 @@ import numpy as np
 from .data import DatasetSplits, ImageData
 from .errors import ConfigError
 
-ICARL_SEED = 1993  # the class order of iCaRL's CIFAR-100 protocol: numpy permutation with seed 1993
+PYCIL_SEED = 1993  # PyCIL's default seed; its CIFAR-100 order is numpy's permutation with this seed
+CLASS_ORDERS = ("seed", "sorted", "pycil", "icarl_script")
 
 
 @dataclass
@@ -96,15 +97,46 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(float(m) / 255 for m in mean), tuple(float(s) / 255 for s in std)
 
 
-def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int) -> list[int]:
+def icarl_script_order() -> list[int]:
+    """The first CIFAR-100 class order of Rebuffi et al.'s Theano script (github.com/srebuffi/iCaRL,
+    ``main_cifar_100_theano.py``), obtained by replaying its draws: ``np.random.seed(1993)``, then the
+    data loader shuffles each class's 500 training indices (100 shuffles), then ``np.random.shuffle``
+    of ``arange(100)`` gives run 1's order.  The script averages 10 runs, each drawing a new order
+    from the same stream after training; only this first one can be replayed without training.  It
+    starts 87, 0, 52, 58, 44, the first of the three orders PODNet publishes."""
+    rng = np.random.RandomState(PYCIL_SEED)
+    for _ in range(100):
+        rng.shuffle(np.arange(500))
+    order = np.arange(100)
+    rng.shuffle(order)
+    return [int(c) for c in order]
+
+
+def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int,
+                        order_seed: int | None = None) -> list[int]:
+    """Original label of each position: ``seed`` = numpy permutation from ``order_seed`` (default: the
+    run ``seed``), ``pycil`` = the permutation with seed 1993, ``icarl_script`` (100 classes) = the first
+    order of the original iCaRL script, ``sorted``, or an explicit list."""
     if isinstance(order, str):
         if order == "sorted":
             return list(range(num_classes))
         if order == "seed":
-            return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+            draw = seed if order_seed is None else order_seed
+            return [int(c) for c in np.random.RandomState(draw).permutation(num_classes)]
+        if order == "pycil":
+            return [int(c) for c in np.random.RandomState(PYCIL_SEED).permutation(num_classes)]
+        if order == "icarl_script":
+            if num_classes != 100:
+                raise ConfigError(f"scenario.class_order: 'icarl_script' is the order of iCaRL's CIFAR-100 script "
+                                  f"and needs 100 classes; this dataset has {num_classes}. Use 'seed' or a list.")
+            return icarl_script_order()
         if order == "icarl":
-            return [int(c) for c in np.random.RandomState(ICARL_SEED).permutation(num_classes)]
-        raise ConfigError(f"scenario.class_order: unknown order '{order}'. Use 'seed', 'icarl', 'sorted' "
+            raise ConfigError(
+                "scenario.class_order: 'icarl' is no longer accepted: it meant numpy's permutation with seed 1993, "
+                "which is PyCIL's order, not the one iCaRL's script drew. Use 'pycil' for that order (also to resume "
+                "a run started with 'icarl': edit its config.yaml), 'icarl_script' for the first order of the "
+                "original iCaRL script, or 'seed' for one order per run seed (iCaRL averaged 10 orders).")
+        raise ConfigError(f"scenario.class_order: unknown order '{order}'. Use {', '.join(map(repr, CLASS_ORDERS))} "
                           f"or an explicit list of {num_classes} labels.")
     order = [int(c) for c in order]
     every = f"an explicit order lists every label 0..{num_classes - 1} exactly once"
@@ -131,9 +163,11 @@ def _remap(data: ImageData, order: list[int], names: list[str]) -> ImageData:
 
 def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_classes: int | None = None,
                       class_order: str | Sequence[int] = "seed", seed: int = 0,
-                      task_incremental: bool = False, num_tasks: int | None = None) -> Scenario:
+                      task_incremental: bool = False, num_tasks: int | None = None,
+                      class_order_seed: int | None = None) -> Scenario:
     """Split a dataset by classes: ``initial_classes`` first (B0 style when equal to classes_per_task,
-    B50 style with ``initial_classes=50``), then ``classes_per_task`` per task."""
+    B50 style with ``initial_classes=50``), then ``classes_per_task`` per task.  The class order is
+    resolved by :func:`resolve_class_order` (``class_order_seed`` fixes the ``seed`` order)."""
     num_classes = splits.train.num_classes
     initial = classes_per_task if initial_classes is None else initial_classes
     if initial > num_classes:
@@ -143,7 +177,7 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
         raise ConfigError(f"scenario.classes_per_task: {classes_per_task} does not divide the "
                           f"{num_classes - initial} classes left after the first task's {initial} "
                           f"({splits.display_name} has {num_classes}). Pick a divisor.")
-    order = resolve_class_order(class_order, num_classes, seed)
+    order = resolve_class_order(class_order, num_classes, seed, class_order_seed)
     names = [splits.train.class_names[c] for c in order]
     train, test = _remap(splits.train, order, names), _remap(splits.test, order, names)
     sizes = [initial] + [classes_per_task] * ((num_classes - initial) // classes_per_task)
@@ -191,6 +225,7 @@ def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:
         if unknown:
             raise ConfigError(f"scenario.options: {sorted(unknown)} are not used by {cfg.type} scenarios.")
         return class_incremental(splits, cfg.classes_per_task, cfg.initial_classes, cfg.class_order, seed,
-                                 task_incremental=cfg.type == "task_incremental", num_tasks=cfg.num_tasks)
+                                 task_incremental=cfg.type == "task_incremental", num_tasks=cfg.num_tasks,
+                                 class_order_seed=cfg.class_order_seed)
     from .streams import build_stream  # domain/time-incremental streams
     return build_stream(cfg, splits, seed)

@@ -45,11 +45,46 @@ def test_initial_classes_b50_style_and_slicing():
     assert list(scenario.task_of_class()) == [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_class_order_from_seed_and_icarl():
+def test_class_order_from_seed_and_class_order_seed():
     assert resolve_class_order("seed", 10, 3) == resolve_class_order("seed", 10, 3)
     assert resolve_class_order("seed", 10, 3) != resolve_class_order("seed", 10, 4)
-    # iCaRL's CIFAR-100 order is numpy's permutation with seed 1993; it starts 68, 56, 78, 8, 23.
-    assert resolve_class_order("icarl", 100, 0)[:5] == [68, 56, 78, 8, 23]
+    # class_order_seed fixes the order whatever the run seed; it is numpy's permutation of that seed
+    fixed = resolve_class_order("seed", 10, 3, order_seed=7)
+    assert fixed == resolve_class_order("seed", 10, 4, order_seed=7) == resolve_class_order("seed", 10, 7)
+    assert fixed == list(np.random.RandomState(7).permutation(10))
+
+
+def test_named_orders_pycil_and_icarl_script():
+    # PyCIL draws np.random.seed(1993); np.random.permutation(100) (utils/data_manager.py): 68, 56, 78, 8, 23, ...
+    assert resolve_class_order("pycil", 100, 0)[:5] == [68, 56, 78, 8, 23]
+    assert resolve_class_order("pycil", 100, 0) == resolve_class_order("seed", 100, 0, order_seed=1993)
+    # the original iCaRL script's first order, which PODNet publishes as "taken from original iCaRL implementation"
+    icarl = resolve_class_order("icarl_script", 100, 5)
+    assert icarl[:10] == [87, 0, 52, 58, 44, 91, 68, 97, 51, 15]
+    assert sorted(icarl) == list(range(100))
+    with pytest.raises(ConfigError, match="needs 100 classes"):
+        resolve_class_order("icarl_script", 10, 0)
+    # the old name 'icarl' meant PyCIL's order: refused with what to use instead, never silently re-meant
+    with pytest.raises(ConfigError, match="'icarl' is no longer accepted.*'pycil'.*'icarl_script'"):
+        resolve_class_order("icarl", 100, 0)
+
+
+def test_config_class_order_seed(tmp_path):
+    from cilearn.config import expand_runs, parse_config
+    from cilearn.scenarios import build_scenario
+
+    base = {"data": {"name": "toy"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
+            "scenario": {"classes_per_task": 2}, "seeds": [0, 1]}
+    orders = [build_scenario(parse_config(r).scenario, toy_splits(), r["seed"]).class_order for r in expand_runs(base)]
+    assert orders[0] != orders[1]  # default: each seed draws its own order (order and init vary together)
+    fixed = dict(base, scenario={"classes_per_task": 2, "class_order_seed": 1993})
+    runs = [parse_config(r) for r in expand_runs(fixed)]
+    assert [r.seed for r in runs] == [0, 1]
+    orders = [build_scenario(r.scenario, toy_splits(), r.seed).class_order for r in runs]
+    assert orders[0] == orders[1] == list(np.random.RandomState(1993).permutation(10))
+    with pytest.raises(ConfigError, match="class_order_seed: only used with class_order: seed"):
+        parse_config(expand_runs(dict(base, scenario={"classes_per_task": 2, "class_order": "sorted",
+                                                      "class_order_seed": 3}))[0])
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -29,7 +29,8 @@ def test_shipped_config_is_valid(path: Path) -> None:
 
 
 def test_icarl_study_configs_use_icarl_resnet() -> None:
-    """The configs that reproduce the iCaRL study train iCaRL's ResNet-32 (option A, no last ReLU)."""
+    """The configs that reproduce the iCaRL study train iCaRL's ResNet-32 (option A, no last ReLU) and draw
+    one class order per seed, as the study (and iCaRL's script) did."""
     study = sorted((ROOT / "configs").glob("cifar100_*.yaml")) + [ROOT / "configs/cifar10jpeg_5x2_compare.yaml"]
     assert len(study) >= 9
     for path in study:
@@ -37,3 +38,5 @@ def test_icarl_study_configs_use_icarl_resnet() -> None:
             assert cfg.model.name == "resnet32"
             options = cfg.model.options  # resolved: the other options hold their defaults
             assert (options["shortcut"], options["last_relu"]) == ("A", False), path.name
+            if path.name.startswith("cifar100_"):  # the std over seeds covers class order and initialisation
+                assert cfg.scenario.class_order == "seed" and cfg.scenario.class_order_seed is None, path.name
