@@ -56,13 +56,26 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = option(1, min=1, help="epochs per task")
+    iterations: int | None = option(None, min=1, help="a fixed number of gradient steps per task instead of epochs "
+                                                      "(schedule positions then count iterations); not wired yet")
     batch_size: int = option(128, min=1)
-    lr: float = option(0.1, min=0.0)
-    momentum: float = option(0.9, min=0.0, max=1.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = option(
+        "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
+    lr: float = option(0.1, min=0.0, help="learning rate (> 0)")
+    momentum: float = option(0.9, min=0.0, max=1.0, help="sgd only")
+    nesterov: bool = option(False, help="sgd only: Nesterov momentum (needs momentum > 0)")
+    betas: list[float] = option(default_factory=lambda: [0.9, 0.999], min=0.0, max=1.0,
+                                help="adam/adamw: the two moment decay rates, each in [0, 1)")
     weight_decay: float = option(5e-4, min=0.0)
+    no_weight_decay: list[Literal["bias", "norm"]] = option(
+        default_factory=list, help="parameters without weight decay: bias (every bias, normalisation shifts "
+                                   "included), norm (normalisation scales); iCaRL's Theano code: [bias]")
     scheduler: Literal["multistep", "cosine", "constant"] = option("multistep")
-    milestones: list[int] = option(default_factory=list, min=1, help="epochs at which multistep multiplies lr by gamma")
+    milestones: list[int] = option(default_factory=list, min=1, help="epochs (iterations with train.iterations) at "
+                                                                     "which multistep multiplies lr by gamma")
     gamma: float = option(0.2, min=0.0)
+    warmup: float = option(0.0, min=0.0, help="linear warm-up of the lr over this many epochs (iterations with "
+                                              "train.iterations) before the scheduler; 0: none")
     augment: Literal["auto", "none", "crop", "crop_flip", "flip"] = option(
         "auto", help="auto: crop+flip for colour images, none for grey digits")
     eval_batch_size: int = option(256, min=1, help="batch for evaluation and feature extraction (256: as fast as "
@@ -253,11 +266,30 @@ def parse_config(raw: dict) -> Config:
     if cfg.scenario.class_order_seed is not None and cfg.scenario.class_order != "seed":
         raise ConfigError(f"scenario.class_order_seed: only used with class_order: seed (this config has "
                           f"class_order: {cfg.scenario.class_order!r}); remove one of them.")
-    milestones = cfg.train.milestones
-    if milestones != sorted(milestones) or any(m > cfg.train.epochs for m in milestones):
-        raise ConfigError(f"train.milestones: {milestones} must be increasing and at most train.epochs "
-                          f"({cfg.train.epochs}).")
+    check_train(cfg.train)
     return cfg
+
+
+def check_train(train: TrainConfig) -> None:
+    """The cross-field checks of the train section (each field's type and range is already checked)."""
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr: {train.lr:g} trains nothing; give a learning rate above 0, e.g. 0.1.")
+    if train.iterations is not None:
+        raise ConfigError("train.iterations: a fixed number of gradient steps per task is not wired into the "
+                          "training loop yet; give train.epochs instead.")
+    length, unit = (train.iterations, "train.iterations") if train.iterations else (train.epochs, "train.epochs")
+    milestones = train.milestones
+    if milestones != sorted(milestones) or any(m > length for m in milestones):
+        raise ConfigError(f"train.milestones: {milestones} must be increasing and at most {unit} ({length}).")
+    if train.warmup >= length and train.warmup > 0:
+        raise ConfigError(f"train.warmup: {train.warmup:g} must be shorter than {unit} ({length}).")
+    if train.nesterov and (train.optimizer != "sgd" or train.momentum <= 0):
+        raise ConfigError(f"train.nesterov: needs optimizer sgd with momentum > 0 (this config: optimizer "
+                          f"{train.optimizer}, momentum {train.momentum:g}).")
+    if len(train.betas) != 2 or any(b >= 1 for b in train.betas):
+        raise ConfigError(f"train.betas: expected two numbers in [0, 1), e.g. [0.9, 0.999]; got {train.betas}.")
+    if len(set(train.no_weight_decay)) != len(train.no_weight_decay):
+        raise ConfigError(f"train.no_weight_decay: {train.no_weight_decay} names a kind twice.")
 
 
 def load_runs(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[tuple[str, Config]]]:

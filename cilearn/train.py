@@ -25,6 +25,7 @@ from .data import ImageData
 from .distributed import Distributed
 from .errors import TrainingDiverged
 from .methods import Batch, Method
+from .optim import make_optimizer, make_scheduler
 
 
 @dataclass
@@ -34,18 +35,6 @@ class EpochResult:
     train_loss: float
     train_accuracy: float
     seconds: float
-
-
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    if cfg.scheduler == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
 def stage_config(cfg: TrainConfig, overrides: dict) -> TrainConfig:
@@ -71,8 +60,8 @@ class Trainer:
     def start(self, method: Method, overrides: dict | None = None) -> None:
         """Fresh optimizer and schedule for a new stage (restored afterwards when resuming)."""
         self.cfg = stage_config(self.base_cfg, overrides or {})
-        self.optimizer = make_optimizer(method.parameter_groups(), self.cfg)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg)
+        self.optimizer = make_optimizer(method.parameter_groups(), self.cfg, model=method.model)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)  # stepped once per epoch
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

@@ -1,0 +1,202 @@
+"""Optimizers, weight-decay groups and learning-rate schedules (cilearn.optim) and their config checks."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cilearn.config import TrainConfig, expand_runs, parse_config
+from cilearn.errors import ConfigError
+from cilearn.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
+
+from helpers import one_thread  # noqa: F401  (autouse fixture)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+
+
+def _train(**changes) -> TrainConfig:
+    return TrainConfig(**changes)
+
+
+def _lrs(cfg: TrainConfig, steps: int, steps_per_epoch: int = 1, base: float = 1.0) -> list[float]:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+
+def test_parameter_kinds_tell_weights_biases_and_norm_scales():
+    net = _net()
+    conv, bn, linear = net[0], net[1], net[3]
+    kinds = parameter_kinds(net)
+    assert kinds[id(conv.weight)] == kinds[id(linear.weight)] == "weight"
+    assert kinds[id(conv.bias)] == kinds[id(linear.bias)] == kinds[id(bn.bias)] == "bias"
+    assert kinds[id(bn.weight)] == "norm"
+
+
+@pytest.mark.parametrize("exempt, decayed", [
+    ([], {"conv.weight", "conv.bias", "bn.weight", "bn.bias", "linear.weight", "linear.bias"}),
+    (["bias"], {"conv.weight", "bn.weight", "linear.weight"}),  # iCaRL's Theano code: weights and BN scales
+    (["bias", "norm"], {"conv.weight", "linear.weight"}),
+])
+def test_no_weight_decay_groups(exempt, decayed):
+    net = _net()
+    names = {id(p): f"{['conv', 'bn', 'flat', 'linear'][int(n.split('.')[0])]}.{n.split('.')[1]}"
+             for n, p in net.named_parameters()}
+    optimizer = make_optimizer(net.parameters(), _train(weight_decay=0.5, no_weight_decay=exempt), model=net)
+    got = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    assert got == decayed
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 6
+
+
+def test_exempt_parameters_take_a_plain_gradient_step():
+    """One SGD step (no momentum): decayed p ← p − lr·(g + wd·p); exempt p ← p − lr·g."""
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        net.bias.fill_(3.0)
+    optimizer = make_optimizer(net.parameters(), _train(lr=0.1, momentum=0.0, weight_decay=0.5,
+                                                        no_weight_decay=["bias"]), model=net)
+    net(torch.tensor([[1.0, 1.0]])).sum().backward()  # dL/dw = x = (1, 1), dL/db = 1
+    optimizer.step()
+    torch.testing.assert_close(net.weight, torch.tensor([[1.0 - 0.1 * (1 + 0.5 * 1.0), -2.0 - 0.1 * (1 + 0.5 * -2.0)]]))
+    torch.testing.assert_close(net.bias, torch.tensor([3.0 - 0.1 * 1.0]))
+
+
+def test_groups_given_by_a_method_are_kept_and_split():
+    net = _net()
+    head = list(net[3].parameters())
+    rest = [p for p in net.parameters() if all(p is not q for q in head)]
+    groups = [{"params": rest}, {"params": head, "lr": 0.01}]
+    optimizer = make_optimizer(groups, _train(no_weight_decay=["bias", "norm"]), model=net)
+    head_groups = [g for g in optimizer.param_groups if g["lr"] == 0.01]
+    assert len(head_groups) == 2 and {g["weight_decay"] for g in head_groups} == {0.0, 5e-4}
+    with pytest.raises(ValueError, match="needs the model"):
+        make_optimizer(net.parameters(), _train(no_weight_decay=["bias"]))
+
+
+def test_optimizer_kinds_and_their_knobs():
+    params = list(_net().parameters())
+    sgd = make_optimizer(params, _train(nesterov=True, momentum=0.8))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+    adam = make_optimizer(params, _train(optimizer="adam", lr=1e-3, betas=[0.8, 0.99], weight_decay=0.0))
+    assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.99) and adam.defaults["lr"] == 1e-3
+    adamw = make_optimizer(params, _train(optimizer="adamw", weight_decay=0.01))
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.01
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_per_epoch_schedules_equal_torch_schedulers():
+    cfg = _train(epochs=10, milestones=[3, 7], gamma=0.2)
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    multistep = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[3, 7], gamma=0.2)
+    expected = []
+    for _ in range(10):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        multistep.step()
+    assert _lrs(cfg, 10) == pytest.approx(expected)
+    cosine = [0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(10)]  # CosineAnnealingLR(T_max=10)
+    assert _lrs(_train(epochs=10, scheduler="cosine"), 10) == pytest.approx(cosine)
+    assert _lrs(_train(epochs=4, scheduler="constant"), 4) == [1.0] * 4
+
+
+def test_warmup_then_schedule_by_hand():
+    # per epoch: 2 warm-up epochs (1/2, 2/2), then constant
+    assert _lrs(_train(epochs=5, scheduler="constant", warmup=2), 5, base=0.1) == pytest.approx(
+        [0.05, 0.1, 0.1, 0.1, 0.1])
+    # per iteration, 4 steps per epoch: one warm-up epoch (1/4 .. 4/4), then ×0.1 from epoch 2 on
+    cfg = _train(epochs=3, milestones=[2], gamma=0.1, warmup=1)
+    assert _lrs(cfg, 12, steps_per_epoch=4) == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1])
+    # cosine after a warm-up decays over the remaining positions only
+    factor = make_schedule(_train(epochs=6, scheduler="cosine", warmup=2))
+    assert [factor(s) for s in range(6)] == pytest.approx(
+        [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+
+
+def test_schedule_resumes_from_an_earlier_multisteplr_state():
+    """Mid-task checkpoints of earlier versions hold a MultiStepLR state: its step count carries over."""
+    old_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = torch.optim.lr_scheduler.MultiStepLR(old_opt, milestones=[2], gamma=0.5)
+    for _ in range(3):
+        old_opt.step()
+        old.step()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, _train(epochs=5, milestones=[2], gamma=0.5))
+    optimizer.load_state_dict(old_opt.state_dict())
+    scheduler.load_state_dict(old.state_dict())
+    assert scheduler.last_epoch == 3 and optimizer.param_groups[0]["lr"] == 0.5
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    # its own state round-trips too, and holds no callable (checkpoints load with weights_only)
+    state = scheduler.state_dict()
+    assert state["lr_lambdas"] == [None]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+BASE = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
+        "scenario": {"classes_per_task": 2}}
+
+
+def _error(train: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(expand_runs({**BASE, "train": train})[0])
+    return str(info.value)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"lr": 0}, "train.lr: 0 trains nothing; give a learning rate above 0"),
+    ({"lr": -0.1}, "train.lr: -0.1 is below the minimum"),
+    ({"optimizer": "adam", "nesterov": True}, "train.nesterov: needs optimizer sgd with momentum > 0"),
+    ({"momentum": 0, "nesterov": True}, "train.nesterov: needs optimizer sgd with momentum > 0"),
+    ({"betas": [0.9]}, "train.betas: expected two numbers in [0, 1)"),
+    ({"betas": [0.9, 1.0]}, "train.betas: expected two numbers in [0, 1)"),
+    ({"optimizer": "rmsprop"}, "Choose one of: adam, adamw, sgd"),
+    ({"no_weight_decay": ["biases"]}, "train.no_weight_decay[0]: unknown value 'biases'"),
+    ({"no_weight_decay": ["bias", "bias"]}, "names a kind twice"),
+    ({"epochs": 4, "warmup": 4}, "train.warmup: 4 must be shorter than train.epochs (4)"),
+    ({"epochs": 4, "milestones": [5]}, "at most train.epochs (4)"),
+    ({"iterations": 2000}, "train.iterations: a fixed number of gradient steps per task is not wired"),
+])
+def test_train_config_errors(train, message):
+    assert message in _error(train)
+
+
+def test_optimizer_knobs_in_a_run(tmp_path):
+    """A user's config: AdamW with a warm-up and no decay on biases/norms trains through the whole loop."""
+    from cilearn.runner import Run
+
+    raw = {**BASE, "scenario": {"classes_per_task": 5, "class_order": "sorted"},
+           "model": {"name": "mlp", "options": {"hidden": [16]}},
+           "train": {"epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 0.01, "betas": [0.8, 0.99],
+                     "weight_decay": 0.01, "no_weight_decay": ["bias"], "scheduler": "constant", "warmup": 2,
+                     "progress": False, "eval_every": 0},
+           "output": {"save_checkpoints": False, "save_features": False}}
+    run = Run(parse_config(expand_runs(raw)[0]), tmp_path / "run")
+    result = run.execute()
+    optimizer = run.trainer.optimizer
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.8, 0.99)
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]
+    with open(tmp_path / "run" / "log.csv") as handle:
+        lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
+    assert lrs == pytest.approx([0.005, 0.01, 0.01] * 2)  # the warm-up restarts with every task
+    assert result["seen_accuracy"][0] > 0.8
