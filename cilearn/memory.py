@@ -98,8 +98,13 @@ class SelectedExemplars:
         return built
 
 
+PER_CLASS = ("floor", "ceil")
+
+
 class ExemplarMemory:
-    """At most ``capacity`` exemplars, the same number for every class (``capacity // classes``).
+    """``capacity`` (K) exemplars shared equally by the classes seen: ``K // classes`` each (``per_class``
+    "floor", never more than K) or ``ceil(K / classes)`` ("ceil": iCaRL's Theano code, ``nb_protos_cl =
+    ceil(K / classes)``, which can hold up to ``classes - 1`` more than K, e.g. 30 x 67 = 2010 of K = 2000).
 
     Stored as numpy arrays (uint8 NHWC images, int64 labels) plus ``rank``: the position of each
     exemplar in its class's order (0 = most representative, kept longest) and ``kind`` (a
@@ -107,11 +112,14 @@ class ExemplarMemory:
     """
 
     def __init__(self, capacity: int, selection: str = "herding", seed: int = 0,
-                 builder: ExemplarBuilder | None = None):
+                 builder: ExemplarBuilder | None = None, per_class: str = "floor"):
         if selection not in SELECTIONS:
             raise ValueError(f"unknown exemplar selection {selection!r}; use one of {SELECTIONS}")
+        if per_class not in PER_CLASS:
+            raise ValueError(f"unknown per-class rounding {per_class!r}; use one of {PER_CLASS}")
         self.capacity, self.selection, self.seed = int(capacity), selection, int(seed)
         self.builder = builder if builder is not None else SelectedExemplars()
+        self.rounding = per_class
         self.images: np.ndarray | None = None
         self.labels = np.zeros(0, dtype=np.int64)
         self.rank = np.zeros(0, dtype=np.int64)
@@ -125,7 +133,9 @@ class ExemplarMemory:
         return [int(c) for c in np.unique(self.labels)]
 
     def per_class(self, num_classes: int) -> int:
-        return self.capacity // max(num_classes, 1)
+        """Exemplars each of ``num_classes`` classes keeps."""
+        classes = max(num_classes, 1)
+        return -(-self.capacity // classes) if self.rounding == "ceil" else self.capacity // classes
 
     def class_indices(self, label: int) -> np.ndarray:
         """Positions of ``label``'s exemplars, in selection order."""
@@ -179,7 +189,7 @@ class ExemplarMemory:
 
     def update(self, data: ImageData, new_classes: list[int], num_seen: int,
                features: Callable[[np.ndarray], torch.Tensor] | None = None, step: int = 0) -> None:
-        """iCaRL's memory step after a task: shrink the old classes to ``capacity // num_seen`` each,
+        """iCaRL's memory step after a task: shrink the old classes to ``per_class(num_seen)`` each,
         then build as many for each new class."""
         per_class = self.per_class(num_seen)
         self.reduce(per_class)

@@ -76,6 +76,31 @@ def test_memory_reduce_keeps_prefix_and_state_round_trip():
 
 
 
+def test_per_class_floor_and_ceil_as_icarls_script():
+    """iCaRL's Theano script keeps nb_protos_cl = ceil(K / classes seen) per class (K = 2000, CIFAR-100
+    10x10): at 30 classes 67 each, 2010 exemplars in all; floor keeps 66 each, 1980."""
+    floor, ceil = ExemplarMemory(2000), ExemplarMemory(2000, per_class="ceil")
+    script = [int(np.ceil(20 * 100.0 / 10 / (step + 1))) for step in range(10)]  # the script's own formula
+    assert [ceil.per_class(10 * (step + 1)) for step in range(10)] == script
+    assert [floor.per_class(n) for n in (10, 30, 60, 70, 90)] == [200, 66, 33, 28, 22]
+    assert [ceil.per_class(n) for n in (10, 30, 60, 70, 90)] == [200, 67, 34, 29, 23]
+    stored = [n * ceil.per_class(n) for n in range(10, 101, 10)]
+    assert max(stored) == 2070 and all(n * floor.per_class(n) <= 2000 for n in range(1, 101))
+    with pytest.raises(ValueError, match="per-class rounding"):
+        ExemplarMemory(10, per_class="round")
+
+
+def test_memory_with_ceil_keeps_ceil_per_class(tmp_path):
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 20, "selection": "random", "per_class": "ceil"},
+                   num_tasks=3)
+    memory = run.method.memory
+    for task in run.scenario:
+        run.run_task(task)
+        counts = {c: len(memory.class_indices(c)) for c in task.seen_classes}
+        assert set(counts.values()) == {-(-20 // len(task.seen_classes))}  # 10, 5, 4: 20, 20, 24 stored
+    assert len(memory) == 24
+
+
 @pytest.mark.parametrize("selection", ["herding", "random"])
 def test_memory_invariants_after_every_task(tmp_path, selection):
     capacity = 30

@@ -100,6 +100,9 @@ def check_full_head(options: DistillationOptions, scenario: Scenario) -> None:
 @dataclasses.dataclass
 class MemoryOptions(MethodOptions):
     memory_size: int = option(2000, min=1, help="K, total exemplars kept (K // classes seen per class)")
+    per_class: Literal["floor", "ceil"] = option(
+        "floor", help="exemplars per class: floor(K / classes), never more than K; ceil(K / classes) as iCaRL's "
+                      "Theano code, up to classes - 1 more than K")
     selection: Literal["herding", "random"] = option("herding", help="how exemplars are chosen")
     nme_flip: bool | None = option(None, help="average exemplar features with the mirrored image's for the "
                                               "class means (default: for colour images)")

@@ -75,7 +75,8 @@ class ICaRL(Method):
                                deepinversion=options.deepinversion, model=model, mean=scenario.mean,
                                std=scenario.std, device=context.device, features=self._features,
                                build_model=context.build_model)
-        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed, builder)
+        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed, builder,
+                                     options.per_class)
         flip = options.nme_flip if options.nme_flip is not None else scenario.image_shape[2] == 3
         self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)
 
