@@ -1,4 +1,5 @@
-"""Online EWC: Fisher estimate, penalty, growing heads, state, and a task-incremental CLI run."""
+"""EWC: Fisher estimates (empirical, sampled), online and separate penalties, growing heads, state, and a
+task-incremental CLI run."""
 
 from __future__ import annotations
 
@@ -103,14 +104,125 @@ def test_overlapping_slice_of_a_grown_parameter(scenario) -> None:
     method = make_ewc(scenario, ewc_lambda=2.0)
     start(method, scenario[0])
     weight = method.model.head.chunks[0].weight
-    method.fisher = {"head.chunks.0.weight": torch.ones(1, 16)}
-    method.anchor = {"head.chunks.0.weight": weight.detach()[:1].clone()}
+    method.penalties = [{"fisher": {"head.chunks.0.weight": torch.ones(1, 16)},
+                         "anchor": {"head.chunks.0.weight": weight.detach()[:1].clone()}}]
     with torch.no_grad():
         weight[1].add_(5.0)  # outside the anchored slice: free
     assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
     with torch.no_grad():
         weight[0].add_(1.0)
     assert method.penalty().item() == pytest.approx(0.5 * 2.0 * 16, rel=1e-5)
+
+
+def _head_bias_probabilities(method, data) -> torch.Tensor:
+    x = method.context.augment.normalize(torch.from_numpy(data.images).permute(0, 3, 1, 2))
+    method.model.eval()
+    with torch.no_grad():
+        return F.softmax(method.model(x), dim=1)
+
+
+def test_empirical_fisher_of_the_head_bias_by_hand(scenario) -> None:
+    """For a softmax output, ∂ log p_y / ∂b_k = 1[k = y] − p_k: the empirical Fisher of the bias is the
+    mean over samples of (1[k = y] − p_k)²."""
+    task = scenario[0]
+    method = make_ewc(scenario, fisher_samples=10_000)  # more than the task has: every sample counts
+    start(method, task)
+    probs = _head_bias_probabilities(method, task.train)
+    onehot = F.one_hot(torch.as_tensor(task.train.labels), 2).float()
+    expected = (onehot - probs).square().mean(0)
+    fisher = method.estimate_fisher(task.train)
+    torch.testing.assert_close(fisher["head.chunks.0.bias"], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_sampled_fisher_is_the_true_fisher_in_expectation(scenario) -> None:
+    """Labels drawn from p(·|x): for the bias, E_y[(1[k = y] − p_k)²] = p_k(1 − p_k), whatever the true
+    label; the empirical Fisher of the same samples (all labelled 0) is (1[k = 0] − p_k)² instead."""
+    task = scenario[0]
+    n = 4000
+    one = task.train.subset(np.zeros(n, dtype=np.int64))  # one image, n times, label of sample 0
+    method = make_ewc(scenario, fisher="sampled", fisher_samples=n, fisher_batch_size=500)
+    start(method, task)
+    with torch.no_grad():  # a less confident model, so that both labels get drawn
+        method.model.head.chunks[0].weight.mul_(0.1)
+    p = _head_bias_probabilities(method, one)[0]
+    sampled = method.estimate_fisher(one)["head.chunks.0.bias"]
+    true_fisher = p * (1 - p)
+    assert 0.05 < p.min() and torch.allclose(sampled, true_fisher, rtol=0.06)  # ± 4 standard errors
+    y = int(one.labels[0])
+    empirical = make_ewc(scenario, fisher_samples=n)
+    start(empirical, task)
+    empirical.model.load_state_dict(method.model.state_dict())
+    expected = (F.one_hot(torch.tensor(y), 2).float() - p).square()
+    torch.testing.assert_close(empirical.estimate_fisher(one)["head.chunks.0.bias"], expected, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(sampled, expected, rtol=0.1)
+    # the draws are seeded: the same run estimates the same Fisher
+    torch.testing.assert_close(method.estimate_fisher(one)["head.chunks.0.bias"], sampled)
+
+
+def test_separate_ewc_keeps_one_penalty_per_task(scenario) -> None:
+    """Kirkpatrick et al.: Σ_t λ/2 Σ F_t (θ − θ*_t)², each past task with its own Fisher and anchor."""
+    method = make_ewc(scenario, variant="separate", ewc_lambda=3.0, fisher_samples=40)
+    fishers, anchors = [], []
+    for task in scenario[:2]:
+        start(method, task)
+        with torch.no_grad():  # stands for training: the weights move between tasks
+            for p in method.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        fishers.append(method.estimate_fisher(task.train))
+        method.end_task(task, task.train)
+        anchors.append({n: p.detach().clone() for n, p in method.model.named_parameters()})
+    assert len(method.penalties) == 2
+    for penalty, fisher, anchor in zip(method.penalties, fishers, anchors):
+        assert set(penalty["fisher"]) == set(fisher) == set(penalty["anchor"])
+        for name in fisher:
+            torch.testing.assert_close(penalty["fisher"][name], fisher[name])
+            torch.testing.assert_close(penalty["anchor"][name], anchor[name])
+    start(method, scenario[2])
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.1)
+    params = dict(method.model.named_parameters())
+    expected = 0.0
+    for fisher, anchor in zip(fishers, anchors):
+        for name, f in fisher.items():
+            theta = params[name][tuple(slice(0, d) for d in f.shape)]  # the slice the task's Fisher covers
+            expected += 0.5 * 3.0 * (f * (theta - anchor[name][tuple(slice(0, d) for d in f.shape)]).square()).sum().item()
+    assert method.penalty().item() == pytest.approx(expected, rel=1e-5)
+    # online EWC with the same data keeps one penalty anchored at the last task only
+    online = make_ewc(scenario, ewc_lambda=3.0, fisher_samples=40)
+    start(online, scenario[0])
+    online.end_task(scenario[0], scenario[0].train)
+    start(online, scenario[1])
+    online.end_task(scenario[1], scenario[1].train)
+    assert len(online.penalties) == 1
+    # state round trip keeps both penalties
+    fresh = make_ewc(scenario, variant="separate")
+    fresh.load_state_dict(method.state_dict())
+    assert len(fresh.penalties) == 2
+    for ours, theirs in zip(fresh.penalties, method.penalties):
+        assert all(torch.equal(ours[part][n], theirs[part][n]) for part in ("fisher", "anchor") for n in theirs[part])
+
+
+def test_gamma_only_with_online_ewc() -> None:
+    from cilearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variant separate keeps every task's own Fisher"):
+        method_options({"name": "ewc", "variant": "separate", "gamma": 0.5})
+    with pytest.raises(ConfigError, match="method.fisher: unknown value 'true'"):
+        method_options({"name": "ewc", "fisher": "true"})
+
+
+def test_ewc_loads_the_state_of_earlier_versions(scenario) -> None:
+    method = make_ewc(scenario, fisher_samples=10)
+    start(method, scenario[0])
+    method.end_task(scenario[0], scenario[0].train)
+    legacy = {"fisher": dict(method.fisher), "anchor": dict(method.anchor)}  # before "penalties" existed
+    fresh = make_ewc(scenario)
+    start(fresh, scenario[0])
+    fresh.load_state_dict(legacy)
+    assert len(fresh.penalties) == 1 and set(fresh.fisher) == set(method.fisher)
+    fresh.load_state_dict({"fisher": {}, "anchor": {}})
+    assert fresh.penalties == [] and fresh.penalty().item() == 0.0
 
 
 def test_ewc_state_dict_roundtrip(scenario) -> None:
@@ -143,4 +255,4 @@ train: {epochs: 2, batch_size: 32, lr: 0.05, scheduler: constant, progress: fals
     assert aware["last_accuracy"] >= agnostic["last_accuracy"]
     assert aware["last_accuracy"] > 0.8
     state = torch.load(out / "checkpoints" / "task_02.pt", weights_only=True)
-    assert "head.chunks.1.weight" in state["method"]["fisher"]
+    assert "head.chunks.1.weight" in state["method"]["penalties"][0]["fisher"]

@@ -1,26 +1,39 @@
-"""Elastic weight consolidation, online variant (Kirkpatrick et al. 2017; Schwarz et al. 2018).
+"""Elastic weight consolidation (Kirkpatrick et al. 2017), separate or online (Schwarz et al. 2018).
 
-After each task, the diagonal empirical Fisher information ``F_task`` is estimated on (up to
-``fisher_samples`` of) the task's training data without augmentation, in evaluation mode: the mean over
-samples of the **per-sample** squared gradient of the log-likelihood of the true label (exact per-sample
-gradients with ``torch.func``, in chunks of ``fisher_batch_size``).  The running estimate is updated as
-``F ← γ·F + F_task`` and the anchor ``θ*`` becomes the current weights; training adds
-``λ/2 · Σ F·(θ − θ*)²`` to every batch's loss.
+After each task, the diagonal Fisher information ``F_task`` is estimated on (up to ``fisher_samples``
+of) the task's training data without augmentation, in evaluation mode: the mean over samples of the
+**per-sample** squared gradient of a log-likelihood ``log p(y|x)`` (exact per-sample gradients with
+``torch.func``, in chunks of ``fisher_batch_size``), where ``y`` is
+
+- ``fisher: empirical`` (default): the sample's true label (the "empirical Fisher");
+- ``fisher: sampled``: a label drawn from the model's own predictive distribution ``p(·|x)``, one draw
+  per sample from a seeded generator: a Monte-Carlo estimate of the true Fisher, as Kirkpatrick et al.
+  compute it.
+
+The penalty added to every batch's loss is
+
+- ``variant: online`` (default): one running estimate ``F ← γ·F + F_task`` and one anchor ``θ*`` = the
+  weights after the last task: ``λ/2 · Σ F·(θ − θ*)²``;
+- ``variant: separate`` (Kirkpatrick et al.): one penalty per past task ``t``, each with its own Fisher
+  and its own anchor (the weights after task ``t``): ``Σ_t λ/2 · Σ F_t·(θ − θ*_t)²``.
 
 Only parameters that are trained (``requires_grad``) are estimated.  Parameters created after an anchor
 (the chunks a growing head adds for new classes) get no penalty; a parameter whose shape grew is
 penalised on the overlapping leading slice only.  In task-incremental scenarios each sample's
-log-likelihood uses its own task's head.  Fisher and anchor are in the method state (resume).
+log-likelihood (and a sampled label) uses its own task's head.  Fishers and anchors are in the method
+state (resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..data import ImageData
+from ..errors import ConfigError
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
@@ -28,11 +41,22 @@ from .base import Batch, Method, MethodOptions, Output
 
 @dataclasses.dataclass
 class EWCOptions(MethodOptions):
+    variant: Literal["online", "separate"] = option(
+        "online", help="online: one running Fisher (decay gamma) and the latest anchor; separate: one penalty per "
+                       "past task with its own Fisher and anchor (Kirkpatrick et al. 2017)")
     ewc_lambda: float = option(5000.0, min=0.0, help="penalty strength λ")
     gamma: float = option(1.0, min=0.0, max=1.0, help="decay of the running Fisher (online EWC); 1 = sum")
+    fisher: Literal["empirical", "sampled"] = option(
+        "empirical", help="empirical: gradients of the true label's log-likelihood; sampled: of a label drawn from "
+                          "the model's predictive distribution (the true Fisher, one draw per sample)")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
                                                   "(capped so that they take about 512 MB)")
+
+    def __post_init__(self) -> None:
+        if self.variant == "separate" and self.gamma != 1.0:
+            raise ConfigError(f"method.gamma: {self.gamma:g} decays the running Fisher of online EWC; variant separate "
+                              f"keeps every task's own Fisher. Remove gamma or use variant: online.")
 
 
 def _overlap(param: torch.Tensor, reference: torch.Tensor) -> torch.Tensor | None:
@@ -46,21 +70,32 @@ def _overlap(param: torch.Tensor, reference: torch.Tensor) -> torch.Tensor | Non
 
 class EWC(Method):
     name = "ewc"
-    description = "online EWC: quadratic penalty weighted by a running diagonal Fisher (λ, γ)"
+    description = "EWC: quadratic penalty weighted by the diagonal Fisher, online (λ, γ) or one per task (separate)"
     Options = EWCOptions
 
     def __init__(self, options, model, context):
         super().__init__(options, model, context)
-        self.fisher: dict[str, torch.Tensor] = {}
-        self.anchor: dict[str, torch.Tensor] = {}
+        # One {"fisher": {name: F}, "anchor": {name: θ*}} per penalty: a single one for online EWC, one per
+        # past task for separate EWC.
+        self.penalties: list[dict[str, dict[str, torch.Tensor]]] = []
         self._terms: list | None = None  # (parameter, fisher, anchor) triples; rebuilt when any of them changes
+
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        """The Fisher of the latest penalty (online EWC: the running estimate)."""
+        return self.penalties[-1]["fisher"] if self.penalties else {}
+
+    @property
+    def anchor(self) -> dict[str, torch.Tensor]:
+        return self.penalties[-1]["anchor"] if self.penalties else {}
 
     # --- penalty ---
     def penalty_terms(self) -> list:
         """Which parameters the penalty covers, matched once per task rather than on every batch."""
         if self._terms is None:
             params = dict(self.model.named_parameters())
-            self._terms = [(params[name], fisher, self.anchor[name]) for name, fisher in self.fisher.items()
+            self._terms = [(params[name], fisher, penalty["anchor"][name])
+                           for penalty in self.penalties for name, fisher in penalty["fisher"].items()
                            if name in params and params[name].requires_grad
                            and _overlap(params[name], fisher) is not None]
         return self._terms
@@ -86,7 +121,8 @@ class EWC(Method):
 
     # --- Fisher ---
     def estimate_fisher(self, data: ImageData) -> dict[str, torch.Tensor]:
-        """Diagonal empirical Fisher: mean over samples of (∂ log p(y|x) / ∂θ)², per-sample gradients."""
+        """Diagonal Fisher: mean over samples of (∂ log p(y|x) / ∂θ)², per-sample gradients; ``y`` is the
+        true label (empirical) or drawn from ``p(·|x)`` (sampled)."""
         from torch.func import functional_call, grad, vmap
 
         device = self.context.device
@@ -102,12 +138,22 @@ class EWC(Method):
         owner = self.class_task
         normalize = getattr(self.context.augment, "normalize", self.context.augment)
 
+        def own_head(logits, target):
+            if owner is None:
+                return logits
+            # multi-head: the sample's own task head only
+            return logits.masked_fill(owner[None, :] != owner.index_select(0, target)[:, None], float("-inf"))
+
         def log_likelihood(p, x, y):
             logits = functional_call(self.model, ({**p, **frozen}, buffers), (x[None],))
             target = y[None]
-            if owner is not None:  # multi-head: the sample's own task head only
-                logits = logits.masked_fill((owner != owner.index_select(0, target))[None], float("-inf"))
-            return -F.cross_entropy(logits.float(), target)
+            return -F.cross_entropy(own_head(logits, target).float(), target)
+
+        def sampled_labels(x, y):
+            """One label per sample drawn from the model's predictive distribution (its own head)."""
+            with torch.no_grad():
+                probs = F.softmax(own_head(self.model(x), y).float(), dim=1)
+            return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
 
         per_sample = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
         # The per-sample gradients of a chunk hold chunk × parameters floats: cap them near 512 MB.
@@ -118,7 +164,10 @@ class EWC(Method):
         try:
             for start in range(0, count, chunk):
                 x = normalize(images[start:start + chunk].to(device))
-                grads = per_sample(params, x, labels[start:start + len(x)])
+                y = labels[start:start + len(x)]
+                if self.options.fisher == "sampled":
+                    y = sampled_labels(x, y)
+                grads = per_sample(params, x, y)
                 for n in names:
                     fisher[n] += grads[n].square().sum(0)
         finally:
@@ -127,26 +176,30 @@ class EWC(Method):
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
         current = self.estimate_fisher(task.train)  # the task's own data, not a replay mix
-        gamma = self.options.gamma
-        merged = {}
-        for name, fisher in current.items():
-            old = self.fisher.get(name)
-            if old is not None:
-                fisher = fisher.clone()
-                region = _overlap(fisher, old)
-                if region is not None:
-                    region += gamma * old
-            merged[name] = fisher
-        self.fisher = merged
-        self.anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in merged}
+        anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in current}
+        if self.options.variant == "separate" or not self.penalties:
+            self.penalties.append({"fisher": current, "anchor": anchor})
+        else:  # online: F ← γ·F + F_task (on the slice the old estimate covers); the anchor moves here
+            old, merged = self.fisher, {}
+            for name, fisher in current.items():
+                if name in old:
+                    fisher = fisher.clone()
+                    region = _overlap(fisher, old[name])
+                    if region is not None:
+                        region += self.options.gamma * old[name]
+                merged[name] = fisher
+            self.penalties = [{"fisher": merged, "anchor": anchor}]
         self._terms = None
 
     def state_dict(self) -> dict:
-        return {"fisher": {n: t.cpu() for n, t in self.fisher.items()},
-                "anchor": {n: t.cpu() for n, t in self.anchor.items()}}
+        return {"penalties": [{part: {n: t.cpu() for n, t in penalty[part].items()} for part in ("fisher", "anchor")}
+                              for penalty in self.penalties]}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.context.device
-        self.fisher = {n: t.to(device) for n, t in state.get("fisher", {}).items()}
-        self.anchor = {n: t.to(device) for n, t in state.get("anchor", {}).items()}
+        penalties = state.get("penalties")
+        if penalties is None:  # written before separate EWC existed: one online penalty (or none)
+            penalties = [{"fisher": state["fisher"], "anchor": state["anchor"]}] if state.get("fisher") else []
+        self.penalties = [{part: {n: t.to(device) for n, t in penalty[part].items()} for part in ("fisher", "anchor")}
+                          for penalty in penalties]
         self._terms = None
