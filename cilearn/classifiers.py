@@ -1,13 +1,15 @@
-"""Test-time classifiers built on a method's exemplar memory.
+"""Test-time classifiers: the network head and those built on a method's exemplar memory.
 
 Each is a callable ``(features, logits) -> predicted labels`` (the shape ``Method.classifiers()``
-returns), fitted in ``end_task`` on the exemplars' features:
+returns).  A classifier that can rank every class also has ``scores(features, logits) -> (N, C)`` (higher =
+more likely; column ``c`` = label ``c``, ``-inf`` for a class it cannot predict); the evaluation then
+reports its top-5 accuracy beside the top-1.
 
-- :class:`NearestMean` (``nme``, iCaRL): the class whose (L2-normalised) exemplar mean is closest;
+- :class:`HeadClassifier` (``head``): the network's own output layer, ranking classes by their logits;
+- :class:`NearestMean` (``nme``, iCaRL): the class whose (L2-normalised) exemplar mean is closest,
+  ranking classes by negative distance (the ordering iCaRL's code uses for its scores);
 - :class:`SklearnClassifier` (``knn``, ``svm``, ``mlp``): scikit-learn models trained on the
-  L2-normalised exemplar features.
-
-``head`` (the network's own output layer) needs no memory and lives in :mod:`cilearn.methods.base`.
+  L2-normalised exemplar features (top-1 only).
 """
 
 from __future__ import annotations
@@ -43,6 +45,25 @@ def check_classifiers(names: list[str], has_memory: bool, method: str, where: st
                           f"use icarl (or a method with a memory), or classifiers: [head].")
 
 
+class HeadClassifier:
+    """The network's output layer: predicts the largest logit, ranks classes by their logits."""
+
+    def __call__(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1)
+
+    def scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def __repr__(self) -> str:
+        return "HeadClassifier()"
+
+
+def top_k_correct(scores: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Whether each sample's label is among the ``k`` highest scores of its row (bool, shape N)."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return (top == labels.to(top.device)[:, None]).any(1)
+
+
 class NearestMean:
     """Nearest-mean-of-exemplars: predict the class whose mean is closest to the L2-normalised feature."""
 
@@ -61,6 +82,16 @@ class NearestMean:
         f = F.normalize(features.float(), dim=1)
         distance = torch.cdist(f, self.means.to(f.device))
         return self.classes.to(f.device)[distance.argmin(1)]
+
+    def scores(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative distance to each class mean; ``-inf`` for labels without a mean."""
+        if self.means is None:
+            raise RuntimeError("NearestMean used before its class means were computed")
+        f = F.normalize(features.float(), dim=1)
+        classes = self.classes.to(f.device)
+        scores = torch.full((len(f), int(classes.max()) + 1), float("-inf"), device=f.device)
+        scores[:, classes] = -torch.cdist(f, self.means.to(f.device))
+        return scores
 
     def state_dict(self) -> dict:
         return {} if self.means is None else {"means": self.means.cpu(), "classes": self.classes.cpu()}

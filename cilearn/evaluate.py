@@ -9,6 +9,7 @@ import torch
 
 from . import metrics
 from .augment import BatchAugment, to_tensor_images
+from .classifiers import top_k_correct
 from .scenarios import Scenario
 
 
@@ -45,6 +46,9 @@ class TestSet:
     images: torch.Tensor   # uint8 NCHW on the device
     labels: np.ndarray
     segment: np.ndarray    # index of the task each sample belongs to
+
+
+TOP5_MIN_CLASSES = 10  # top-5 accuracy is reported for datasets with at least this many classes
 
 
 class Evaluator:
@@ -113,6 +117,10 @@ class Evaluator:
                 "old_accuracy": float(correct[old].mean()) if old.any() else None,
             }
             arrays[f"pred_{name}"] = preds.astype(np.int64)
+            ranks = getattr(classifiers.get(name), "scores", None)
+            if ranks is not None and self.scenario.num_classes >= TOP5_MIN_CLASSES:
+                top5 = top_k_correct(ranks(features, logits), torch.as_tensor(data.labels), 5).cpu().numpy()
+                scores[name]["top5_seen_accuracy"] = float(top5[seen].mean())
         if self.max_feature_samples:
             # A fixed seed (not a running RNG) so a resumed run saves the same samples.
             keep = np.sort(np.random.RandomState(self.seed).permutation(len(data.labels))[: self.max_feature_samples])

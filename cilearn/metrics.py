@@ -276,4 +276,9 @@ def summarize_history(history: list[dict], num_tasks: int, classifier: str) -> d
         "forgetting": forgetting(square) if done else None,
         "backward_transfer": backward_transfer(square) if done else None,
     }
+    top5 = [s.get("top5_seen_accuracy") for s in steps]
+    if done and all(v is not None for v in top5):  # classifiers that rank classes, datasets of >= 10 classes
+        summary["top5_seen_accuracy"] = top5
+        summary["average_incremental_top5_accuracy"] = average_incremental_accuracy(top5)
+        summary["last_top5_accuracy"] = last_accuracy(top5)
     return summary

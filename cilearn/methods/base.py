@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 
+from ..classifiers import HeadClassifier
 from ..data import ImageData
 from ..losses import classification_loss
 from ..scenarios import Scenario, Task
@@ -234,5 +235,4 @@ METHOD_HOOKS = ("check", "begin_task", "stages", "begin_stage", "training_data",
                 "exemplars", "state_dict", "load_state_dict")
 
 
-def head_classifier(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(1)
+head_classifier = HeadClassifier()  # (features, logits) -> argmax of the logits; ranks by them (top-5)
