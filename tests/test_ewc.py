@@ -134,6 +134,17 @@ def test_empirical_fisher_of_the_head_bias_by_hand(scenario) -> None:
     torch.testing.assert_close(fisher["head.chunks.0.bias"], expected, rtol=1e-4, atol=1e-7)
 
 
+def test_predicted_label_fisher_of_the_head_bias_by_hand(scenario) -> None:
+    """fisher: predicted uses ŷ = argmax p(·|x): the bias Fisher is the mean of (1[k = ŷ] − p_k)²."""
+    task = scenario[0]
+    method = make_ewc(scenario, fisher="predicted", fisher_samples=10_000)
+    start(method, task)
+    probs = _head_bias_probabilities(method, task.train)
+    expected = (F.one_hot(probs.argmax(1), 2).float() - probs).square().mean(0)
+    torch.testing.assert_close(method.estimate_fisher(task.train)["head.chunks.0.bias"], expected,
+                               rtol=1e-4, atol=1e-7)
+
+
 def test_sampled_fisher_is_the_true_fisher_in_expectation(scenario) -> None:
     """Labels drawn from p(·|x): for the bias, E_y[(1[k = y] − p_k)²] = p_k(1 − p_k), whatever the true
     label; the empirical Fisher of the same samples (all labelled 0) is (1[k = 0] − p_k)² instead."""

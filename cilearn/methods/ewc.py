@@ -6,6 +6,8 @@ of) the task's training data without augmentation, in evaluation mode: the mean 
 ``torch.func``, in chunks of ``fisher_batch_size``), where ``y`` is
 
 - ``fisher: empirical`` (default): the sample's true label (the "empirical Fisher");
+- ``fisher: predicted``: the model's most likely label ``argmax p(·|x)`` (what van de Ven & Tolias' and
+  Hsu et al.'s benchmark code use by default);
 - ``fisher: sampled``: a label drawn from the model's own predictive distribution ``p(·|x)``, one draw
   per sample from a seeded generator: a Monte-Carlo estimate of the true Fisher, as Kirkpatrick et al.
   compute it.
@@ -46,9 +48,10 @@ class EWCOptions(MethodOptions):
                        "past task with its own Fisher and anchor (Kirkpatrick et al. 2017)")
     ewc_lambda: float = option(5000.0, min=0.0, help="penalty strength λ")
     gamma: float = option(1.0, min=0.0, max=1.0, help="decay of the running Fisher (online EWC); 1 = sum")
-    fisher: Literal["empirical", "sampled"] = option(
-        "empirical", help="empirical: gradients of the true label's log-likelihood; sampled: of a label drawn from "
-                          "the model's predictive distribution (the true Fisher, one draw per sample)")
+    fisher: Literal["empirical", "predicted", "sampled"] = option(
+        "empirical", help="empirical: gradients of the true label's log-likelihood; predicted: of the model's most "
+                          "likely label; sampled: of a label drawn from the model's predictive distribution (the "
+                          "true Fisher, one draw per sample)")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
                                                   "(capped so that they take about 512 MB)")
@@ -122,7 +125,7 @@ class EWC(Method):
     # --- Fisher ---
     def estimate_fisher(self, data: ImageData) -> dict[str, torch.Tensor]:
         """Diagonal Fisher: mean over samples of (∂ log p(y|x) / ∂θ)², per-sample gradients; ``y`` is the
-        true label (empirical) or drawn from ``p(·|x)`` (sampled)."""
+        true label (empirical), the most likely one (predicted) or drawn from ``p(·|x)`` (sampled)."""
         from torch.func import functional_call, grad, vmap
 
         device = self.context.device
@@ -149,10 +152,13 @@ class EWC(Method):
             target = y[None]
             return -F.cross_entropy(own_head(logits, target).float(), target)
 
-        def sampled_labels(x, y):
-            """One label per sample drawn from the model's predictive distribution (its own head)."""
+        def model_labels(x, y):
+            """The model's own label for each sample (its own head): the most likely, or one drawn from p(·|x)."""
             with torch.no_grad():
-                probs = F.softmax(own_head(self.model(x), y).float(), dim=1)
+                logits = own_head(self.model(x), y).float()
+            if self.options.fisher == "predicted":
+                return logits.argmax(1)
+            probs = F.softmax(logits, dim=1)
             return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
 
         per_sample = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
@@ -165,8 +171,8 @@ class EWC(Method):
             for start in range(0, count, chunk):
                 x = normalize(images[start:start + chunk].to(device))
                 y = labels[start:start + len(x)]
-                if self.options.fisher == "sampled":
-                    y = sampled_labels(x, y)
+                if self.options.fisher != "empirical":
+                    y = model_labels(x, y)
                 grads = per_sample(params, x, y)
                 for n in names:
                     fisher[n] += grads[n].square().sum(0)
