@@ -195,7 +195,7 @@ for _depth in (20, 32, 44, 56, 110):
         f"resnet{_depth}",
         _Spec(
             f"CIFAR ResNet-{_depth} (He et al. 2016): 16/32/64 channels, basic blocks (option block), "
-            "feature_dim 64; shortcut='A', last_relu=false: iCaRL's variant",
+            "feature_dim 64 (iCaRL's variant: options shortcut A, last_relu false)",
             _cifar_factory(f"resnet{_depth}", _depth),
             {**_RESNET_STYLE_DEFAULTS, "block": "basic"},
             _RESNET_MIN_IMAGE_SIZE,
