@@ -71,25 +71,23 @@ def verbosity(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import apply_overrides, load_yaml
-    from .experiment import default_out_dir, resume_experiment, run_experiment
+    from .experiment import Experiment
 
     if args.resume:
         if args.config or args.overrides or args.out or args.seeds:
             raise CilearnError("--resume RUN_DIR takes no config, --set, --seeds or --out: a run continues "
                                "with the config saved in its folder.")
         args.run_dir = Path(args.resume)
-        out = resume_experiment(args.resume)
+        out = Experiment.resume(args.resume).path
     else:
         if not args.config:
             raise CilearnError("give a config file (e.g. cilearn run configs/quickstart.yaml) or --resume RUN_DIR.")
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append(f"seeds=[{', '.join(str(s) for s in args.seeds)}]")
-        # The folder is fixed here, before the run starts, so that Ctrl-C can name it.
-        args.run_dir = Path(args.out) if args.out else default_out_dir(
-            str(apply_overrides(load_yaml(args.config), overrides).get("name")))
-        out = run_experiment(args.config, overrides, args.run_dir)
+        experiment = Experiment.from_yaml(args.config, overrides)
+        args.run_dir = Path(args.out) if args.out else experiment.default_out()  # Ctrl-C names it
+        out = experiment.run(args.run_dir).path
     from .distributed import is_main
 
     if is_main():

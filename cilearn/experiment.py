@@ -1,14 +1,33 @@
 """Experiments: one config expanded into runs (methods × seeds), validated together, run one after the
-other, resumed as a whole, and summarised in one table."""
+other, resumed as a whole, and summarised in one table.
+
+:class:`Experiment` is the Python API (also ``cilearn.Experiment``); ``cilearn run`` is a thin layer over it::
+
+    import cilearn
+
+    experiment = cilearn.Experiment.from_yaml("configs/quickstart.yaml", overrides=["train.epochs=2"])
+    result = experiment.run(out="runs/qs")     # an ExperimentResult (cilearn.results)
+    print(result.table())
+    result = cilearn.Experiment.resume("runs/qs")   # after a crash or Ctrl-C
+
+A config can also be a dict (:meth:`Experiment.from_dict`), and the data any
+:class:`~cilearn.data.DatasetSplits` (``data=``: e.g. :func:`cilearn.data.from_torch` of your own
+``torch.utils.data.Dataset``).
+"""
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from .config import Config, apply_overrides, expand_runs, load_runs, load_yaml, parse_config, run_label
+from .config import Config, apply_overrides, expand_runs, load_yaml, parse_config, run_label
+from .data import DatasetSplits
 from .data.memo import shared_datasets
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
+from .log import library_default_logging
+from .results import ExperimentResult, RunResult, experiment_labels
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
 from .runner import Run, say
 
@@ -17,7 +36,83 @@ def default_out_dir(name: str) -> Path:
     return Path("runs") / name / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def validate_runs(out: Path, runs: list[tuple[str, Config]]) -> list[Run]:
+class Experiment:
+    """One experiment: a config (one or several methods and seeds), checked when it is made, run with
+    :meth:`run`.  Make it with :meth:`from_yaml` or :meth:`from_dict`.
+
+    ``data``: a :class:`~cilearn.data.DatasetSplits` to train on instead of the config's ``data`` section
+    (which it replaces; the saved config names it ``data.name: <its name>``).  A run on such data is
+    resumed with the same data: ``Experiment.resume(run_dir, data=...)``."""
+
+    def __init__(self, config: dict, data: DatasetSplits | None = None):
+        config = copy.deepcopy(config)
+        if data is not None:
+            if not isinstance(data, DatasetSplits):
+                raise ConfigError(f"data=: expected a cilearn.data.DatasetSplits (from cilearn.data.from_torch, "
+                                  f"from_folder or load_dataset), got {type(data).__name__}.")
+            config["data"] = {"name": data.name}
+        config.setdefault("name", "experiment")
+        self.config = config  #: the config as given (overrides applied, before expansion into runs)
+        self.data = data
+        raws = expand_runs(config)
+        many_seeds = len({r["seed"] for r in raws}) > 1
+        #: ``(label, Config)`` of every run: ``label`` is its folder under the output folder
+        self.runs: list[tuple[str, Config]] = [(run_label(r, many_seeds), parse_config(r)) for r in raws]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None,
+                  data: DatasetSplits | None = None) -> Experiment:
+        """A YAML config file with ``--set``-style overrides (``["train.epochs=2", "seeds=[0, 1]"]``)."""
+        return cls(apply_overrides(load_yaml(path), list(overrides or [])), data=data)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], overrides: list[str] | None = None,
+                  data: DatasetSplits | None = None) -> Experiment:
+        """A config as a dict, with the sections of a YAML config (``data`` may be left out when ``data=``
+        is given)."""
+        if not isinstance(config, dict):
+            raise ConfigError(f"config: expected a dict of sections (data, model, method, train), got "
+                              f"{type(config).__name__}.")
+        return cls(apply_overrides(config, list(overrides or [])), data=data)
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    def default_out(self) -> Path:
+        """``runs/<name>/<timestamp>``: where :meth:`run` writes when given no ``out``."""
+        return default_out_dir(self.name)
+
+    def run(self, out: str | Path | None = None) -> ExperimentResult:
+        """Check every run (data, scenario, model, method) before writing anything, then run them one after
+        the other into ``out`` (never an existing non-empty folder).  Several runs: one sub-folder each,
+        ``experiment.yaml``, ``summary.json`` and ``summary.md``."""
+        library_default_logging()
+        out = Path(out) if out else self.default_out()
+        with shared_datasets():
+            check_fresh(out)
+            checked = validate_runs(out, self.runs, self.data)  # nothing is written before this passes
+            if len(self.runs) == 1:
+                from .summary import write_summary
+                write_summary(out, [checked[0].execute()], files=False)
+            else:
+                del checked  # each run builds its own again (the dataset is cached)
+                with RunLock(out):
+                    check_fresh(out)  # another process may have started in the same folder meanwhile
+                    write_yaml(out / "experiment.yaml", self.config)
+                    run_children(out, self.runs, resume=False, data=self.data)
+        return collect(out, [label for label, _ in self.runs])
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, data: DatasetSplits | None = None) -> ExperimentResult:
+        """Continue a run folder (one run, or the parent folder of several) from its checkpoints; a finished
+        one is only read.  ``data``: the same dataset again, for runs made with ``data=``."""
+        library_default_logging()
+        with shared_datasets():
+            return _resume(Path(run_dir), data)
+
+
+def validate_runs(out: Path, runs: list[tuple[str, Config]], data: DatasetSplits | None = None) -> list[Run]:
     """Build every run's data, scenario, model and method (all checks) before anything is written: a
     mistake in the last method of a config must not surface after the first one has trained.  Seeds only
     change the class order and the initialisation, so one seed per method is checked."""
@@ -27,7 +122,7 @@ def validate_runs(out: Path, runs: list[tuple[str, Config]]) -> list[Run]:
         if key in seen:
             continue
         seen.add(key)
-        run = Run(cfg, out / label if len(runs) > 1 else out, label)
+        run = Run(cfg, out / label if len(runs) > 1 else out, label, data=data)
         run.setup()
         checked.append(run)
     return checked
@@ -37,37 +132,38 @@ def read_metrics(run_dir: Path) -> dict | None:
     return RunDir(run_dir).read_metrics()
 
 
+def collect(out: Path, labels: list[str]) -> ExperimentResult:
+    """The result of a finished experiment: its runs in config order."""
+    if len(labels) == 1 and not (out / "experiment.yaml").is_file():
+        return ExperimentResult(out, [RunResult.load(out)])
+    return ExperimentResult(out, [RunResult.load(out / label) for label in labels])
+
+
 def run_experiment(config_path: str | Path, overrides: list[str] | None = None,
                    out: str | Path | None = None) -> Path:
-    """Validate everything, then run every (method, seed) of the config. Returns the output folder."""
-    with shared_datasets():
-        return _run_experiment(config_path, overrides, out)
-
-
-def _run_experiment(config_path, overrides, out) -> Path:
-    name, runs = load_runs(config_path, overrides)
-    out = Path(out) if out else default_out_dir(name)
-    check_fresh(out)
-    checked = validate_runs(out, runs)  # nothing is written before this passes
-    if len(runs) == 1:
-        from .summary import write_summary
-        write_summary(out, [checked[0].execute()], files=False)
-    else:
-        del checked  # each run builds its own again (the dataset is cached)
-        with RunLock(out):
-            check_fresh(out)  # another process may have started in the same folder meanwhile
-            write_yaml(out / "experiment.yaml", apply_overrides(load_yaml(config_path), overrides or []))
-            run_children(out, runs, resume=False)
-    return out
+    """``Experiment.from_yaml(config_path, overrides).run(out)``; returns the output folder."""
+    return Experiment.from_yaml(config_path, overrides).run(out).path
 
 
 def resume_experiment(out: str | Path) -> Path:
-    """Continue a run directory (one run, or the parent folder of several) from its checkpoints."""
-    with shared_datasets():
-        return _resume_experiment(Path(out))
+    """``Experiment.resume(out)``; returns the folder."""
+    return Experiment.resume(out).path
 
 
-def _resume_experiment(out: Path) -> Path:
+def _check_data(config_file: Path, data: DatasetSplits | None) -> None:
+    """A run made with ``data=`` names a dataset no registry knows: say how to give it again."""
+    if data is not None:
+        return
+    from .data.registry import is_registered
+
+    name = (load_yaml(config_file).get("data") or {}).get("name")
+    if name and not is_registered(str(name)):
+        raise DataError(f"'{config_file.parent}' trained on the dataset '{name}', which is not registered: it came "
+                        f"from Python. Resume with Experiment.resume(run_dir, data=<the same DatasetSplits>), or "
+                        f"register it first with cilearn.data.register_dataset('{name}', ...).")
+
+
+def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
     if not out.is_dir():
         raise CheckpointError(f"--resume: '{out}' does not exist or is not a folder; give a run directory that "
                               f"a previous 'cilearn run' wrote.")
@@ -80,28 +176,31 @@ def _resume_experiment(out: Path) -> Path:
             if (out / "summary.json").is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
                 say(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.")
-                return out
-            run_children(out, runs, resume=True)
-    elif (out / "config.yaml").is_file():
+            else:
+                _check_data(out / "experiment.yaml", data)
+                run_children(out, runs, resume=True, data=data)
+        return collect(out, experiment_labels(out))
+    if (out / "config.yaml").is_file():
         metrics = read_metrics(out)
         if metrics and metrics.get("complete"):
             say(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
-                  f"nothing to resume.")
-            return out
+                f"nothing to resume.")
+            return collect(out, [metrics.get("label", "")])
         from .summary import write_summary
         try:
             cfg = parse_config(load_yaml(out / "config.yaml"))
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(message if str(out) in message else f"{out / 'config.yaml'}: {message}") from None
-        write_summary(out, [Run(cfg, out).execute(resume=True)], files=False)
-    else:
-        raise CheckpointError(f"--resume: '{out}' is not a cilearn run directory (no config.yaml or "
-                              f"experiment.yaml); give a folder that a previous 'cilearn run' wrote.")
-    return out
+        _check_data(out / "config.yaml", data)
+        write_summary(out, [Run(cfg, out, data=data).execute(resume=True)], files=False)
+        return collect(out, [cfg.method.get("label") or cfg.method["name"]])
+    raise CheckpointError(f"--resume: '{out}' is not a cilearn run directory (no config.yaml or "
+                          f"experiment.yaml); give a folder that a previous 'cilearn run' wrote.")
 
 
-def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool) -> list[dict]:
+def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool,
+                 data: DatasetSplits | None = None) -> list[dict]:
     results = []
     for label, cfg in runs:
         child = out / label
@@ -109,7 +208,7 @@ def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool) -> lis
         if done and done.get("complete"):
             results.append(done)
             continue
-        results.append(Run(cfg, child, label).execute(resume=resume and (child / "config.yaml").exists()))
+        results.append(Run(cfg, child, label, data=data).execute(resume=resume and (child / "config.yaml").exists()))
     from .summary import write_summary
     write_summary(out, results)
     return results

@@ -11,8 +11,13 @@ Every module logs to its own logger (``log = get_logger(__name__)``, a child of 
 | DEBUG (`--verbose`) | `debug [cilearn.data.registry]: <message>` | stderr |
 
 ``--quiet`` keeps warnings and errors only (progress bars too are hidden); ``--verbose`` adds debug lines.
-A program that uses cilearn as a library and never calls :func:`setup_logging` gets Python's defaults:
-warnings and errors on stderr, the rest wherever its own logging configuration sends it.
+
+As a library (:class:`cilearn.Experiment`): a program that configured no logging at all — no handler on the
+root logger nor on ``cilearn``, no level set on ``cilearn`` — gets the CLI's console lines when
+``Experiment.run``/``resume`` starts (:func:`library_default_logging`), so a script or a notebook shows the
+same progress as ``cilearn run``.  A program with its own logging configuration (``logging.basicConfig``, a
+framework's handlers) keeps it: cilearn's records go to its handlers, at the levels it chose.  To silence
+progress, call ``setup_logging(QUIET)`` (or set the ``cilearn`` logger's level) before running.
 """
 
 from __future__ import annotations
@@ -79,6 +84,15 @@ def setup_logging(verbosity: int = NORMAL) -> logging.Logger:
         logger.addHandler(handler)
     logger.propagate = False  # the console handler prints each line once, whatever the root logger does
     return logger
+
+
+def library_default_logging() -> None:
+    """The Python API's default: the console lines of :func:`setup_logging` when the program configured no
+    logging at all (see the module docstring); otherwise nothing changes."""
+    logger = logging.getLogger(ROOT)
+    if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
+        return
+    setup_logging(NORMAL)
 
 
 def progress_disabled(logger: logging.Logger | None = None) -> bool | None:

@@ -19,6 +19,7 @@ from . import metrics
 from .augment import BatchAugment
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore
 from .config import Config
+from .data import DatasetSplits
 from .data.memo import load_splits
 from .distributed import Distributed, is_main
 from .distributed import check_config as check_distributed_config
@@ -43,8 +44,9 @@ SAMPLE_IMAGES = 32  # first-task test images saved for the report's Grad-CAM
 class Run:
     """One (method, seed) run in its own directory; resumable from its checkpoints."""
 
-    def __init__(self, cfg: Config, run_dir: Path, label: str | None = None):
+    def __init__(self, cfg: Config, run_dir: Path, label: str | None = None, data: DatasetSplits | None = None):
         self.cfg = cfg
+        self.data = data  # the dataset given from Python (Experiment(data=...)); None: cfg.data names it
         self.dir = Path(run_dir)
         self.files = RunDir(self.dir)
         self.label = label or cfg.method.get("label") or cfg.method["name"]
@@ -63,7 +65,8 @@ class Run:
         configure_torch(cfg.train, self.device)
         check_distributed_config(cfg.train, self.device)
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
-        self.scenario = build_scenario(cfg.scenario, load_splits(cfg.data), cfg.seed)
+        splits = self.data if self.data is not None else load_splits(cfg.data)
+        self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
         height, width, channels = self.scenario.image_shape
         if height != width:
             raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "

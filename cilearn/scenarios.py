@@ -1,8 +1,14 @@
 """Incremental scenarios: a dataset cut into a sequence of tasks.
 
-A scenario is a plain object you can iterate and index (``scenario[0]``, ``scenario[1:3]``); each item
-is a :class:`Task` holding ordinary :class:`~cilearn.data.ImageData` arrays.  Nothing here knows about
-models or the training loop.
+A scenario is a plain object you can iterate and index (``scenario[0]`` is a :class:`Task`, ``scenario[:3]``
+the scenario of the first three tasks); each task holds ordinary :class:`~cilearn.data.ImageData` arrays.
+Nothing here knows about models or the training loop, so a scenario serves your own loop too::
+
+    scenario = cilearn.scenarios.create("digits", classes_per_task=2)     # or any DatasetSplits
+    for task in scenario:
+        loader = DataLoader(task.dataset("train"), batch_size=32, shuffle=True)  # (image, label, task id)
+        ...
+        test = scenario[:task.index + 1].dataset("test")                   # everything seen so far
 
 Class-incremental labels are remapped to the class order, so task 0 owns labels ``0..k-1``, task 1 the
 next ones, and so on; the network's head simply grows by each task's new classes.
@@ -10,6 +16,7 @@ next ones, and so on; the network's head simply grows by each task's new classes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +45,14 @@ class Task:
         return (f"Task({self.index}, new_classes={self.new_classes}, train={len(self.train)}, "
                 f"test={len(self.test)})")
 
+    def dataset(self, split: str = "train", transform=None, image_format: str = "float"):
+        """This task's ``split`` ("train" or "test") as a ``torch.utils.data.Dataset`` of ``(image, label,
+        task id)``: see :class:`~cilearn.data.ImageDataset` for ``transform`` and ``image_format``
+        (float [0, 1] CHW tensors by default, or uint8 tensors, or PIL images)."""
+        from .data.adapters import ImageDataset
+
+        return ImageDataset(_split(self, split), self.index, transform, image_format)
+
 
 @dataclass
 class Scenario:
@@ -58,8 +73,27 @@ class Scenario:
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
 
-    def __getitem__(self, item: int | slice) -> Task | list[Task]:
+    def __getitem__(self, item: int | slice) -> Task | Scenario:
+        """``scenario[t]``: task t; ``scenario[:t]``: the scenario of those tasks (iterate it, or take its
+        :meth:`dataset`: their data together)."""
+        if isinstance(item, slice):
+            return dataclasses.replace(self, tasks=self.tasks[item])
         return self.tasks[item]
+
+    def __repr__(self) -> str:
+        return (f"Scenario({self.kind}, {self.dataset_name!r}, {len(self)} tasks, "
+                f"{[len(t.new_classes) for t in self.tasks]} new classes each)")
+
+    def dataset(self, split: str = "train", transform=None, image_format: str = "float"):
+        """The ``split`` of every task of this scenario (e.g. ``scenario[:t]``) in one
+        ``torch.utils.data.Dataset`` of ``(image, label, task id)``; see :meth:`Task.dataset`."""
+        from .data.adapters import ImageDataset
+
+        if not self.tasks:
+            raise ValueError("this scenario slice holds no task.")
+        parts = [_split(task, split) for task in self.tasks]
+        task_ids = np.concatenate([np.full(len(part), task.index) for part, task in zip(parts, self.tasks)])
+        return ImageDataset(concat(parts), task_ids, transform, image_format)
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +243,12 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
                     mean=mean, std=std, dataset_name=splits.display_name)
 
 
+def _split(task: Task, split: str) -> ImageData:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    return task.train if split == "train" else task.test
+
+
 def concat(datasets: Sequence[ImageData]) -> ImageData:
     """Concatenate datasets that share a label space."""
     if len(datasets) == 1:
@@ -229,3 +269,26 @@ def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:
                                  class_order_seed=cfg.class_order_seed)
     from .streams import build_stream  # domain/time-incremental streams
     return build_stream(cfg, splits, seed)
+
+
+def create(data, type: str = "class_incremental", seed: int = 0, **options) -> Scenario:
+    """A scenario without a config file: ``data`` is a dataset name (``"digits"``, ``"cifar100"``, ...;
+    loaded with :func:`~cilearn.data.load_dataset`) or :class:`~cilearn.data.DatasetSplits`
+    (e.g. :func:`cilearn.data.from_torch`); the other arguments are the keys of a config's ``scenario``
+    section, checked the same way::
+
+        create("digits", classes_per_task=2)
+        create(splits, classes_per_task=10, initial_classes=50, class_order="icarl")
+        create("digits", type="domain_incremental", options={"stream": "rotated", "experiences": 3})
+
+    ``seed`` draws the class order (``class_order: seed``) and the random parts of domain streams."""
+    from .config import ScenarioConfig
+    from .data import DatasetSplits, load_dataset
+    from .schema import build_section
+
+    cfg = build_section(ScenarioConfig, {"type": type, **options}, "scenario")
+    if cfg.type != "domain_incremental" and cfg.classes_per_task is None:
+        raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios, e.g. "
+                          "create('digits', classes_per_task=2).")
+    splits = data if isinstance(data, DatasetSplits) else load_dataset(str(data))
+    return build_scenario(cfg, splits, seed)

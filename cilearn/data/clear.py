@@ -78,15 +78,25 @@ def load_clear(path: str | os.PathLike, *, test_path: str | os.PathLike | None =
     buckets = _visible_dirs(root)
     if not buckets:
         raise DataError(f"{root}: no bucket folders found; the layout is <path>/<bucket>/<class>/*.jpg.")
-
-    # (bucket index, split or None = to be split, class name, file)
-    entries: list[tuple[int, str | None, str, Path]] = []
-    for b, bucket in enumerate(buckets):
+    pairs = []
+    for bucket in buckets:
         own_test = bucket / TEST_FOLDER
         test_dir = own_test if own_test.is_dir() else (test_root / bucket.name if test_root else None)
         if test_root is not None and not own_test.is_dir() and not test_dir.is_dir():
             raise DataError(f"{test_dir}: missing test bucket; test_path must have the same bucket folders "
                             f"as {root}.")
+        pairs.append((bucket, test_dir))
+    return read_buckets(root, pairs, test_fraction=test_fraction, seed=seed, image_size=image_size,
+                        workers=workers, name=name, display_name=display_name or f"CLEAR-style {root.name}")
+
+
+def read_buckets(root: Path, buckets: list[tuple[Path, Path | None]], *, test_fraction: float, seed: int,
+                 image_size: ImageSize, workers: int | None, name: str, display_name: str) -> BucketedSplits:
+    """Decode the images of ``(bucket folder, its test folder or None)`` pairs, each a folder of class folders;
+    a bucket without a test folder is split (``test_fraction`` of every class, ``seed``)."""
+    # (bucket index, split or None = to be split, class name, file)
+    entries: list[tuple[int, str | None, str, Path]] = []
+    for b, (bucket, test_dir) in enumerate(buckets):
         for class_dir in _visible_dirs(bucket):
             if class_dir.name == TEST_FOLDER:
                 continue
@@ -145,13 +155,13 @@ def load_clear(path: str | os.PathLike, *, test_path: str | os.PathLike | None =
             mask = _stratified_test_mask(labels[pending], float(test_fraction), rng)
             split[pending] = np.where(mask, "test", "train")
     train, test = split == "train", split == "test"
-    names = [b.name for b in buckets]
-    for b, bucket_name in enumerate(names):
+    names = [b.name for b, _ in buckets]
+    for b, (bucket, _) in enumerate(buckets):
         if not test[bucket_of == b].any():
-            raise DataError(f"{root / bucket_name}: bucket has no test images (too few images to split); add "
+            raise DataError(f"{bucket}: bucket has no test images (too few images to split); add "
                             f"images or a {TEST_FOLDER}/ folder.")
     return BucketedSplits(
-        name=name, display_name=display_name or f"CLEAR-style {root.name}",
+        name=name, display_name=display_name,
         train=ImageData(images[train], labels[train], class_names),
         test=ImageData(images[test], labels[test], list(class_names)),
         train_buckets=bucket_of[train], test_buckets=bucket_of[test], bucket_names=names)

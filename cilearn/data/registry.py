@@ -93,14 +93,58 @@ _REGISTRY: dict[str, _DatasetInfo] = {
 }
 
 
+_REGISTERED: dict[str, _DatasetInfo] = {}  # register_dataset(): this process only
+
+
+def register_dataset(name: str, data: DatasetSplits | Callable[..., DatasetSplits],
+                     description: str | None = None) -> None:
+    """Make a dataset known by ``name`` in this process, so that configs can say ``data: {name: ...}``.
+
+    ``data``: a :class:`DatasetSplits` (e.g. from :func:`cilearn.data.from_torch`), or a function that
+    returns one, called with the config's ``data.options`` as keyword arguments each time the dataset is
+    loaded.  Registering a name again replaces it; the built-in names cannot be replaced."""
+    key = str(name).strip().lower().replace("-", "_")
+    if not key or key in _REGISTRY:
+        raise DataError(f"register_dataset: {name!r} is {'a built-in dataset' if key else 'empty'}; choose "
+                        f"another name.")
+    if isinstance(data, DatasetSplits):
+        splits = data
+
+        def loader(root: Path, download: bool) -> DatasetSplits:
+            return splits
+        text = description or f"{splits.display_name} (registered in this process)"
+        _REGISTERED[key] = _DatasetInfo(text, loader)
+    elif callable(data):
+        function = data
+
+        def loader(root: Path, download: bool, **options: Any) -> DatasetSplits:
+            splits = function(**options)
+            if not isinstance(splits, DatasetSplits):
+                raise DataError(f"dataset {key!r}: its loader returned {type(splits).__name__}, not DatasetSplits.")
+            return splits
+        from cilearn.plugins import first_line
+        _REGISTERED[key] = _DatasetInfo(description or first_line(function, f"registered dataset ({key})"), loader,
+                                        accepts_any=True)
+    else:
+        raise DataError(f"register_dataset: expected DatasetSplits or a function returning them, got "
+                        f"{type(data).__name__}.")
+
+
 def _datasets() -> dict[str, _DatasetInfo]:
-    """Built-in datasets and those of installed packages (``cilearn.datasets`` entry points: a loader
-    ``load(root, download, **options) -> DatasetSplits``, options passed through unchecked)."""
+    """Built-in datasets, those of installed packages (``cilearn.datasets`` entry points: a loader
+    ``load(root, download, **options) -> DatasetSplits``, options passed through unchecked) and those
+    registered in this process (:func:`register_dataset`)."""
     from cilearn.plugins import first_line, plugins
 
     extra = {name: _DatasetInfo(first_line(load, f"dataset from a plugin ({name})"), load, accepts_any=True)
              for name, load in plugins("cilearn.datasets").items() if name not in _REGISTRY}
-    return {**_REGISTRY, **extra}
+    return {**_REGISTRY, **extra, **_REGISTERED}
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``load_dataset(name)`` knows the dataset."""
+    registry = _datasets()
+    return str(name).strip().lower().replace("-", "_") in registry or name in registry
 
 
 def dataset_options(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

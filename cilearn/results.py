@@ -1,0 +1,206 @@
+"""What an experiment produced, read back from its run folders: metrics, accuracy matrices, one table.
+
+:meth:`cilearn.Experiment.run` returns an :class:`ExperimentResult`; :func:`load_result` reads the same object
+from any finished (or partly finished) run folder.  Only numpy: reading results never imports torch.
+
+>>> result = load_result("runs/quickstart/20250101-120000")   # doctest: +SKIP
+>>> print(result.table())                                     # the summary the CLI prints
+>>> result["icarl"].accuracy_matrix                           # numpy, NaN where not evaluated
+>>> result.records()                                          # one flat dict per run (pandas.DataFrame(...))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+from .rundir import RunDir
+
+SCALAR_KEYS = ("average_incremental_accuracy", "last_accuracy", "forgetting", "backward_transfer")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run (a method and a seed): its folder and its ``metrics.json``."""
+
+    path: Path
+    metrics: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResult:
+        metrics = RunDir(path).read_metrics()
+        if metrics is None:
+            raise CheckpointError(f"'{path}' holds no readable metrics.json; give a run folder that cilearn wrote "
+                                  f"(it appears after the first task).")
+        return cls(Path(path), metrics)
+
+    @property
+    def label(self) -> str:
+        return str(self.metrics.get("label") or self.metrics.get("method", ""))
+
+    @property
+    def seed(self) -> int | None:
+        return self.metrics.get("seed")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.metrics.get("complete"))
+
+    @property
+    def accuracy_matrix(self) -> np.ndarray:
+        """Row i = after task i, column j = accuracy on task j's test data; NaN where not evaluated."""
+        return matrix(self.metrics.get("accuracy_matrix", []), self.metrics.get("num_tasks"))
+
+    @property
+    def seen_accuracy(self) -> np.ndarray:
+        """Accuracy on all classes seen so far, after each task."""
+        return np.asarray(self.metrics.get("seen_accuracy", []), dtype=np.float64)
+
+    @property
+    def average_incremental_accuracy(self) -> float | None:
+        return self.metrics.get("average_incremental_accuracy")
+
+    @property
+    def last_accuracy(self) -> float | None:
+        return self.metrics.get("last_accuracy")
+
+    @property
+    def forgetting(self) -> float | None:
+        return self.metrics.get("forgetting")
+
+    def classifier(self, name: str) -> dict:
+        """The metrics of one classifier (``head``, ``nme``, ...); the headline ones are the ``classifier``'s."""
+        found = self.metrics.get("classifiers", {})
+        if name not in found:
+            raise KeyError(f"run '{self.label}' has no classifier {name!r}; it has {', '.join(found) or 'none'}.")
+        return found[name]
+
+    def record(self) -> dict:
+        """One flat dict: label, seed, method, dataset, classifier, the scalar metrics and the per-step curve."""
+        m = self.metrics
+        return {"label": self.label, "seed": self.seed, "method": m.get("method"), "dataset": m.get("dataset"),
+                "classifier": m.get("classifier"), "tasks_done": m.get("tasks_done"), "complete": self.complete,
+                **{key: m.get(key) for key in SCALAR_KEYS}, "seen_accuracy": list(m.get("seen_accuracy", [])),
+                "path": str(self.path)}
+
+    def __repr__(self) -> str:
+        last = self.last_accuracy
+        shown = f"{last:.1%}" if isinstance(last, float) else "-"
+        return (f"RunResult({self.label!r}, seed={self.seed}, tasks {self.metrics.get('tasks_done')}/"
+                f"{self.metrics.get('num_tasks')}, last accuracy {shown}, path='{self.path}')")
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Every run of an experiment (methods × seeds) and the folder that holds them.
+
+    ``result[label]`` is a run by its label (``"icarl"``, or ``"icarl/seed1"`` when there are several
+    seeds) or position; with a single run, ``metrics``, ``accuracy_matrix`` and friends are that run's."""
+
+    path: Path
+    runs: list[RunResult]
+
+    def __getitem__(self, key: str | int) -> RunResult:
+        if isinstance(key, int):
+            return self.runs[key]
+        for run in self.runs:
+            if key in (self._name(run), run.label):
+                return run
+        raise KeyError(f"no run {key!r} in '{self.path}'; runs: {', '.join(self.labels)}.")
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def _name(self, run: RunResult) -> str:
+        return run.path.relative_to(self.path).as_posix() if run.path != self.path else run.label
+
+    @property
+    def labels(self) -> list[str]:
+        """The runs' names: their folders under ``path`` (``icarl``, ``icarl/seed1``) or, alone, the label."""
+        return [self._name(run) for run in self.runs]
+
+    @property
+    def run(self) -> RunResult:
+        """The one run of a single-run experiment."""
+        if len(self.runs) != 1:
+            raise ValueError(f"this experiment has {len(self.runs)} runs ({', '.join(self.labels)}); pick one "
+                             f"with result['<label>'] or iterate result.runs.")
+        return self.runs[0]
+
+    @property
+    def metrics(self) -> dict:
+        """The single run's ``metrics.json`` (see :attr:`run`)."""
+        return self.run.metrics
+
+    @property
+    def accuracy_matrix(self) -> np.ndarray:
+        """The single run's accuracy matrix (see :attr:`RunResult.accuracy_matrix`)."""
+        return self.run.accuracy_matrix
+
+    @property
+    def complete(self) -> bool:
+        return all(run.complete for run in self.runs)
+
+    def summary(self) -> dict:
+        """Per label: mean and std over seeds of every metric (the ``aggregate`` of ``summary.json``)."""
+        from . import metrics
+        from .summary import group_by_label
+
+        return {label: metrics.aggregate(runs)
+                for label, runs in group_by_label([r.metrics for r in self.runs]).items()}
+
+    def records(self) -> list[dict]:
+        """One flat dict per run (:meth:`RunResult.record`): ``pandas.DataFrame(result.records())`` if you like."""
+        return [run.record() for run in self.runs]
+
+    def table(self, markdown: bool = False) -> str:
+        """The comparison table the CLI prints: accuracy on all seen classes after each task, then average
+        incremental accuracy, last accuracy, forgetting and old-class accuracy (mean ± std over seeds), in %."""
+        from .summary import markdown_table, summary_rows, text_table
+
+        header, rows = summary_rows([run.metrics for run in self.runs])
+        return markdown_table(header, rows) if markdown else text_table(header, rows)
+
+    def _repr_markdown_(self) -> str:  # Jupyter shows the table
+        return self.table(markdown=True)
+
+    def __repr__(self) -> str:
+        return f"ExperimentResult('{self.path}', runs={self.labels})"
+
+
+def matrix(rows: list[list[float | None]], num_tasks: int | None = None) -> np.ndarray:
+    """An accuracy matrix from ``metrics.json`` (rows of floats and nulls) as a float array, NaN for null."""
+    width = max([len(row) for row in rows] + [num_tasks or 0])
+    out = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = [np.nan if v is None else v for v in row]
+    return out
+
+
+def experiment_labels(path: Path) -> list[str]:
+    """The run folders of an experiment folder, in the order of its config (methods, then seeds)."""
+    from .config import expand_runs, load_yaml, run_label
+
+    raws = expand_runs(load_yaml(path / "experiment.yaml"))
+    many = len({r["seed"] for r in raws}) > 1
+    return [run_label(r, many) for r in raws]
+
+
+def load_result(path: str | Path) -> ExperimentResult:
+    """Read a run folder (one run) or an experiment folder (several runs and ``experiment.yaml``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"'{path}' does not exist or is not a folder; give a folder that cilearn wrote.")
+    if (path / "experiment.yaml").is_file():
+        runs = [RunResult.load(path / label) for label in experiment_labels(path)
+                if RunDir(path / label).read_metrics() is not None]
+        if not runs:
+            raise CheckpointError(f"'{path}' holds no finished task yet (no metrics.json in its run folders).")
+        return ExperimentResult(path, runs)
+    return ExperimentResult(path, [RunResult.load(path)])
