@@ -100,6 +100,11 @@ class OutputConfig:
     save_checkpoints: bool = option(True, help="checkpoint after every task (needed for --resume)")
     save_features: bool = option(True, help="save test features/predictions per task for reports")
     max_feature_samples: int = option(2000, min=0, help="test samples whose features are saved per task")
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = option(
+        default_factory=lambda: ["csv"], help="where progress is logged: csv (log.csv, accuracy_matrix.csv), "
+        "tensorboard (RUN_DIR/tensorboard; pip install 'cilearn[tensorboard]'), wandb (RUN_DIR/wandb; "
+        "pip install 'cilearn[wandb]')")
+    wandb_project: str = option("cilearn", help="the W&B project of loggers: [wandb]")
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from .distributed import check_method as check_distributed_method
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .log import get_logger
+from .loggers import make_loggers
 from .methods import MethodContext, method_class, method_options
 from .models import build_model
 from .rundir import RunDir, check_fresh, write_npz
@@ -99,6 +100,7 @@ class Run:
             class_task = torch.as_tensor(self.scenario.task_of_class(), device=self.device)
         self.trainer = Trainer(cfg.train, self.device, self.augment, class_task, self.distributed)
         self.checkpoints = CheckpointStore(self.files, len(self.scenario))
+        self.loggers = make_loggers(cfg.output.loggers)  # csv, tensorboard, wandb: checked here, started in execute
         self.ready = True
 
     def build_model(self) -> torch.nn.Module:
@@ -140,9 +142,7 @@ class Run:
 
     def write_results(self, complete: bool) -> dict:
         result = self.metrics_dict(complete)
-        self.files.write_metrics(result)
-        self.files.write_matrix(result.get("accuracy_matrix", []), len(self.scenario))
-        self.files.write_log(LOG_COLUMNS, self.log_rows)
+        self.files.write_metrics(result)  # log.csv and accuracy_matrix.csv: the csv logger
         return result
 
     def write_run_info(self) -> None:
@@ -231,16 +231,23 @@ class Run:
                     state = None
             elif resume:
                 say(f"[{self.label}] no checkpoint in '{self.dir}' yet: starting the run from the beginning")
+            final = None
             try:
+                for logger in self.loggers:
+                    logger.start(self)
                 for task in self.scenario[first_task:]:
                     self.run_task(task, state)
                     state = None
+                final = self.write_results(complete=True)
             except TrainingDiverged as exc:
                 done = len(self.history)
                 kept = (f" The {done} finished task{'s' if done != 1 else ''} keep their results and checkpoints in "
                         f"'{self.dir}'." if done else "")
                 raise TrainingDiverged(f"{exc}{kept}") from None
-            return self.write_results(complete=True)
+            finally:
+                for logger in self.loggers:
+                    logger.run_end(self, final)
+            return final
 
     def grow_head(self, task) -> None:
         if self.method.full_head:  # every class's output from the first task on (one chunk per task)
@@ -314,9 +321,12 @@ class Run:
             self.log_rows.append([task.index, result.epoch + 1, f"{result.lr:.6g}", f"{result.train_loss:.6f}",
                                   f"{result.train_accuracy:.6f}", f"{current:.6f}", f"{seen:.6f}", stage.name,
                                   f"{result.seconds:.3f}"])
+            row = dict(zip(LOG_COLUMNS, [task.index, result.epoch + 1, result.lr, result.train_loss,
+                                         result.train_accuracy, current, seen, stage.name, result.seconds]))
+            for logger in self.loggers:
+                logger.epoch_end(self, row)
             every = cfg.train.checkpoint_every
             if every and (result.epoch + 1) % every == 0 and result.epoch + 1 < epochs:
-                self.files.write_log(LOG_COLUMNS, self.log_rows)
                 self.save(task.index, index, result.epoch + 1)
 
         self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc, task.index)
@@ -341,7 +351,9 @@ class Run:
             write_npz(self.files.predictions(task.index), arrays)
             self.write_exemplars(task.index)
         self.save(task.index, 0, None)
-        self.write_results(complete=task.index + 1 == len(self.scenario))
+        result = self.write_results(complete=task.index + 1 == len(self.scenario))
+        for logger in self.loggers:
+            logger.task_end(self, result)
         say(f"[{self.label}] task {task.index + 1}/{len(self.scenario)} ({task.name}): "
             f"accuracy on seen classes {primary['seen_accuracy']:.1%}, on this task "
             f"{primary['current_accuracy']:.1%}")
