@@ -9,11 +9,12 @@ export CILEARN_DATA
 
 setup: $(VENV)/.installed
 
-# torch is pinned first so that pip never replaces it with a different (multi-GB CUDA) build.
+# torch is pinned first so that pip never replaces it with a different (multi-GB CUDA) build.  The optional
+# loggers (tensorboard, wandb) are installed too, so that their tests run.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,tensorboard,wandb]"
 	touch $@
 
 demo: setup
