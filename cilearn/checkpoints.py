@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .log import get_logger
 from .rundir import RunDir, atomic_write_bytes
+
+log = get_logger(__name__)
 
 CHECKPOINT_FORMAT = 2
 KEYS = ("task", "next_epoch", "head_sizes", "model", "method", "history", "log_rows", "timing", "rng")
@@ -124,11 +127,6 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"checkpoint '{path}' cannot be read ({detail}); it is truncated or corrupt.")
 
 
-def warn(message: str) -> None:
-    import sys
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 class CheckpointStore:
     """A run's checkpoints: one per finished task (``task_XX.pt``) and one inside the current task
     (``epoch.pt``)."""
@@ -170,7 +168,7 @@ class CheckpointStore:
                                       f"either; delete the unreadable files to start the run over.")
             return None
         for error in skipped:
-            warn(f"{error} Resuming from '{chosen[0]}' instead.")
+            log.warning(f"{error} Resuming from '{chosen[0]}' instead.")
         self.resumed_from = chosen[0]
         return chosen[1]
 
@@ -191,7 +189,8 @@ class CheckpointStore:
                                            f"entry); it is not a cilearn checkpoint or it is damaged."))
             return None
         if not isinstance(state["task"], int) or not 0 <= state["task"] < self.num_tasks:
-            raise CheckpointError(f"checkpoint '{path}' is for task {state['task'] + 1 if isinstance(state['task'], int) else state['task']}, "
+            task = state["task"] + 1 if isinstance(state["task"], int) else state["task"]
+            raise CheckpointError(f"checkpoint '{path}' is for task {task}, "
                                   f"but this run's config has {self.num_tasks} tasks; was config.yaml edited after "
                                   f"the run started?")
         return state

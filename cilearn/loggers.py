@@ -148,8 +148,9 @@ class CsvLogger(Logger):
         run.files.write_log(LOG_COLUMNS, run.log_rows)
         self._written = time.monotonic()
 
-    def start(self, run: Run) -> None:  # a resumed run: the files as of its checkpoint
-        self._write_log(run)
+    def start(self, run: Run) -> None:  # a resumed run: the files as of its checkpoint (a new one has none yet)
+        if run.log_rows:
+            self._write_log(run)
         if run.history:
             run.files.write_matrix(run.metrics_dict(False).get("accuracy_matrix", []), len(run.scenario))
 

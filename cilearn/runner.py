@@ -77,7 +77,8 @@ class Run:
             from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
             apply_transfer(self.model, cfg.model)
         elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
-            raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start from).")
+            raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start "
+                              "from).")
         if cfg.train.sync_batchnorm and self.distributed is not None:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.train.channels_last:
@@ -123,7 +124,8 @@ class Run:
                           for name in classifiers}
         if self.scenario.kind == "domain_incremental":  # every experience's test set is scored at every step
             for summary in per_classifier.values():
-                summary["average_accuracy_all_experiences"] = [float(np.mean(row)) for row in summary["accuracy_matrix"]]
+                matrix = summary["accuracy_matrix"]
+                summary["average_accuracy_all_experiences"] = [float(np.mean(row)) for row in matrix]
         return {
             "complete": complete,
             "dataset": self.scenario.dataset_name,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .data import ImageData
 from .distributed import Distributed
 from .errors import TrainingDiverged
+from .log import progress_disabled
 from .methods import Batch, Method
 from .optim import make_optimizer, make_scheduler
 
@@ -102,9 +103,10 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                     else nullcontext())
         num_seen = method.num_seen
-        # disable=None: tqdm switches itself off when stderr is not a terminal (CI logs stay readable).
-        bar = tqdm(total=(cfg.epochs - start_epoch) * steps, desc=desc, disable=None if cfg.progress else True,
-                   leave=False, unit="batch", dynamic_ncols=True)
+        # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
+        # when stderr is not a terminal (CI logs stay readable).
+        bar = tqdm(total=(cfg.epochs - start_epoch) * steps, desc=desc, leave=False, unit="batch",
+                   disable=progress_disabled() if cfg.progress else True, dynamic_ncols=True)
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             model.train()

@@ -96,3 +96,41 @@ def test_image_cache_problems_are_warnings_on_stderr(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith(f"warning: ignoring unreadable cache file {cache}") and err.count("\n") == 1, err
     assert len(splits.train) == 2
+
+
+LIBRARY_RUN = """
+import logging, sys, cilearn
+{setup}
+config = {config!r}
+cilearn.Experiment.from_dict(config).run(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("setup, shows_progress", [
+    ("", True),  # a script or notebook that configured no logging: the CLI's lines
+    ("logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')", False),  # its own config rules
+    ("cilearn.setup_logging(-1)", False),  # quiet on request
+])
+def test_a_library_user_sees_progress_unless_logging_says_otherwise(tmp_path, setup, shows_progress):
+    import subprocess
+    import sys
+
+    script = LIBRARY_RUN.format(setup=setup, config={**CONFIG, "scenario": {**CONFIG["scenario"], "num_tasks": 1}})
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True,
+                          check=True)
+    assert ("[finetune] task 1/1 (classes 0-4): accuracy on seen classes" in done.stdout) is shows_progress
+    assert "Traceback" not in done.stderr and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_skipped_checkpoint_is_a_warning_through_logging(tmp_path, capsys):
+    from cilearn.checkpoints import CHECKPOINT_FORMAT, KEYS, CheckpointStore, save_checkpoint
+    from cilearn.rundir import RunDir
+
+    setup_logging()
+    files = RunDir(tmp_path)
+    save_checkpoint(files.task_checkpoint(0), {key: None for key in KEYS} | {"format": CHECKPOINT_FORMAT, "task": 0})
+    files.task_checkpoint(1).write_bytes(b"not a checkpoint at all")
+    assert CheckpointStore(files, num_tasks=3).latest()["task"] == 0  # falls back past the bad one
+    err = capsys.readouterr().err
+    assert err.startswith("warning: checkpoint '") and "is not a checkpoint (corrupt or wrong file" in err
+    assert f"Resuming from '{files.task_checkpoint(0)}' instead." in err
