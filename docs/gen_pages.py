@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The public modules the API reference documents, in the order data flows through them.
 API_MODULES = [
-    "cilearn.data", "cilearn.scenarios", "cilearn.streams", "cilearn.augment", "cilearn.models",
+    "cilearn.experiment", "cilearn.results", "cilearn.data", "cilearn.data.adapters", "cilearn.scenarios",
+    "cilearn.streams", "cilearn.augment", "cilearn.models",
     "cilearn.methods", "cilearn.methods.components", "cilearn.distill", "cilearn.buffers", "cilearn.memory",
     "cilearn.exemplars", "cilearn.exemplars.collage", "cilearn.exemplars.deepinversion",
     "cilearn.classifiers", "cilearn.losses", "cilearn.train", "cilearn.evaluate", "cilearn.metrics",
-    "cilearn.runner", "cilearn.experiment", "cilearn.rundir", "cilearn.checkpoints", "cilearn.transfer",
+    "cilearn.runner", "cilearn.loggers", "cilearn.rundir", "cilearn.checkpoints", "cilearn.transfer",
     "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.log", "cilearn.errors",
 ]
 
