@@ -278,7 +278,7 @@ def create(data, type: str = "class_incremental", seed: int = 0, **options) -> S
     section, checked the same way::
 
         create("digits", classes_per_task=2)
-        create(splits, classes_per_task=10, initial_classes=50, class_order="icarl")
+        create(splits, classes_per_task=10, initial_classes=50, class_order="pycil")
         create("digits", type="domain_incremental", options={"stream": "rotated", "experiences": 3})
 
     ``seed`` draws the class order (``class_order: seed``) and the random parts of domain streams."""
