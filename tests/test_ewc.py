@@ -197,7 +197,8 @@ def test_separate_ewc_keeps_one_penalty_per_task(scenario) -> None:
     for fisher, anchor in zip(fishers, anchors):
         for name, f in fisher.items():
             theta = params[name][tuple(slice(0, d) for d in f.shape)]  # the slice the task's Fisher covers
-            expected += 0.5 * 3.0 * (f * (theta - anchor[name][tuple(slice(0, d) for d in f.shape)]).square()).sum().item()
+            anchored = anchor[name][tuple(slice(0, d) for d in f.shape)]
+            expected += 0.5 * 3.0 * (f * (theta - anchored).square()).sum().item()
     assert method.penalty().item() == pytest.approx(expected, rel=1e-5)
     # online EWC with the same data keeps one penalty anchored at the last task only
     online = make_ewc(scenario, ewc_lambda=3.0, fisher_samples=40)

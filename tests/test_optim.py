@@ -7,13 +7,12 @@ import math
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from cilearn.config import TrainConfig, expand_runs, parse_config
 from cilearn.errors import ConfigError
 from cilearn.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
-
-from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 def _net() -> nn.Module:

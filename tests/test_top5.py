@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 from cilearn.augment import BatchAugment
 from cilearn.classifiers import HeadClassifier, NearestMean, top_k_correct
@@ -15,9 +17,6 @@ from cilearn.evaluate import Evaluator, Inference
 from cilearn.metrics import summarize_history
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
-
-import helpers
-from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 def test_top_k_correct_by_hand():
