@@ -94,7 +94,7 @@ def wandb_records(folder, timeout: float = 60.0) -> list:
 
     deadline = time.monotonic() + timeout
     while True:
-        records = read_wandb_file(folder)
+        records = read_wandb_file(folder) if list(folder.glob("wandb/offline-run-*/run-*.wandb")) else []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.2)
