@@ -97,8 +97,9 @@ class NearestMean:
         return {} if self.means is None else {"means": self.means.cpu(), "classes": self.classes.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.fit_means(state["means"], state["classes"])
+        if state:  # the saved means are normalised already: normalising again can move their last bit
+            self.means = state["means"].float()
+            self.classes = torch.as_tensor(state["classes"], dtype=torch.long)
 
 
 def exemplar_means(features: torch.Tensor, labels: torch.Tensor, classes: list[int],
