@@ -28,7 +28,7 @@ from .errors import ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .log import get_logger
 from .loggers import make_loggers
-from .methods import MethodContext, method_class, method_options
+from .methods import MethodContext, install_head, method_class, method_options
 from .models import build_model
 from .rundir import RunDir, check_fresh, write_npz
 from .runtime import configure_torch, resolve_device, rng_state, seed_everything, set_rng_state
@@ -89,6 +89,7 @@ class Run:
                                               cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size)
         options = method_options(cfg.method)
+        install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
                                 infer=self.inference, augment=self.augment, build_model=self.build_model)
         self.method = method_class(options.name)(options, self.model, context)

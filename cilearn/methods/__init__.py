@@ -50,10 +50,20 @@ def method_options(section: dict) -> MethodOptions:
     return build_section(cls.Options, section, "method")
 
 
+def install_head(model, options: MethodOptions) -> None:
+    """Give ``model`` (an IncrementalNet with no classes yet) the head the method asks for, if any."""
+    head = method_class(options.name).make_head(options, model.feature_dim)
+    if head is not None:
+        if model.num_classes:
+            raise ValueError("install_head: the model's head already has classes")
+        anchor = next(model.parameters())
+        model.head = head.to(device=anchor.device, dtype=anchor.dtype)
+
+
 def list_methods() -> list[tuple[str, str]]:
     return [(name, cls.description) for name, cls in sorted(all_methods().items())]
 
 
 __all__ = ["METHODS", "Batch", "Classifier", "Method", "MethodContext", "MethodOptions", "Output", "Stage",
-           "all_methods", "head_classifier", "list_methods", "method_class", "method_options", "register",
-           "task_mask"]
+           "all_methods", "head_classifier", "install_head", "list_methods", "method_class", "method_options",
+           "register", "task_mask"]

@@ -18,6 +18,8 @@ Per epoch / task / run:
 - ``stages(task)``: the training stages of a task, run one after the other by the same loop and
   checkpointed like any epoch (default: one stage; BiC adds a bias-correction stage);
 - ``parameter_groups()``: what the optimizer trains (a method may ask for its own groups);
+- ``make_head(options, in_features)`` (class method): the classifier head the method needs instead of the
+  linear one (a cosine classifier, say), installed before the first task and when a run is rebuilt;
 - ``classifiers()``: how to predict at test time (the network head, nearest-mean-of-exemplars, ...);
 - ``exemplars()``: the stored samples (for the report), or None;
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume (tensors and plain values only).
@@ -133,6 +135,14 @@ class Method:
         self.class_task: torch.Tensor | None = None  # task of each class, set for task-incremental scenarios
 
     # --- hooks -------------------------------------------------------------------------------------
+    @classmethod
+    def make_head(cls, options: MethodOptions, in_features: int) -> torch.nn.Module | None:
+        """The classifier head this method trains instead of the default linear
+        :class:`~cilearn.models.IncrementalHead` (None: the default).  It must grow like one (``grow``,
+        ``chunks``, ``task_slices``); the run installs it before anything else sees the model, and
+        reports rebuild it the same way."""
+        return None
+
     def check(self, scenario: Scenario) -> None:
         """Refuse option combinations that cannot work on this scenario (raise ConfigError) before
         any training starts."""
@@ -230,8 +240,8 @@ class Method:
         return classification_loss(kind or self.options.classification_loss, logits, targets, mask)
 
 
-METHOD_HOOKS = ("check", "begin_task", "stages", "begin_stage", "training_data", "parameter_groups", "begin_epoch",
-                "forward", "loss", "before_step", "after_step", "end_epoch", "end_task", "classifiers",
+METHOD_HOOKS = ("make_head", "check", "begin_task", "stages", "begin_stage", "training_data", "parameter_groups",
+                "begin_epoch", "forward", "loss", "before_step", "after_step", "end_epoch", "end_task", "classifiers",
                 "exemplars", "state_dict", "load_state_dict")
 
 

@@ -23,3 +23,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The features and the output of every hidden layer (after its ReLU), N×C each."""
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                outputs.append(x)
+        return x, outputs

@@ -13,13 +13,17 @@ class IncrementalHead(nn.Module):
     class-incremental learning (argmax over all logits) and task-incremental learning (multi-head:
     argmax inside ``task_slices[t]``).  Growing never touches existing chunks, but it does add new
     parameters: optimizers built before :meth:`grow` do not know about them and must be rebuilt.
+
+    ``bias=False`` gives chunks without a bias (logits = W·f).  Other heads (a cosine classifier, say)
+    subclass this one and override :meth:`new_chunk`; a chunk only needs an ``out_features``.
     """
 
-    def __init__(self, in_features: int) -> None:
+    def __init__(self, in_features: int, bias: bool = True) -> None:
         super().__init__()
         if in_features <= 0:
             raise ValueError(f"in_features must be positive, got {in_features}")
         self.in_features = in_features
+        self.bias = bias
         self.chunks = nn.ModuleList()
         # Empty, non-persistent buffer that follows .to()/.cuda()/.half(): it tells grow() which
         # device/dtype to use even while the head has no parameters yet (zero chunks).
@@ -37,11 +41,15 @@ class IncrementalHead(nn.Module):
             start += chunk.out_features
         return slices
 
+    def new_chunk(self, num_new_classes: int) -> nn.Module:
+        """The module producing a new task's logits (default ``nn.Linear`` initialisation)."""
+        return nn.Linear(self.in_features, num_new_classes, bias=self.bias)
+
     def grow(self, num_new_classes: int) -> None:
-        """Append a chunk of ``num_new_classes`` outputs (default ``nn.Linear`` initialisation)."""
+        """Append a chunk of ``num_new_classes`` outputs."""
         if isinstance(num_new_classes, bool) or not isinstance(num_new_classes, int) or num_new_classes <= 0:
             raise ValueError(f"num_new_classes must be a positive int, got {num_new_classes!r}")
-        chunk = nn.Linear(self.in_features, num_new_classes)
+        chunk = self.new_chunk(num_new_classes)
         self.chunks.append(chunk.to(device=self._anchor.device, dtype=self._anchor.dtype))
 
     def forward(self, features: Tensor) -> Tensor:
@@ -62,8 +70,15 @@ class IncrementalNet(nn.Module):
         self.feature_dim = feature_dim
         self.head = IncrementalHead(feature_dim)
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+    def features(self, x: Tensor, return_stages: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``x -> (N, feature_dim)``; with ``return_stages`` also the output of every stage of the backbone
+        (ResNet stages: N×C×H×W maps; MLP hidden layers: N×C), for distillation on intermediate features
+        (PODNet).  The default path is the backbone's plain forward."""
+        if not return_stages:
+            return self.backbone(x)
+        if not hasattr(self.backbone, "forward_stages"):
+            raise TypeError(f"{type(self.backbone).__name__} does not expose its stage outputs (forward_stages)")
+        return self.backbone.forward_stages(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

@@ -184,6 +184,16 @@ class ResNet(nn.Module):
         # flatten (not view): the pooled tensor may be channels_last, i.e. non-contiguous as NCHW.
         return self.pool(x).flatten(1)
 
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The pooled features and the output map of every residual stage (the same computation as
+        :meth:`forward`, keeping the intermediate maps)."""
+        x = self.stem(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return self.pool(x).flatten(1), maps
+
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))

@@ -65,6 +65,7 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
                                ) -> tuple[torch.nn.Module, Config, RunInfo]:
     """Model, config and run info from a checkpoint inside a run directory (``RUN/checkpoints/x.pt``
     unless ``run_dir`` is given).  The model is on the CPU, in eval mode."""
+    from ..methods import install_head, method_options
     from ..models import build_model
 
     checkpoint_path = Path(checkpoint_path)
@@ -82,6 +83,7 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
         raise ReportError(f"'{checkpoint_path}' is not a cilearn run checkpoint (no model/head_sizes).")
     height, _, channels = info["image_shape"]
     model = build_model(cfg.model.name, channels, height, **cfg.model.options)
+    install_head(model, method_options(cfg.method))  # the head the run's method trained (cosine, ...)
     for size in state["head_sizes"]:
         model.add_classes(int(size))
     try:
