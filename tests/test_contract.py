@@ -32,6 +32,8 @@ OPTIONS = {  # small settings for a fast digits run; everything else stays at th
     "icarl": {"memory_size": 30},
     "ewc": {"fisher_samples": 40, "ewc_lambda": 100.0},
     "replay": {"fraction": 0.1},
+    "bic": {"memory_size": 30, "bias_epochs": 2},
+    "wa": {"memory_size": 30},
 }
 DOMAIN_ONLY = {"iid"}  # methods for a fixed label space (domain streams)
 

@@ -13,8 +13,10 @@ from .joint import Joint
 from .lwf import LwF
 from .ewc import EWC
 from .replay import IIDStream, Replay
+from .bic import BiC
+from .wa import WA
 
-BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC)
+BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN}
 
 
