@@ -34,6 +34,8 @@ OPTIONS = {  # small settings for a fast digits run; everything else stays at th
     "replay": {"fraction": 0.1},
     "bic": {"memory_size": 30, "bias_epochs": 2},
     "wa": {"memory_size": 30},
+    "lucir": {"memory_size": 30},
+    "podnet": {"memory_size": 30, "proxies": 2, "finetune_epochs": 2},
 }
 DOMAIN_ONLY = {"iid"}  # methods for a fixed label space (domain streams)
 

@@ -15,8 +15,10 @@ from .ewc import EWC
 from .replay import IIDStream, Replay
 from .bic import BiC
 from .wa import WA
+from .lucir import LUCIR
+from .podnet import PODNet
 
-BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA)
+BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN}
 
 

@@ -1,0 +1,204 @@
+"""LUCIR and PODNet: the cosine head, each method's defining mechanism on a tiny hand-checkable case, the
+stage outputs of the backbones, and reports rebuilding a method's head.
+
+Kill/resume, state round trips and option checks of these methods are covered by tests/test_contract.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import helpers
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import one_thread  # noqa: F401  (autouse fixture)
+
+from cilearn.config import parse_config
+from cilearn.errors import ConfigError
+from cilearn.methods.lucir import adaptive_lambda, margin_ranking
+from cilearn.methods.podnet import nca_loss, pod_spatial
+from cilearn.models import build_model
+from cilearn.models.heads import CosineHead
+from cilearn.runner import Run
+
+
+def make_run(tmp_path, method: dict, num_tasks: int = 2, epochs: int = 1) -> Run:
+    return helpers.make_run(tmp_path, {"memory_size": 40, **method}, num_tasks, epochs)
+
+
+def start_task(run: Run, task) -> list:
+    """Grow the head and begin ``task``; its stages."""
+    run.grow_head(task)
+    run.method.begin_task(task)
+    return run.method.stages(task)
+
+
+def changed_parameters(run: Run, before: dict) -> set[str]:
+    return {k for k, v in run.model.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def snapshot(run: Run) -> dict:
+    return {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+# --- LUCIR -------------------------------------------------------------------------------------------
+def test_cosine_head_is_scale_times_cosine():
+    head = CosineHead(2, proxies=1, scale=2.5)
+    head.grow(2)
+    with torch.no_grad():
+        head.chunks[0].weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+    out = head(torch.tensor([[0.0, 2.0]]))
+    # cos([0, 2], [3, 4]) = 8 / (2·5) = 0.8; cos([0, 2], [1, 0]) = 0
+    assert out.tolist()[0] == pytest.approx([2.5 * 0.8, 0.0])
+    assert head.similarities(torch.tensor([[0.0, 2.0]])).tolist()[0] == pytest.approx([0.8, 0.0])
+
+
+def test_margin_ranking_loss_by_hand():
+    cosines = torch.tensor([[0.9, 0.1, 0.5, 0.2, 0.6],    # old class 0: hardest new cosines 0.6, 0.5
+                            [0.0, 0.3, 0.1, 0.9, 0.2],    # a new class: no ranking term
+                            [0.2, 0.4, 0.0, -0.3, 0.1]])  # old class 1: hardest new 0.1, 0.0
+    labels = torch.tensor([0, 3, 1])
+    # sample 0: max(0, .5 - .9 + .6) + max(0, .5 - .9 + .5) = 0.2 + 0.1; sample 2: (.5 - .4 + .1) + (.5 - .4) = 0.3
+    got = margin_ranking(cosines, labels, n_old=2, margin=0.5, k=2)
+    assert got.item() == pytest.approx((0.3 + 0.3) / 2)
+    assert margin_ranking(cosines, torch.tensor([3, 4, 2]), 2, 0.5, 2).item() == 0.0
+
+
+def test_lucir_lambda_adapts_to_the_ratio_of_old_to_new_classes(tmp_path):
+    assert adaptive_lambda(5.0, 8, 2) == pytest.approx(10.0)
+    run = make_run(tmp_path, {"name": "lucir", "lambda_base": 5.0}, num_tasks=3)
+    run.run_task(run.scenario[0])
+    run.run_task(run.scenario[1])
+    start_task(run, run.scenario[2])
+    assert run.method.less_forget_weight == pytest.approx(5.0 * math.sqrt(4 / 2))
+
+
+def test_lucir_imprints_new_weights_and_keeps_old_ones_fixed(tmp_path):
+    run = make_run(tmp_path, {"name": "lucir"}, epochs=2)
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    head = run.model.head
+    assert isinstance(head, CosineHead)
+    old_norm = head.chunks[0].weight.norm(dim=1).mean()
+    stages = start_task(run, task)
+    data = task.train
+    for row, label in zip(head.chunks[1].weight, task.new_classes):
+        features = F.normalize(run.inference(data.images[data.labels == label])[0], dim=1)
+        direction = F.normalize(features.mean(0), dim=0)
+        assert torch.allclose(row, direction * old_norm, atol=1e-5)  # the normalised mean, old norms' size
+    before = snapshot(run)
+    run.run_stage(task, stages, 0, None)
+    changed = changed_parameters(run, before)
+    assert "head.chunks.0.weight" not in changed and {"head.chunks.1.weight", "head.scale"} <= changed
+
+
+# --- PODNet ------------------------------------------------------------------------------------------
+def test_pod_spatial_by_hand():
+    student = [torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])]  # 1 sample, 1 channel, 2×2
+    teacher = [torch.ones(1, 1, 2, 2)]
+    # squares [[1, 4], [9, 16]]: summed over the width [5, 25], over the height [10, 20]; teacher: [2, 2, 2, 2]
+    a = np.array([5.0, 25.0, 10.0, 20.0])
+    a /= np.linalg.norm(a)
+    expected = np.linalg.norm(a - 0.5)
+    assert pod_spatial(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    # several stages: the mean of the stages' values; 1×1 'maps' (an MLP layer) compare normalised squares
+    flat_s, flat_t = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 1.0]])
+    sq = np.array([1.0, 4.0, 1.0, 4.0]) / np.linalg.norm([1.0, 4.0, 1.0, 4.0])
+    both = pod_spatial(student + [flat_s], teacher + [flat_t]).item()
+    assert both == pytest.approx((expected + np.linalg.norm(sq - sq[::-1])) / 2, rel=1e-6)
+
+
+def test_pod_spatial_is_zero_for_identical_outputs_and_positive_otherwise():
+    torch.manual_seed(0)
+    maps = [torch.randn(4, 3, 5, 5), torch.randn(4, 6, 3, 3)]
+    assert pod_spatial(maps, [m.clone() for m in maps]).item() == pytest.approx(0.0, abs=1e-7)
+    assert pod_spatial(maps, [m + 0.3 for m in maps]).item() > 0.01
+
+
+def test_local_similarity_classifier_and_nca_loss_by_hand():
+    head = CosineHead(2, proxies=2, scale=1.0)
+    head.grow(1)
+    with torch.no_grad():
+        head.chunks[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # one class, two proxies
+    s = [1 / math.sqrt(2), 1 / math.sqrt(2)]
+    ones = torch.tensor([[1.0, 1.0]])
+    assert head.similarities(ones).item() == pytest.approx(s[0])  # equal cosines: their mean
+    x = torch.tensor([[1.0, 0.0]])  # cosines 1 and 0: softmax weights e/(e+1), 1/(e+1)
+    assert head.similarities(x).item() == pytest.approx(math.e / (math.e + 1))
+    sims = torch.tensor([[0.8, 0.1, -0.2]])
+    eta, delta = 2.0, 0.6
+    # [-log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c))]_+ for y = 0
+    expected = max(0.0, -eta * (0.8 - delta) + math.log(math.exp(eta * 0.1) + math.exp(-eta * 0.2)))
+    assert nca_loss(sims, torch.tensor([0]), torch.tensor(eta), delta).item() == pytest.approx(expected)
+    assert nca_loss(torch.tensor([[0.9, -0.9]]), torch.tensor([0]), torch.tensor(5.0), 0.0).item() == 0.0
+
+
+@pytest.mark.parametrize("name, options", [("resnet20", {}), ("mlp", {"hidden": [16, 8]})])
+def test_stage_outputs_come_with_the_same_features(name, options):
+    torch.manual_seed(0)
+    channels = 3 if name.startswith("resnet") else 1
+    net = build_model(name, channels, 16, **options).eval()
+    x = torch.randn(2, channels, 16, 16)
+    features, stages = net.features(x, return_stages=True)
+    assert torch.equal(features, net.features(x))
+    if name == "resnet20":
+        assert [tuple(s.shape[1:]) for s in stages] == [(16, 16, 16), (32, 8, 8), (64, 4, 4)]
+    else:
+        assert [tuple(s.shape) for s in stages] == [(2, 16), (2, 8)]
+
+
+def test_podnet_finetunes_only_the_classifier_on_the_balanced_memory(tmp_path):
+    run = make_run(tmp_path, {"name": "podnet", "proxies": 2, "finetune_epochs": 2})
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    stages = start_task(run, task)
+    assert [s.name for s in stages] == ["train", "finetune"]
+    run.run_stage(task, stages, 0, None)
+    before = snapshot(run)
+    data = run.run_stage(task, stages, 1, None)
+    assert np.bincount(data.labels).tolist() == [10, 10, 10, 10]  # the memory after the update: 40 // 4 each
+    changed = changed_parameters(run, before)
+    assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_podnet_imprints_proxies_from_kmeans_of_the_new_classes(tmp_path):
+    run = make_run(tmp_path, {"name": "podnet", "proxies": 3, "finetune_epochs": 0})
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    old_norm = run.model.head.chunks[0].weight.norm(dim=1).mean()
+    start_task(run, task)
+    weight = run.model.head.chunks[1].weight
+    assert weight.shape == (2 * 3, 32)
+    assert torch.allclose(weight.norm(dim=1), old_norm.expand(6), atol=1e-5)
+    data = task.train
+    for c, label in enumerate(task.new_classes):  # each proxy is near its own class's features
+        features = F.normalize(run.inference(data.images[data.labels == label])[0], dim=1)
+        other = F.normalize(run.inference(data.images[data.labels == task.new_classes[1 - c]])[0], dim=1)
+        proxies = F.normalize(weight[3 * c: 3 * c + 3], dim=1)
+        assert (features @ proxies.t()).mean() > (other @ proxies.t()).mean()
+
+
+def test_podnet_needs_the_backbones_stage_outputs(tmp_path, monkeypatch):
+    from cilearn.models.mlp import MLP
+    monkeypatch.delattr(MLP, "forward_stages")
+    with pytest.raises(ConfigError, match="forward_stages"):
+        make_run(tmp_path, {"name": "podnet"})
+
+
+# --- reports rebuild the method's head -------------------------------------------------------------------
+def test_reports_rebuild_a_cosine_head_from_the_checkpoint(tmp_path):
+    from cilearn.report.model import load_run_model
+
+    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
+           "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "podnet", "memory_size": 20,
+                                                                              "proxies": 2, "finetune_epochs": 1},
+           "train": {"epochs": 1, "batch_size": 32, "progress": False, "eval_every": 0}, "seed": 0}
+    run = Run(parse_config(raw), tmp_path / "run")
+    run.execute()
+    model, _, _ = load_run_model(tmp_path / "run", 1)
+    assert isinstance(model.head, CosineHead) and model.head.proxies == 2
+    x = torch.rand(3, 1, 8, 8)
+    run.model.eval()
+    assert torch.allclose(model(x), run.model(x.to(run.device)))
