@@ -1,6 +1,7 @@
 """iCaRL (Rebuffi et al., CVPR 2017): distillation + a fixed exemplar memory + nearest-mean-of-exemplars.
 
-Composed of three components:
+Composed of three components, held together by the base of every method on the exemplar memory
+(:class:`~cilearn.methods.rehearsal.Rehearsal`):
 
 - a frozen teacher and iCaRL's objective (:mod:`cilearn.distill`): one binary cross-entropy over every
   output of a network that has all classes' outputs from the first task — one-hot targets for the
@@ -24,16 +25,14 @@ from typing import Literal
 import torch
 
 from ..classifiers import check_classifiers
-from ..data import ImageData
-from ..distill import Teacher
 from ..exemplars import DeepInversionOptions, check_policy, make_builder
 from ..memory import ExemplarMemory
-from ..scenarios import Scenario, Task, concat
+from ..scenarios import Scenario
 from ..schema import option
-from .base import Batch, Classifier, MethodContext, Method, Output, head_classifier
-from .components import (DistillationOptions, ExemplarClassifiers, MemoryOptions, check_full_head, check_memory,
-                         distillation_loss,
-                         distillation_objective, resolve_losses, uses_full_head)
+from .base import Batch, MethodContext, Output
+from .components import (DistillationOptions, MemoryOptions, check_full_head, distillation_loss, distillation_objective,
+                         resolve_losses, uses_full_head)
+from .rehearsal import Rehearsal
 
 
 @dataclasses.dataclass
@@ -55,71 +54,34 @@ class ICaRLOptions(DistillationOptions, MemoryOptions):
         check_classifiers(self.classifiers, True, self.name)
 
 
-class ICaRL(Method):
+class ICaRL(Rehearsal):
     name = "icarl"
     description = "iCaRL: exemplar memory (herding) + distillation + nearest-mean-of-exemplars classifier"
     paper = "Rebuffi, Kolesnikov, Sperl & Lampert, iCaRL: Incremental Classifier and Representation Learning, CVPR 2017"
     Options = ICaRLOptions
     primary_classifier = "nme"
+    class_incremental_only = False  # task-incremental runs use a growing head with one softmax/BCE per task
 
     def __init__(self, options: ICaRLOptions, model: torch.nn.Module, context: MethodContext):
         self.losses = resolve_losses(options, has_memory=True)
         super().__init__(dataclasses.replace(options, classification_loss=self.losses.classification),
                          model, context)
-        self.primary_classifier = options.classifiers[0]
         scenario = context.scenario
         self.full_head = uses_full_head(options, self.losses, scenario)
         self.objective = distillation_objective(options, self.losses, scenario, self.full_head)
-        self.teacher = Teacher()
-        builder = make_builder(options.exemplars, seed=context.seed, collage=options.collage,
-                               deepinversion=options.deepinversion, model=model, mean=scenario.mean,
-                               std=scenario.std, device=context.device, features=self._features,
-                               build_model=context.build_model)
-        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed, builder,
-                                     options.per_class)
-        flip = options.nme_flip if options.nme_flip is not None else scenario.image_shape[2] == 3
-        self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)
 
-    @property
-    def memory_size(self) -> int:
-        return self.options.memory_size
+    def make_memory(self, options: ICaRLOptions, context: MethodContext) -> ExemplarMemory:
+        scenario = context.scenario
+        builder = make_builder(options.exemplars, seed=context.seed, collage=options.collage,
+                               deepinversion=options.deepinversion, model=self.model, mean=scenario.mean,
+                               std=scenario.std, device=context.device, features=self.features_of,
+                               build_model=context.build_model)
+        return ExemplarMemory(options.memory_size, options.selection, context.seed, builder, options.per_class)
 
     def check(self, scenario: Scenario) -> None:
         check_full_head(self.options, scenario)
-        check_memory(self.options, scenario)
+        super().check(scenario)
         check_policy(self.options.exemplars, scenario.image_shape, self.model, self.options.deepinversion)
-
-    def begin_task(self, task: Task) -> None:
-        super().begin_task(task)
-        n_old = len(task.seen_classes) - len(task.new_classes) if task.index > 0 else 0
-        self.teacher.begin_task(self.model, n_old, self.full_head)
-
-    def training_data(self, task: Task) -> ImageData:
-        if len(self.memory) == 0:
-            return task.train
-        return concat([task.train, self.memory.as_data(task.train.class_names)])
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         return distillation_loss(self, out, batch)
-
-    def end_task(self, task: Task, train_data: ImageData) -> None:
-        self.memory.update(task.train, task.new_classes, len(task.seen_classes), self._features, step=task.index)
-        self.fitted.fit(self.memory)
-
-    def _features(self, images) -> torch.Tensor:
-        return self.context.infer(images)[0]
-
-    def classifiers(self) -> dict[str, Classifier]:
-        available = {"head": head_classifier, **self.fitted.available()}
-        return {name: available[name] for name in self.options.classifiers}
-
-    def exemplars(self) -> dict | None:
-        return self.memory.exemplars()
-
-    def state_dict(self) -> dict:
-        return {**self.teacher.state_dict(), "memory": self.memory.state_dict(), "nme": self.fitted.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state, self.model)
-        self.memory.load_state_dict(state["memory"])
-        self.fitted.load_state_dict(state.get("nme", {}))

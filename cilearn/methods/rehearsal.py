@@ -1,9 +1,9 @@
-"""What the methods built on iCaRL's exemplar memory share (BiC, WA, LUCIR, PODNet).
+"""What the methods built on iCaRL's exemplar memory share (iCaRL, BiC, WA, LUCIR, PODNet).
 
 - :class:`RehearsalOptions` / :class:`Rehearsal`: a frozen teacher (the model as it was before the
   task), training data = the task's data + every exemplar, the memory updated after each task by iCaRL's
   rule (``memory_size // classes seen`` per class, herding), the classifiers fitted on it (NME, ...) and all
-  of it in checkpoints;
+  of it in checkpoints; a subclass adds its loss (and may build the memory its own way, :meth:`make_memory`);
 - :func:`balanced_distillation`: the objective BiC and WA share, ``(1 - λ)·CE + λ·KD_T`` with
   ``λ = old classes / classes seen``;
 - :class:`CosineRehearsal`: what LUCIR and PODNet share: a cosine head (:class:`~cilearn.models.heads.
@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +45,26 @@ class Rehearsal(Method):
     """A frozen teacher + iCaRL's exemplar memory + classifiers fitted on it; subclasses add the loss."""
 
     Options = RehearsalOptions
+    class_incremental_only: ClassVar[bool] = True  # one head over all classes, as the papers
 
     def __init__(self, options: RehearsalOptions, model: torch.nn.Module, context: MethodContext):
         super().__init__(options, model, context)
         self.primary_classifier = options.classifiers[0]
         self.teacher = Teacher()
-        self.memory = ExemplarMemory(options.memory_size, options.selection, context.seed)
+        self.memory = self.make_memory(options, context)
         flip = options.nme_flip if options.nme_flip is not None else context.scenario.image_shape[2] == 3
         self.fitted = ExemplarClassifiers(options.classifiers, context.infer, flip, context.seed)
+
+    def make_memory(self, options: RehearsalOptions, context: MethodContext) -> ExemplarMemory:
+        """The exemplar memory (iCaRL's, storing the selected images)."""
+        return ExemplarMemory(options.memory_size, options.selection, context.seed, per_class=options.per_class)
 
     @property
     def memory_size(self) -> int:
         return self.options.memory_size
 
     def check(self, scenario: Scenario) -> None:
-        if scenario.kind != "class_incremental":
+        if self.class_incremental_only and scenario.kind != "class_incremental":
             raise ConfigError(f"method {self.name} is a class-incremental method (one head over all classes); "
                               f"this scenario is {scenario.kind}. Use scenario.type: class_incremental.")
         check_memory(self.options, scenario)
@@ -71,7 +76,7 @@ class Rehearsal(Method):
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
-        self.teacher.begin_task(self.model, self.n_old)
+        self.teacher.begin_task(self.model, self.n_old, self.full_head)
 
     def training_data(self, task: Task) -> ImageData:
         if len(self.memory) == 0:
@@ -84,7 +89,7 @@ class Rehearsal(Method):
 
     def update_memory(self, task: Task, data: ImageData) -> None:
         """iCaRL's step: shrink the old classes' exemplars, select the new classes' from ``data``."""
-        self.memory.update(data, task.new_classes, len(task.seen_classes), self.features_of)
+        self.memory.update(data, task.new_classes, len(task.seen_classes), self.features_of, step=task.index)
 
     def features_of(self, images) -> torch.Tensor:
         """Features of uint8 images under the current model (eval mode, batched)."""
