@@ -130,7 +130,7 @@ class BiC(Rehearsal):
     def check(self, scenario: Scenario) -> None:
         super().check(scenario)
         classes = max(len(t.seen_classes) for t in scenario)
-        per_class = self.options.memory_size // classes
+        per_class = self.memory.per_class(classes)
         if per_class - self.held_out_per_class(per_class) < 1:
             raise ConfigError(
                 f"method.memory_size: {self.options.memory_size} exemplars leave {per_class} per class for "

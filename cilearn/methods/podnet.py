@@ -26,9 +26,10 @@ memory keeps ``memory_size`` in total (iCaRL's rule), not a fixed number per cla
 The margin: the paper writes δ = 0.6 on the ground truth's similarity; the authors' code subtracts it from
 every class's similarity, where it cancels, so their results were obtained with no margin.  With a margin
 on the ground truth only, ``∂L/∂η = δ - (ŷ_y - E[ŷ_c])`` is positive while a task's features are still
-untrained, η falls below zero and the classifier learns the wrong way round (the head collapses to 24 %
-after 5 digits tasks, against 86 % without the margin).  So ``nca_margin`` defaults to the code's effective
-0; ``nca_margin: 0.6`` gives the paper's formula.
+untrained, η can fall below zero and the classifier then learns the wrong way round: on the Seq-MNIST
+protocol the head ends at 0.1 % (NME 37.3 %, 3 seeds) against 76.6 % (NME 69.2 %) without the margin
+(``cilearn run configs/methods_mnist/podnet.yaml --set method.nca_margin=0.6``).  So ``nca_margin`` defaults to
+the code's effective 0; ``nca_margin: 0.6`` gives the paper's formula.
 """
 
 from __future__ import annotations
