@@ -158,3 +158,43 @@ def test_wa_clips_weights_and_aligns_after_each_task(tmp_path):
         assert all(bool((chunk.weight >= 0).all()) for chunk in run.model.head.chunks)  # clipped every step
     old, new = (chunk.weight.norm(dim=1).mean().item() for chunk in run.model.head.chunks)
     assert old == pytest.approx(new, rel=1e-5)
+
+
+# --- what a user runs -----------------------------------------------------------------------------------
+def test_cli_lists_every_memory_methods_options_with_its_papers_defaults(capsys):
+    from cilearn import cli
+
+    assert cli.main(["list", "--options"]) == 0
+    out = capsys.readouterr().out
+    for line in ["val_fraction (a number, default 0.1)", "bias_epochs (an integer, default 200)",
+                 "clip_weights (true or false, default True)", "lambda_base (a number, default 5.0)",
+                 "margin (a number, default 0.5)", "hard_negatives (an integer, default 2)",
+                 "proxies (an integer, default 10)", "pod_spatial (a number, default 3.0)",
+                 "pod_flat (a number, default 1.0)", "finetune_epochs (an integer, default 20)"]:
+        assert line in out, line
+
+
+def test_cli_runs_the_four_methods_from_one_config(tmp_path):
+    import json
+
+    import yaml
+
+    from cilearn import cli
+
+    config = tmp_path / "four.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
+        "model": {"name": "mlp", "options": {"hidden": [16]}},
+        "methods": [{"name": "bic", "memory_size": 40, "bias_epochs": 2}, {"name": "wa", "memory_size": 40},
+                    {"name": "lucir", "memory_size": 40},
+                    {"name": "podnet", "memory_size": 40, "proxies": 2, "finetune_epochs": 1}],
+        "train": {"epochs": 1, "batch_size": 32, "progress": False, "eval_every": 0},
+        "output": {"save_features": False, "save_checkpoints": False}}))
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    for name in ["bic", "wa", "lucir", "podnet"]:
+        metrics = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["classifier"] == "head" and set(metrics["classifiers"]) == {"head",
+                                                                                                          "nme"}
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "bad"), "--set", "methods=[{name: bic, "
+                     "memory_size: 4}]"]) == 2  # too small to hold out a bias-correction set: refused
+    assert not (tmp_path / "bad").exists()
