@@ -250,8 +250,10 @@ class WandbLogger(Logger):
         # Offline: no system metrics, machine probes or git calls — nothing that could reach for the network.
         settings = wandb.Settings(x_disable_stats=offline, x_disable_machine_info=offline, disable_git=offline,
                                   save_code=False, console="off", silent=True)
+        # Absolute: W&B's service is a separate process started once per Python process; a relative folder
+        # would be resolved against the working directory of the run that started it, not this one's.
         self.run = wandb.init(project=run.cfg.output.wandb_project, name=run.label, id=run_id, resume="allow",
-                              dir=str(run.files.path), config=run.cfg.to_dict(), mode=mode, settings=settings)
+                              dir=str(run.files.path.resolve()), config=run.cfg.to_dict(), mode=mode, settings=settings)
         self.run.define_metric("epoch")
         self.run.define_metric("epoch/*", step_metric="epoch")
         self.run.define_metric("task")
