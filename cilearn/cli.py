@@ -20,7 +20,7 @@ from .log import NORMAL, QUIET, VERBOSE, setup_logging
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
-EXTRA_COMMANDS: list[str] = ["bench", "report.commands"]
+EXTRA_COMMANDS: list[str] = ["bench", "report.commands", "sweep.commands"]
 
 
 class _Parser(argparse.ArgumentParser):

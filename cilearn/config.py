@@ -184,24 +184,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, parsed
 
 
+def set_value(raw: dict, parts: list[str], value: Any, where: str) -> None:
+    """Set the dotted key ``parts`` of a raw config in place, creating missing sections.  Setting one of
+    a pair replaces the other, as a user means it: method=... on a config with methods: runs that one
+    method; seed=3 runs that one seed.  ``where`` names the setting in errors (e.g. "--set 'x=1'")."""
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{'.'.join(parts[:depth + 1])}' is not a section.")
+        node = child
+    node[parts[-1]] = value
+    pairs = {("method",): "methods", ("methods",): "method", ("seed",): "seeds", ("seeds",): "seed"}
+    if tuple(parts) in pairs:
+        raw.pop(pairs[tuple(parts)], None)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for text in overrides or []:
         parts, value = parse_override(text)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set '{text}': '{'.'.join(parts[:depth + 1])}' is not a section.")
-            node = child
-        node[parts[-1]] = value
-        # Overriding one of a pair replaces the other, as a user means it: --set method=... on a
-        # config with methods: runs that one method; --set seed=3 runs that one seed.
-        pairs = {("method",): "methods", ("methods",): "method", ("seed",): "seeds", ("seeds",): "seed"}
-        if tuple(parts) in pairs:
-            raw.pop(pairs[tuple(parts)], None)
+        set_value(raw, parts, value, f"--set '{text}'")
     return raw
 
 
