@@ -112,6 +112,21 @@ def test_base_lists_become_axes_and_whole_sections_apply_before_their_options(tm
                                              "finetune,classification_loss=bce", "finetune,classification_loss=ce"}
 
 
+def test_the_example_sweeps_expand_into_the_icarl_study():
+    digits = load_sweep(ROOT / "configs" / "sweeps" / "icarl_study_digits.yaml")
+    cifar = load_sweep(ROOT / "configs" / "sweeps" / "icarl_study_cifar100.yaml")
+    assert (len(digits.runs), len(cifar.runs)) == (9 * 2, 10 * 3)
+    points = list(dict.fromkeys(r.point for r in cifar.runs))
+    assert points == ["finetune", "joint", "lwf_mc", "icarl", "icarl_random_exemplars", "icarl_no_augmentation",
+                      "CE-MSE", "BCE-MSE", "MSE-MSE", "CE-BCE"]
+    by_name = {r.name: r.config for r in cifar.runs}
+    assert by_name["icarl/seed2"].method["classifiers"] == ["nme", "head", "knn", "svm", "mlp"]
+    assert by_name["icarl_no_augmentation/seed0"].train.augment == "none"
+    assert by_name["CE-MSE/seed1"].method["classification_loss"] == "ce" and by_name["CE-MSE/seed1"].seed == 1
+    assert by_name["lwf_mc/seed0"].method == {"name": "lwf", "variant": "icarl", "label": "lwf_mc"}
+    assert {c.train.epochs for c in by_name.values()} == {70}  # the study's schedule, from the base config
+
+
 def test_long_values_get_short_stable_names():
     order = list(range(99, -1, -1))
     spec = {"base": {**copy.deepcopy(BASE), "data": {"name": "digits"}},
@@ -323,9 +338,11 @@ def test_a_failing_grid_point_is_listed_and_the_others_finish(tmp_path):
             "grid": {"data.name": ["mnist", "digits"]}}
     out = tmp_path / "out"
     done = subprocess.run(sweep_command(str(write_sweep(tmp_path, spec)), "--out", str(out), "--workers", "2",
-                                        "--cpus-per-run", "1", "--no-report"),
+                                        "--no-report"),
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared by the two workers
+    assert f"local pool: 2 runs at a time, {threads} thread(s) each" in done.stdout
     assert "failed  name=mnist/seed0: failed after" in done.stdout
     assert "1 of 2 runs failed:\n  name=mnist/seed0: error: MNIST file not found" in done.stdout
     assert f"(log: {out.absolute() / 'logs' / 'name=mnist' / 'seed0'}.log)" in done.stdout

@@ -102,7 +102,7 @@ def expand(spec: dict, where: str) -> Sweep:
             raise fail(f"unknown key '{key}'.{did_you_mean(key, SWEEP_KEYS)} A sweep file has "
                        f"{', '.join(SWEEP_KEYS)}.")
     name = spec.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
         raise fail(f"name: expected a folder-safe name (letters, digits, . _ -), got {name!r}.")
     base = spec.get("base")
     if not isinstance(base, dict):
