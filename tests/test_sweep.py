@@ -342,7 +342,7 @@ def test_a_failing_grid_point_is_listed_and_the_others_finish(tmp_path):
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
     threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared by the two workers
-    assert f"local pool: 2 runs at a time, {threads} thread(s) each" in done.stdout
+    assert f"local pool: 2 runs at a time, OMP_NUM_THREADS={threads} each" in done.stdout
     assert "failed  name=mnist/seed0: failed after" in done.stdout
     assert "1 of 2 runs failed:\n  name=mnist/seed0: error: MNIST file not found" in done.stdout
     assert f"(log: {out.absolute() / 'logs' / 'name=mnist' / 'seed0'}.log)" in done.stdout

@@ -30,14 +30,14 @@ def register(subparsers) -> None:
                     "resume interrupted ones; end with one table (mean ± std per grid point over seeds) and "
                     "the report. Exit code 1 when a run failed, 2 for a bad sweep file or option.")
     sweep.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file, e.g. configs/sweeps/icarl_study_digits.yaml")
-    sweep.add_argument("--out", help="sweep folder (default: runs/<sweep name>/<timestamp>); never overwritten")
+    sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>/<timestamp>); never overwritten")
     sweep.add_argument("--resume", metavar="DIR", help="continue a sweep folder: finished runs are skipped, "
                        "interrupted ones resumed; with SWEEP, the (edited) sweep file is expanded into DIR, "
                        "e.g. to add seeds")
-    sweep.add_argument("--workers", type=int, help="runs at a time on the local pool (default 1)")
+    sweep.add_argument("--workers", type=int, metavar="N", help="runs at a time on the local pool (default 1)")
     sweep.add_argument("--backend", choices=("local", "ray"), default="local",
                        help="local: a pool of child processes; ray: one Ray task per run (pip install 'cilearn[ray]')")
-    sweep.add_argument("--address", help="Ray cluster to join: host:port of the head node, or 'auto' (default: "
+    sweep.add_argument("--address", metavar="ADDR", help="Ray cluster to join: host:port of the head node, or 'auto' (default: "
                        "start a Ray instance on this machine)")
     sweep.add_argument("--cpus-per-run", type=float, metavar="N",
                        help="CPU threads of each run (local default: cores // workers; Ray: the task's CPU "

@@ -114,7 +114,8 @@ class LocalPool:
         self._guard = threading.Lock()
 
     def describe(self) -> str:
-        return f"local pool: {self.workers} run{'s' if self.workers > 1 else ''} at a time, {self.threads} thread(s) each"
+        return (f"local pool: {self.workers} run{'s' if self.workers > 1 else ''} at a time, OMP_NUM_THREADS="
+                f"{self.threads} each (a config's train.num_threads wins)")
 
     def _track(self, proc: subprocess.Popen) -> None:
         with self._guard:
