@@ -104,8 +104,9 @@ def test_base_lists_become_axes_and_whole_sections_apply_before_their_options(tm
     assert len(sweep.runs) == 2 * 2 * 2 * 2
     first = sweep.runs[0]
     assert first.name == "icarl,classification_loss=bce/class_order=sorted,seed3"
-    assert first.config.method == {"name": "icarl", "memory_size": 40, "classification_loss": "bce",
+    assert first.raw["method"] == {"name": "icarl", "memory_size": 40, "classification_loss": "bce",
                                    "label": "icarl,classification_loss=bce"}
+    assert (first.config.method["memory_size"], first.config.seed) == (40, 3)
     reversed_order = [r for r in sweep.runs if r.config.scenario.class_order != "sorted"]
     assert reversed_order[0].name == "icarl,classification_loss=bce/class_order=9+8+7+6+5+4+3+2+1+0,seed3"
     assert {r.point for r in sweep.runs} == {"icarl,classification_loss=bce", "icarl,classification_loss=ce",
@@ -120,10 +121,12 @@ def test_the_example_sweeps_expand_into_the_icarl_study():
     assert points == ["finetune", "joint", "lwf_mc", "icarl", "icarl_random_exemplars", "icarl_no_augmentation",
                       "CE-MSE", "BCE-MSE", "MSE-MSE", "CE-BCE"]
     by_name = {r.name: r.config for r in cifar.runs}
+    raws = {r.name: r.raw for r in cifar.runs}
     assert by_name["icarl/seed2"].method["classifiers"] == ["nme", "head", "knn", "svm", "mlp"]
     assert by_name["icarl_no_augmentation/seed0"].train.augment == "none"
     assert by_name["CE-MSE/seed1"].method["classification_loss"] == "ce" and by_name["CE-MSE/seed1"].seed == 1
-    assert by_name["lwf_mc/seed0"].method == {"name": "lwf", "variant": "icarl", "label": "lwf_mc"}
+    assert raws["lwf_mc/seed0"]["method"] == {"name": "lwf", "variant": "icarl", "label": "lwf_mc"}
+    assert raws["icarl/seed0"]["method"]["memory_size"] == 2000  # the rest of the base's section is kept
     assert {c.train.epochs for c in by_name.values()} == {70}  # the study's schedule, from the base config
 
 
@@ -193,7 +196,8 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
 
 
 def test_error_line_of_a_failed_run():
-    assert error_line("[sweep] 2026-01-01 00:00:00: cilearn run x\ntraining...\nerror: MNIST file not found: x\n", 2) == "error: MNIST file not found: x"
+    output = "[sweep] 2026-01-01 00:00:00: cilearn run x\ntraining...\nerror: MNIST file not found: x\n"
+    assert error_line(output, 2) == "error: MNIST file not found: x"
     assert error_line("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n", 1) == \
         "exit code 1: RuntimeError: boom"
     assert error_line("[lwf] task 1/5\n", -9) == "killed by SIGKILL"
@@ -301,7 +305,8 @@ def test_sweep_killed_midway_resumes_without_redoing_runs_and_ends_with_the_same
         assert f"skipped {name}: already finished" in done.stdout
         assert _files(out / name) == before[name], f"{name} was redone"
     for name, tasks in interrupted.items():
-        assert f"done    {name}: " in done.stdout and "resumed" in done.stdout.split(f"done    {name}: ")[1].splitlines()[0]
+        line = next(line for line in done.stdout.splitlines() if f"done    {name}: " in line)
+        assert line.endswith(", resumed"), line
         log = (out / "logs" / f"{name}.log").read_text()
         assert log.count("[sweep] ") == 2, log
         assert (f"at the start of task {tasks + 1}/4" if tasks else "starting the run from the beginning") in log, log
@@ -344,8 +349,9 @@ def test_a_failing_grid_point_is_listed_and_the_others_finish(tmp_path):
     threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared by the two workers
     assert f"local pool: 2 runs at a time, OMP_NUM_THREADS={threads} each" in done.stdout
     assert "failed  name=mnist/seed0: failed after" in done.stdout
-    assert "1 of 2 runs failed:\n  name=mnist/seed0: error: MNIST file not found" in done.stdout
-    assert f"(log: {out.absolute() / 'logs' / 'name=mnist' / 'seed0'}.log)" in done.stdout
+    assert "2 runs in" in done.stdout and "(0 already finished), 1 failed" in done.stdout
+    assert "warning: run name=mnist/seed0 failed: error: MNIST file not found" in done.stderr
+    assert f"(log: {out.absolute() / 'logs' / 'name=mnist' / 'seed0'}.log)" in done.stderr
     assert run_state(out / "name=digits" / "seed0") == "complete"
     summary = (out / "summary.md").read_text()
     assert "| name=digits | head | 1 |" in summary and "mnist" not in summary

@@ -9,6 +9,7 @@ output), one ordinary run folder per run (``<grid point>/<repeat>``), and at the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
+from ..log import get_logger, progress_disabled
+
+log = get_logger(__name__)
 
 LEFTOVERS = (".lock",)  # what a sweep killed before writing sweep.yaml leaves in its folder
 
@@ -29,16 +33,18 @@ def register(subparsers) -> None:
                     "below one sweep folder; run them WORKERS at a time (or as Ray tasks); skip finished runs and "
                     "resume interrupted ones; end with one table (mean ± std per grid point over seeds) and "
                     "the report. Exit code 1 when a run failed, 2 for a bad sweep file or option.")
-    sweep.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file, e.g. configs/sweeps/icarl_study_digits.yaml")
-    sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>/<timestamp>); never overwritten")
+    sweep.add_argument("sweep", nargs="?", metavar="SWEEP",
+                       help="sweep file, e.g. configs/sweeps/icarl_study_digits.yaml")
+    sweep.add_argument("--out", metavar="DIR",
+                       help="sweep folder (default: runs/<sweep name>/<timestamp>); never overwritten")
     sweep.add_argument("--resume", metavar="DIR", help="continue a sweep folder: finished runs are skipped, "
                        "interrupted ones resumed; with SWEEP, the (edited) sweep file is expanded into DIR, "
                        "e.g. to add seeds")
     sweep.add_argument("--workers", type=int, metavar="N", help="runs at a time on the local pool (default 1)")
     sweep.add_argument("--backend", choices=("local", "ray"), default="local",
                        help="local: a pool of child processes; ray: one Ray task per run (pip install 'cilearn[ray]')")
-    sweep.add_argument("--address", metavar="ADDR", help="Ray cluster to join: host:port of the head node, or 'auto' (default: "
-                       "start a Ray instance on this machine)")
+    sweep.add_argument("--address", metavar="ADDR", help="Ray cluster to join: host:port of the head node, or "
+                       "'auto' (default: start a Ray instance on this machine)")
     sweep.add_argument("--cpus-per-run", type=float, metavar="N",
                        help="CPU threads of each run (local default: cores // workers; Ray: the task's CPU "
                             "request, default 1)")
@@ -120,7 +126,8 @@ def check_existing_runs(sweep, out: Path) -> None:
         try:
             have = yaml.safe_load(stored.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"'{stored}' cannot be read ({exc}); delete that run folder to run it again.") from None
+            raise CheckpointError(f"'{stored}' cannot be read ({exc}); delete that run folder to run it "
+                                  f"again.") from None
         want = yaml.safe_load(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
         if have != want:
             key, old, new = _first_difference(have, want)
@@ -158,7 +165,7 @@ def cmd_sweep(args) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, round(args.cpus_per_run)) if args.cpus_per_run else max(1, cores // workers)
         backend = LocalPool(workers, threads)
-    print(backend.describe(), flush=True)
+    log.info(backend.describe())
     try:
         return run_sweep(sweep, out, backend, threads, html=not args.no_report)
     except KeyboardInterrupt:
@@ -180,7 +187,7 @@ def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
             write_yaml(out / "configs" / f"{run.name}.yaml", run.raw)
         jobs, total, finished = [], len(sweep.runs), 0
         failed: list[Outcome] = []
-        bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=None, file=sys.stderr)
+        bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=progress_disabled(log), file=sys.stderr)
 
         def report(outcome: Outcome) -> None:
             nonlocal finished
@@ -196,26 +203,28 @@ def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
                           f"{m['average_incremental_accuracy']:.1%} ({m['classifier']})"
                           + (", resumed" if outcome.resumed else ""))
             bar.update(1)
-            bar.write(f"[{finished}/{total}] {outcome.status:<7} {outcome.name}: {detail}", file=sys.stdout)
+            line = f"[{finished}/{total}] {outcome.status:<7} {outcome.name}: {detail}"
+            if bar.disable:
+                log.info(line)
+            elif log.isEnabledFor(logging.INFO):
+                bar.write(line, file=sys.stdout)  # above the bar, which stays at the bottom
 
         for run in sweep.runs:
             if run_state(out / run.name) == "complete":
                 report(Outcome(run.name, "skipped"))
             else:
-                jobs.append(Job(name=run.name, run_dir=str(out / run.name), config=str(out / "configs" / f"{run.name}.yaml"),
-                                log=str(out / "logs" / f"{run.name}.log"), cwd=os.getcwd(), threads=threads))
+                jobs.append(Job(name=run.name, run_dir=str(out / run.name), log=str(out / "logs" / f"{run.name}.log"),
+                                config=str(out / "configs" / f"{run.name}.yaml"), cwd=os.getcwd(), threads=threads))
         started = time.perf_counter()
         try:
             if jobs:
                 backend.run(jobs, report)
         finally:
             bar.close()
-        print(f"{len(jobs)} runs in {time.perf_counter() - started:.1f} s ({total - len(jobs)} already finished)",
-              flush=True)
-        if failed:
-            print(f"{len(failed)} of {total} runs failed:", flush=True)
-            for outcome in failed:
-                print(f"  {outcome.name}: {outcome.error}  (log: {out / 'logs' / outcome.name}.log)", flush=True)
+        log.info(f"{len(jobs)} runs in {time.perf_counter() - started:.1f} s ({total - len(jobs)} already finished), "
+                 f"{len(failed)} failed")
+        for outcome in failed:
+            log.warning(f"run {outcome.name} failed: {outcome.error} (log: {out / 'logs' / outcome.name}.log)")
         complete = [out / r.name for r in sweep.runs if run_state(out / r.name) == "complete"]
         summarize(out, complete, f"cilearn sweep — {sweep.name}", html)
     return 1 if failed else 0

@@ -18,11 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CilearnError, ConfigError
+from ..log import get_logger
+
+log = get_logger(__name__)
 
 LOG_HEADER = "[sweep] "  # starts the line that each attempt of a run writes first into its log
 
@@ -208,7 +211,7 @@ def summarize(out: Path, run_dirs: list[Path], title: str, html: bool) -> None:
 
     results = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
     if not results:
-        print("No run finished: no summary.", flush=True)
+        log.warning("no run finished: no summary.")
         return
     write_summary(out, results)
     if not html:
@@ -218,6 +221,6 @@ def summarize(out: Path, run_dirs: list[Path], title: str, html: bool) -> None:
     try:  # t-SNE and Grad-CAM are left out: slow for many grid points; cilearn report adds them
         path = make_report(run_dirs, out / "report", ReportOptions(tsne=False, gradcam=False, title=title))
     except CilearnError as exc:
-        print(f"warning: report not written: {exc}", file=sys.stderr, flush=True)
+        log.warning(f"report not written: {exc}")
         return
-    print(f"report: {path}", flush=True)
+    log.info(f"report: {path}")
