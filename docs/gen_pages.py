@@ -35,7 +35,8 @@ API_MODULES = [
     "cilearn.exemplars", "cilearn.exemplars.collage", "cilearn.exemplars.deepinversion",
     "cilearn.classifiers", "cilearn.losses", "cilearn.train", "cilearn.evaluate", "cilearn.metrics",
     "cilearn.runner", "cilearn.loggers", "cilearn.rundir", "cilearn.checkpoints", "cilearn.transfer",
-    "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.log", "cilearn.errors",
+    "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.sweep.spec",
+    "cilearn.sweep.execute", "cilearn.log", "cilearn.errors",
 ]
 
 

@@ -1,18 +1,20 @@
 """Sweep files: a base config and a grid of settings, expanded into runs with readable, stable names.
 
-A sweep file::
+A sweep file:
 
-    name: icarl_study_digits        # default: the file name
-    base: ../icarl_digits.yaml      # a config file (relative to this file) or an inline config mapping
-    set: {train.epochs: 5}          # fixed settings for every run (not part of the run names)
-    grid:                           # axes, crossed in this order (dotted config keys)
-      method.name: [lwf, icarl]
-      losses:                       # a zipped axis: named entries, each setting several keys together
-        BCE-BCE: {method.classification_loss: bce, method.distillation_loss: bce}
-        CE-MSE: {method.classification_loss: ce, method.distillation_loss: mse}
-      train.lr: [0.05, 0.1]
-      seed: [0, 1, 2]
-    average_over: [seed]            # axes that repeat a grid point (default: seed, scenario.class_order)
+```yaml
+name: icarl_study_digits        # default: the file name
+base: ../icarl_digits.yaml      # a config file (relative to this file) or an inline config mapping
+set: {train.epochs: 5}          # fixed settings for every run (not part of the run names)
+grid:                           # axes, crossed in this order (dotted config keys)
+  method.name: [lwf, icarl]
+  losses:                       # a zipped axis: named entries, each setting several keys together
+    BCE-BCE: {method.classification_loss: bce, method.distillation_loss: bce}
+    CE-MSE: {method.classification_loss: ce, method.distillation_loss: mse}
+  train.lr: [0.05, 0.1]
+  seed: [0, 1, 2]
+average_over: [seed]            # axes that repeat a grid point (default: seed, scenario.class_order)
+```
 
 Every combination of the axes is one run; the axes not in ``average_over`` make its *grid point*.  A run
 lives in ``<point>/<repeat>`` below the sweep folder, e.g. ``icarl,BCE-BCE,lr=0.05/seed1``: the point
