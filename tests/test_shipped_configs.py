@@ -12,7 +12,8 @@ from cilearn.config import load_runs
 from cilearn.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# configs/sweeps/ holds sweep files (a base config + a grid), checked by tests/test_sweep.py
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.relative_to(ROOT / "configs").parts)
 IMAGE_SHAPE = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32),
                "cifar100": (3, 32), "cifar10_jpeg": (3, 32)}
 
