@@ -1,0 +1,144 @@
+"""A quadratic penalty towards an anchor, weighted by a per-parameter importance — what EWC, SI and MAS share.
+
+The three regularisers differ only in how the importance Ω of each parameter is estimated (EWC: the
+diagonal Fisher; SI: the path integral of the loss decrease; MAS: the sensitivity of the output norm)
+and in the factor in front; the penalty itself is the same::
+
+    Σ_k Ω_k (θ_k − θ*_k)²
+
+:class:`ImportancePenalty` holds Ω and the anchor θ* (both keyed by parameter name), evaluates the
+penalty, merges a new task's importance into the running one and moves the anchor.  Parameters created
+after an anchor (the chunks a growing head adds for new classes) get no penalty; a parameter whose
+shape grew is penalised on the overlapping leading slice only.
+
+:func:`per_sample_gradient_mean` is the estimator EWC and MAS need: the mean over samples of the
+squared (EWC) or absolute (MAS) **per-sample** gradient of a scalar function of the network's output,
+computed exactly with ``torch.func`` (vmap over samples) in chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def overlap(param: torch.Tensor, reference: torch.Tensor) -> torch.Tensor | None:
+    """The leading slice of ``param`` with ``reference``'s shape (None if it does not fit)."""
+    if param.shape == reference.shape:
+        return param
+    if param.dim() != reference.dim() or any(r > p for r, p in zip(reference.shape, param.shape)):
+        return None
+    return param[tuple(slice(0, r) for r in reference.shape)]
+
+
+class ImportancePenalty:
+    """``Σ Ω (θ − θ*)²`` over the parameters that have an importance; the methods put their factor in front."""
+
+    def __init__(self) -> None:
+        self.importance: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+        self._terms: list | None = None  # (parameter, importance, anchor); rebuilt when any of them changes
+
+    def __bool__(self) -> bool:
+        return bool(self.importance)
+
+    def forget_terms(self) -> None:
+        """Match parameters again (after the head grew: new parameter objects)."""
+        self._terms = None
+
+    def terms(self, model: torch.nn.Module) -> list:
+        """Which parameters the penalty covers, matched once per task rather than on every batch."""
+        if self._terms is None:
+            params = dict(model.named_parameters())
+            self._terms = [(params[name], weight, self.anchor[name]) for name, weight in self.importance.items()
+                           if name in params and params[name].requires_grad
+                           and overlap(params[name], weight) is not None]
+        return self._terms
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        total = None
+        for param, weight, anchor in self.terms(model):
+            term = (weight * (overlap(param, weight) - anchor).square()).sum()
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros((), device=next(model.parameters()).device)
+        return total
+
+    @torch.no_grad()
+    def gradient(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The closed-form gradient ``2 Ω (θ − θ*)`` of the penalty, in each parameter's full shape."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        grads = {}
+        for param, weight, anchor in self.terms(model):
+            grad = torch.zeros_like(param)
+            region = overlap(grad, weight)
+            region += 2 * weight * (overlap(param, weight) - anchor)
+            grads[names[id(param)]] = grad
+        return grads
+
+    @torch.no_grad()
+    def consolidate(self, model: torch.nn.Module, task_importance: dict[str, torch.Tensor],
+                    decay: float = 1.0) -> None:
+        """``Ω ← decay·Ω + Ω_task`` (on the overlap when a parameter grew) and ``θ* ← θ`` (the current weights)."""
+        merged = {}
+        for name, weight in task_importance.items():
+            old = self.importance.get(name)
+            if old is not None:
+                weight = weight.clone()
+                region = overlap(weight, old)
+                if region is not None:
+                    region += decay * old
+            merged[name] = weight
+        self.importance = merged
+        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in merged}
+        self._terms = None
+
+    def state_dict(self, importance_key: str = "importance") -> dict:
+        return {importance_key: {n: t.cpu() for n, t in self.importance.items()},
+                "anchor": {n: t.cpu() for n, t in self.anchor.items()}}
+
+    def load_state_dict(self, state: dict, device: torch.device, importance_key: str = "importance") -> None:
+        self.importance = {n: t.to(device) for n, t in state.get(importance_key, {}).items()}
+        self.anchor = {n: t.to(device) for n, t in state.get("anchor", {}).items()}
+        self._terms = None
+
+
+def per_sample_gradient_mean(model: torch.nn.Module, images: np.ndarray, targets: torch.Tensor,
+                             objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                             normalize: Callable[[torch.Tensor], torch.Tensor], reduce: str,
+                             chunk_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``mean_k reduce(∂ objective(f(x_k), y_k) / ∂θ)`` for every trained parameter θ, with exact per-sample
+    gradients; ``reduce`` is ``square`` (EWC's Fisher) or ``abs`` (MAS).
+
+    ``images`` uint8 NHWC; ``objective(logits (1, C), target (1,)) -> scalar``.  The model runs in
+    evaluation mode (no dropout, BatchNorm statistics fixed)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+
+    def sample_objective(p, x, y):
+        logits = functional_call(model, ({**p, **frozen}, buffers), (x[None],))
+        return objective(logits, y[None])
+
+    per_sample = vmap(grad(sample_objective), in_dims=(None, 0, 0))
+    # The per-sample gradients of a chunk hold chunk × parameters floats: cap them near 512 MB.
+    chunk = max(1, min(chunk_size, int(1.3e8 // max(1, sum(p.numel() for p in params.values())))))
+    tensors = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = len(tensors)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, count, chunk):
+            x = normalize(tensors[start:start + chunk].to(device))
+            grads = per_sample(params, x, targets[start:start + len(x)])
+            for n in total:
+                g = grads[n]
+                total[n] += (g.square() if reduce == "square" else g.abs()).sum(0)
+    finally:
+        model.train(was_training)
+    return {n: t / max(count, 1) for n, t in total.items()}
