@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .augment import to_tensor_images
+from .data import ImageData
 
 
 class ReplaySampler(Protocol):
@@ -80,6 +81,42 @@ class TensorStore:
         out.update({key: value[index] for key, value in self.extras.items()})
         return out
 
+    def assign(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
+               ) -> None:
+        """Replace the whole content (at most ``capacity`` samples)."""
+        n = len(labels)
+        if n > self.capacity:
+            raise ValueError(f"{n} samples do not fit a buffer of {self.capacity}")
+        self.size = 0
+        self.images, self.extras = None, {}
+        self.labels = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+        if n:
+            self.put(torch.arange(n, device=self.device), images, labels, extras)
+        self.size = n
+
+    def extend(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
+               ) -> None:
+        """Append samples after the stored ones (as many as fit)."""
+        n = min(len(labels), self.capacity - self.size)
+        if n > 0:
+            slots = torch.arange(self.size, self.size + n, device=self.device)
+            self.put(slots, images[:n], labels[:n], {k: v[:n] for k, v in (extras or {}).items()})
+            self.size += n
+
+    def as_data(self, class_names) -> ImageData:
+        """The stored samples as training data (uint8 NHWC on the CPU)."""
+        n = self.size
+        images = (self.images[:n].permute(0, 2, 3, 1).cpu().numpy() if n
+                  else np.zeros((0, 1, 1, 1), dtype=np.uint8))
+        return ImageData(np.ascontiguousarray(images), self.labels[:n].cpu().numpy(), class_names)
+
+    def exemplars(self) -> dict | None:
+        """What the report shows: the stored images (uint8 NHWC), their labels and slot order."""
+        if not self.size:
+            return None
+        data = self.as_data([])
+        return {"images": data.images, "labels": data.labels, "rank": np.arange(self.size)}
+
     def state_dict(self) -> dict:
         n = self.size
         state = {"size": n, "labels": self.labels[:n].cpu(),
@@ -88,13 +125,8 @@ class TensorStore:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        n = int(state["size"])
-        self.size = 0
-        self.images, self.extras = None, {}
-        self.labels = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
-        if n:
-            self.put(torch.arange(n, device=self.device), state["images"], state["labels"], state["extras"])
-        self.size = n
+        self.assign(state["images"], state["labels"], state["extras"])
+        self.size = int(state["size"])
 
 
 class ReservoirBuffer(TensorStore):

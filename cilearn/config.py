@@ -70,7 +70,10 @@ class TrainConfig:
     no_weight_decay: list[Literal["bias", "norm"]] = option(
         default_factory=list, help="parameters without weight decay: bias (every bias, normalisation shifts "
                                    "included), norm (normalisation scales); iCaRL's Theano code: [bias]")
-    scheduler: Literal["multistep", "cosine", "constant"] = option("multistep")
+    scheduler: Literal["multistep", "cosine", "warm_restarts", "constant"] = option(
+        "multistep", help="cosine: from lr down to min_lr over the epochs; warm_restarts: cosine cycles of 1, 2, 4, "
+                          "... epochs (SGDR)")
+    min_lr: float = option(0.0, min=0.0, help="the lowest learning rate of the cosine schedules")
     milestones: list[int] = option(default_factory=list, min=1, help="epochs (iterations with train.iterations) at "
                                                                      "which multistep multiplies lr by gamma")
     gamma: float = option(0.2, min=0.0)

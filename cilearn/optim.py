@@ -93,11 +93,18 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int = 1) -> Callable[[int],
 
     Linear warm-up over the first ``cfg.warmup`` positions: step ``k`` gets ``(k + 1) / warmup_steps`` (the
     first step already trains), then the schedule: ``multistep`` multiplies by ``gamma`` at each
-    milestone reached (as ``MultiStepLR``), ``cosine`` decays from 1 to 0 over the positions after the
-    warm-up (the closed form of ``CosineAnnealingLR`` with ``eta_min`` 0), ``constant`` keeps 1."""
+    milestone reached (as ``MultiStepLR``), ``cosine`` decays from 1 to ``min_lr / lr`` over the positions
+    after the warm-up (the closed form of ``CosineAnnealingLR``), ``warm_restarts`` runs cosine cycles of 1,
+    2, 4, ... positions, each from 1 down to ``min_lr / lr`` (SGDR, Loshchilov & Hutter 2017, with
+    ``T_0 = 1, T_mult = 2``: ``CosineAnnealingWarmRestarts``' values at whole positions), ``constant``
+    keeps 1."""
     total, kind = schedule_length(cfg), cfg.scheduler
     milestones, gamma = list(cfg.milestones), cfg.gamma
     warmup_steps = cfg.warmup * steps_per_epoch
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+    def cosine(done: float, span: float) -> float:
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done / span))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -107,7 +114,12 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int = 1) -> Callable[[int],
             return gamma ** sum(1 for m in milestones if m <= position)
         if kind == "cosine":
             span = max(total - cfg.warmup, 1e-12)
-            return 0.5 * (1.0 + math.cos(math.pi * min(position - cfg.warmup, span) / span))
+            return cosine(min(position - cfg.warmup, span), span)
+        if kind == "warm_restarts":
+            done, length = position - cfg.warmup, 1.0
+            while done >= length:  # cycles of 1, 2, 4, ... positions
+                done, length = done - length, 2 * length
+            return cosine(done, length)
         return 1.0
 
     return factor

@@ -3,7 +3,10 @@
 - :class:`DistillationOptions` + :func:`distillation_objective`: a frozen teacher and the
   classification/distillation loss pair (LwF, iCaRL and the study's loss ablation);
 - :class:`MemoryOptions` + :class:`ExemplarClassifiers`: iCaRL's fixed exemplar memory and the
-  classifiers fitted on it (NME, scikit-learn KNN/SVM/MLP), for any method that keeps exemplars.
+  classifiers fitted on it (NME, scikit-learn KNN/SVM/MLP), for any method that keeps exemplars;
+- :class:`BufferOptions` + :class:`BufferMethod`: a reservoir buffer sampled every step (ER, DER, ER-ACE),
+  the stream batch and its replay minibatch in one forward pass (:func:`forward_with_replay`), the buffer
+  in checkpoints and reports; :func:`draw_replay` for a further minibatch (DER++).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from typing import Literal
 
 import torch
 
+from ..buffers import ReservoirBuffer
 from ..classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
 from ..distill import DistillationObjective, LossSetup
 from ..errors import ConfigError
 from ..memory import ExemplarMemory
 from ..scenarios import Scenario
 from ..schema import option
-from .base import MethodOptions
+from .base import Batch, Method, MethodOptions, Output
 
 VARIANT_LOSSES = {"original": ("ce", "kd"), "icarl": ("bce", "bce")}
 
@@ -150,3 +154,53 @@ class ExemplarClassifiers:
         # scikit-learn models are not checkpointed (weights_only): end_task refits them before they are used
         self.nme.load_state_dict(state or {})
         self.fitted = {}
+
+
+# --- replay buffers sampled at every step (ER, DER, ER-ACE) ----------------------------------------------
+@dataclasses.dataclass
+class BufferOptions(MethodOptions):
+    buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the DER paper's smallest)")
+    replay_batch_size: int | None = option(None, min=1, help="samples replayed per step (default: the stream "
+                                                             "batch size, as in the papers)")
+
+
+def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:
+    """One forward pass over the stream batch and its replay minibatch: the stream rows first, then the
+    replayed ones (BatchNorm, if any, sees them together)."""
+    inputs = batch.inputs if batch.replay is None else torch.cat([batch.inputs, batch.replay.inputs])
+    features = model.features(inputs)
+    return Output(features, model.head(features))
+
+
+def draw_replay(sampler, n: int, augment) -> Batch:
+    """A further augmented minibatch from a replay sampler, drawn with the global RNG like the loop's."""
+    drawn = sampler.sample(n)
+    images, labels, indices = drawn.pop("images"), drawn.pop("labels"), drawn.pop("indices")
+    task_ids = drawn.pop("task_ids", torch.zeros_like(labels))
+    return Batch(inputs=augment(images), images=images, labels=labels, task_ids=task_ids, indices=indices,
+                 extras=drawn)
+
+
+class BufferMethod(Method):
+    """A method replaying a minibatch of a reservoir buffer (``self.replay``) at every step: one forward
+    pass over the stream batch and the replayed samples, the buffer in checkpoints and in the report.
+    Subclasses fill the buffer (``after_step``) and say what the loss does with the replayed rows."""
+
+    Options = BufferOptions
+
+    def __init__(self, options: BufferOptions, model: torch.nn.Module, context):
+        super().__init__(options, model, context)
+        self.replay = ReservoirBuffer(options.buffer_size, context.device)
+        self.replay_batch_size = options.replay_batch_size  # None: the loop uses the stream batch size
+
+    def forward(self, batch: Batch) -> Output:
+        return forward_with_replay(self.model, batch)
+
+    def exemplars(self) -> dict | None:
+        return self.replay.exemplars()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.replay.load_state_dict(state["buffer"])
