@@ -115,6 +115,8 @@ def cmd_list(args) -> int:
         for name, text in rows:
             print(f"  {name:<{width}}  {text}")
             if args.options and title == "methods":
+                if METHODS[name].paper:
+                    print(f"  {'':<{width}}    paper: {METHODS[name].paper}")
                 for option, kind, default, help_text in describe(METHODS[name].Options):
                     if option != "name":
                         print(f"  {'':<{width}}    {option} ({kind}, default {default!r}) {help_text}")

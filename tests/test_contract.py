@@ -36,6 +36,8 @@ OPTIONS = {  # small settings for a fast digits run; everything else stays at th
     "wa": {"memory_size": 30},
     "lucir": {"memory_size": 30},
     "podnet": {"memory_size": 30, "proxies": 2, "finetune_epochs": 2},
+    "gdumb": {"epochs": 3, "buffer_size": 60},
+    "mas": {"importance_samples": 40},
 }
 DOMAIN_ONLY = {"iid"}  # methods for a fixed label space (domain streams)
 

@@ -17,8 +17,16 @@ from .bic import BiC
 from .wa import WA
 from .lucir import LUCIR
 from .podnet import PODNet
+from .er import ER
+from .der import DER, DERpp
+from .er_ace import ERACE
+from .agem import AGEM
+from .gdumb import GDumb
+from .si import SI
+from .mas import MAS
 
-BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet)
+BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet,
+                                     ER, DER, DERpp, ERACE, AGEM, GDumb, SI, MAS)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN}
 
 

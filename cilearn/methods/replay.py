@@ -1,9 +1,10 @@
-"""Experience replay with sample-selection metrics, and the IID-stream baseline.
+"""Experience replay where the buffer joins the training data, with sample-selection metrics; the IID baseline.
 
-``replay``: after each experience, a share of its training samples (``fraction`` of them, or a fixed
-``per_experience`` count) joins a replay buffer; every later experience trains on its own data plus the
-whole buffer (``training_data`` = task.train + buffer).  The buffer only grows: experience ``t`` keeps
-its samples for the rest of the stream.
+``replay`` — the seed study's variant of experience replay (not the per-step minibatch replay of
+Chaudhry et al., which is ``er``): after each experience, a share of its training samples (``fraction``
+of them, or a fixed ``per_experience`` count) joins a replay buffer; every later experience trains on
+its own data plus the whole buffer (``training_data`` = task.train + buffer), shuffled together.  The
+buffer only grows: experience ``t`` keeps its samples for the rest of the stream.
 
 Which samples are kept is decided by a metric computed with the model just trained on the experience
 (``context.infer``: evaluation mode, no augmentation), over the whole experience at once (no
@@ -16,7 +17,8 @@ per-class stratification, on purpose: the metric alone decides):
 - ``random``: a seeded uniform choice.
 
 ``keep: hardest`` (default) keeps the largest error / entropy and the smallest margin; ``keep: easiest``
-the opposite.  In task-incremental scenarios the metric uses each sample's own task head.
+the opposite.  In task-incremental scenarios the metric uses each sample's own task head.  ``er`` offers
+the same metrics for its fixed-size buffer (``selection``).
 
 ``exemplars: collage`` stores collages instead (the iCaRL study's proposal, :mod:`cilearn.exemplars.collage`):
 the metric picks 4× as many samples and each class's picks, four by four, become one collage, so the
@@ -69,20 +71,34 @@ def selection_metric(logits: torch.Tensor, labels: torch.Tensor, metric: str,
     raise ValueError(f"unknown selection metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
-def select(values: np.ndarray, count: int, metric: str, keep: str = "hardest",
-           rng: np.random.RandomState | None = None) -> np.ndarray:
-    """Indices (sorted) of the ``count`` samples to keep.
-
-    Hard = large ``error_l2``/``entropy``, small ``margin``; ties break by index (stable sort).
-    ``random`` ignores ``values`` and ``keep`` and draws from ``rng``."""
+def rank(values: np.ndarray, metric: str, keep: str = "hardest",
+         rng: np.random.RandomState | None = None) -> np.ndarray:
+    """Every sample's index, the one to keep first at the front: hardest first (large ``error_l2``/``entropy``,
+    small ``margin``; ``keep: easiest`` reverses it), ties broken by index (stable sort).  ``random``
+    ignores ``values`` and ``keep`` and returns a permutation drawn from ``rng``."""
     n = len(values)
-    count = max(0, min(int(count), n))
     if metric == "random":
         rng = rng if rng is not None else np.random.RandomState(0)
-        return np.sort(rng.permutation(n)[:count])
+        return rng.permutation(n)
     hardness = -np.asarray(values, dtype=np.float64) if metric == "margin" else np.asarray(values, dtype=np.float64)
-    order = np.argsort(-hardness if keep == "hardest" else hardness, kind="stable")
-    return np.sort(order[:count])
+    return np.argsort(-hardness if keep == "hardest" else hardness, kind="stable")
+
+
+def select(values: np.ndarray, count: int, metric: str, keep: str = "hardest",
+           rng: np.random.RandomState | None = None) -> np.ndarray:
+    """Indices (sorted) of the ``count`` samples to keep: the first ``count`` of :func:`rank`."""
+    count = max(0, min(int(count), len(values)))
+    return np.sort(rank(values, metric, keep, rng)[:count])
+
+
+def metric_values(method: Method, data: ImageData, metric: str) -> np.ndarray:
+    """``metric`` of every sample of ``data`` under the method's current model (no augmentation)."""
+    if metric == "random":
+        return np.zeros(len(data))
+    _, logits = method.context.infer(data.images)
+    labels = torch.as_tensor(data.labels, device=logits.device)
+    mask = method.head_mask(labels)  # task-incremental: each sample scored within its task head
+    return selection_metric(logits, labels, metric, mask).cpu().numpy()
 
 
 def buffer_size(n: int, fraction: float | None, per_experience: int | None) -> int:
@@ -110,7 +126,8 @@ class ReplayOptions(MethodOptions):
 
 class Replay(Method):
     name = "replay"
-    description = "experience replay: keep a share of every experience (selected by error/entropy/margin/random)"
+    description = ("experience replay, buffer joins the training data: keep a share of every experience "
+                   "(selected by error/entropy/margin/random)")
     Options = ReplayOptions
 
     def __init__(self, options, model, context):
@@ -151,12 +168,7 @@ class Replay(Method):
 
     def selection_values(self, data: ImageData) -> np.ndarray:
         """The metric of every sample of ``data`` under the current model (no augmentation)."""
-        if self.options.metric == "random":
-            return np.zeros(len(data))
-        _, logits = self.context.infer(data.images)
-        labels = torch.as_tensor(data.labels, device=logits.device)
-        mask = self.head_mask(labels)  # task-incremental: each sample scored within its task head
-        return selection_metric(logits, labels, self.options.metric, mask).cpu().numpy()
+        return metric_values(self, data, self.options.metric)
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
         data = task.train  # only this experience's own samples join the buffer

@@ -1,0 +1,95 @@
+"""A-GEM, averaged gradient episodic memory (Chaudhry et al., ICLR 2019).
+
+An episodic memory keeps ``buffer_size // tasks`` samples of every finished task (drawn at random at the
+task's end).  Every step, after the stream batch's gradient ``g`` is computed, the reference gradient
+``g_ref`` of the loss on a minibatch of the memory (``replay_batch_size``, drawn by the loop) is computed
+with the same weights; if the two disagree (``g·g_ref < 0``) the update is projected so that it no longer
+increases the memory's loss to first order::
+
+    g̃ = g − (g·g_ref / g_ref·g_ref) · g_ref
+
+otherwise ``g`` is used unchanged.  Gradients are flattened over every parameter the optimizer trains.
+The memory's loss is the classification loss on the classes seen so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..augment import to_tensor_images
+from ..buffers import TensorStore
+from ..data import ImageData
+from ..scenarios import Task
+from ..schema import option
+from .base import Batch, Method, MethodOptions, Output
+
+
+@dataclasses.dataclass
+class AGEMOptions(MethodOptions):
+    buffer_size: int = option(200, min=1, help="episodic memory: buffer_size // tasks random samples of each task")
+    replay_batch_size: int = option(256, min=1, help="memory samples of each reference gradient (A-GEM's "
+                                                     "MNIST and CIFAR setting)")
+
+
+def project(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """A-GEM's rule: ``grad`` itself when ``grad·reference ≥ 0``, else its projection
+    ``grad − (grad·reference / reference·reference) · reference`` (orthogonal to ``reference``)."""
+    dot = torch.dot(grad, reference)
+    if dot >= 0:
+        return grad
+    return grad - (dot / torch.dot(reference, reference)) * reference
+
+
+class AGEM(Method):
+    name = "agem"
+    description = "A-GEM: project the gradient when it would increase the loss on an episodic memory"
+    paper = "Chaudhry, Ranzato, Rohrbach & Elhoseiny, Efficient Lifelong Learning with A-GEM, ICLR 2019"
+    Options = AGEMOptions
+
+    def __init__(self, options: AGEMOptions, model, context):
+        super().__init__(options, model, context)
+        self.replay = TensorStore(options.buffer_size, context.device)
+        self.replay_batch_size = options.replay_batch_size
+        self.reference: Batch | None = None  # this step's memory minibatch, used in before_step
+        self.projected = 0  # steps whose gradient was projected (a diagnostic)
+
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        self.reference = batch.replay
+        return super().loss(out, batch)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        reference, self.reference = self.reference, None
+        if reference is None:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        reference_loss = self.classification_loss(self.seen_logits(self.model(reference.inputs)), reference.labels)
+        reference_grads = torch.autograd.grad(reference_loss, params, allow_unused=True)
+        grad = torch.cat([p.grad.reshape(-1) for p in params])
+        ref = torch.cat([(torch.zeros_like(p) if r is None else r).reshape(-1)
+                         for p, r in zip(params, reference_grads)])
+        projected = project(grad, ref)
+        if projected is not grad:
+            self.projected += 1
+            offset = 0
+            for p in params:
+                p.grad.copy_(projected[offset: offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+
+    def end_task(self, task: Task, train_data: ImageData) -> None:
+        count = min(self.options.buffer_size // len(self.context.scenario), len(task.train))
+        generator = torch.Generator().manual_seed(self.context.seed * 1000 + task.index)
+        pick = torch.randperm(len(task.train), generator=generator)[:count].numpy()
+        device = self.context.device
+        self.replay.extend(to_tensor_images(task.train.images[pick], device),
+                           torch.as_tensor(task.train.labels[pick], device=device))
+
+    def exemplars(self) -> dict | None:
+        return self.replay.exemplars()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.replay.load_state_dict(state["buffer"])

@@ -1,0 +1,50 @@
+"""ER-ACE: experience replay with an asymmetric cross-entropy (Caccia et al., ICLR 2022).
+
+The reservoir buffer and per-step replay of ER, but the two halves of the batch see different softmaxes:
+
+- the incoming (stream) batch: cross-entropy over the outputs of **the classes present in that batch**
+  only — the other classes' logits are masked out, so learning new classes does not push the old
+  classes' outputs down (the paper's remedy for the abrupt representation change at task switches);
+- the replayed minibatch: cross-entropy over every class seen so far.
+
+The loss is their sum, as in the paper.  The mask applies from the first task on (the paper's code runs
+ER-ACE task-free).  In task-incremental scenarios the stream batch's mask is also restricted to each
+sample's own task head.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import classification_loss
+from .base import Batch, Output
+from .components import BufferMethod
+
+
+def present_class_mask(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    """(N, C) bool: the outputs of the classes that occur in ``labels``, for every sample."""
+    present = torch.zeros(num_outputs, dtype=torch.bool, device=labels.device)
+    present[labels] = True
+    return present.expand(len(labels), num_outputs)
+
+
+class ERACE(BufferMethod):
+    name = "er_ace"
+    description = "ER-ACE: replay with an asymmetric cross-entropy (stream: present classes only; replay: all seen)"
+    paper = ("Caccia et al., New Insights on Reducing Abrupt Representation Change in Online Continual "
+             "Learning, ICLR 2022")
+
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        n = len(batch)
+        logits = self.seen_logits(out.logits)
+        mask = present_class_mask(batch.labels, logits.shape[1])
+        head = self.head_mask(batch.labels)
+        if head is not None:
+            mask = mask & head[:, : logits.shape[1]]
+        loss = classification_loss(self.options.classification_loss, logits[:n], batch.labels, mask)
+        if batch.replay is not None:
+            loss = loss + self.classification_loss(logits[n:], batch.replay.labels)
+        return loss
+
+    def after_step(self, batch: Batch, out: Output) -> None:
+        self.replay.add(batch.images, batch.labels, {"task_ids": batch.task_ids})

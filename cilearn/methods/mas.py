@@ -1,0 +1,80 @@
+"""Memory Aware Synapses (Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars, ECCV 2018).
+
+A parameter is important when the network's output is sensitive to it.  After each task, on (up to
+``importance_samples`` of) the task's training data, without labels, in evaluation mode::
+
+    Ω_task = mean_k | ∂ ‖F(x_k; θ)‖²₂ / ∂θ |
+
+with ``F`` the network's outputs (the logits of the classes seen so far) and exact **per-sample** gradients
+(:func:`~cilearn.importance.per_sample_gradient_mean`).  The importance accumulates over tasks
+(``Ω ← Ω + Ω_task``, as the authors' code) and the anchor ``θ*`` becomes the current weights; training
+adds ``λ · Σ Ω (θ − θ*)²`` (:class:`~cilearn.importance.ImportancePenalty`, shared with EWC and SI).
+
+A parameter that does not affect the outputs on the task's data (say, the weight of an input pixel that
+is always zero) gets no importance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..data import ImageData
+from ..importance import ImportancePenalty, per_sample_gradient_mean
+from ..scenarios import Task
+from ..schema import option
+from .base import Batch, Method, MethodOptions, Output
+
+
+@dataclasses.dataclass
+class MASOptions(MethodOptions):
+    mas_lambda: float = option(1.0, min=0.0, help="λ, penalty strength (paper: 1)")
+    importance_samples: int | None = option(None, min=1, help="training samples of each task the importance is "
+                                                              "estimated on (default: all of them)")
+    importance_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time")
+
+
+class MAS(Method):
+    name = "mas"
+    description = "Memory Aware Synapses: quadratic penalty weighted by the output's sensitivity to each parameter"
+    paper = "Aljundi et al., Memory Aware Synapses: Learning what (not) to forget, ECCV 2018"
+    Options = MASOptions
+
+    def __init__(self, options: MASOptions, model, context):
+        super().__init__(options, model, context)
+        self.quadratic = ImportancePenalty()
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self.quadratic.forget_terms()  # the head may have grown: new parameter objects
+
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        loss = super().loss(out, batch)
+        if self.quadratic and self.options.mas_lambda > 0:
+            loss = loss + self.options.mas_lambda * self.quadratic(self.model)
+        return loss
+
+    def estimate_importance(self, data: ImageData) -> dict[str, torch.Tensor]:
+        """mean over samples of |∂‖F(x)‖² / ∂θ| (labels are not used)."""
+        count = len(data) if self.options.importance_samples is None else min(self.options.importance_samples, len(data))
+        generator = torch.Generator().manual_seed(self.context.seed * 1000 + (self.task.index if self.task else 0))
+        pick = torch.randperm(len(data), generator=generator)[:count].sort().values.numpy()
+        seen = self.num_seen
+
+        def squared_output_norm(logits, target):
+            return logits[:, :seen].float().square().sum()
+
+        normalize = getattr(self.context.augment, "normalize", self.context.augment)
+        dummy_targets = torch.zeros(count, dtype=torch.long, device=self.context.device)
+        return per_sample_gradient_mean(self.model, data.images[pick], dummy_targets, squared_output_norm,
+                                        normalize, "abs", self.options.importance_batch_size, self.context.device)
+
+    def end_task(self, task: Task, train_data: ImageData) -> None:
+        self.quadratic.consolidate(self.model, self.estimate_importance(task.train))  # the task's own data
+
+    def state_dict(self) -> dict:
+        return self.quadratic.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.quadratic.load_state_dict(state, self.context.device)

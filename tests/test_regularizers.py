@@ -1,0 +1,202 @@
+"""SI and MAS on a tiny linear network whose importances can be worked out by hand, and the quadratic penalty
+they share with EWC (cilearn.importance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cilearn.augment import BatchAugment
+from cilearn.data import ImageData
+from cilearn.evaluate import Inference
+from cilearn.importance import ImportancePenalty
+from cilearn.methods import Batch, MethodContext, Output, method_class, method_options
+from cilearn.models.net import IncrementalNet
+from cilearn.scenarios import class_incremental
+from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+
+
+def tiny_data(n: int = 40) -> ImageData:
+    """Three-pixel 'images' (1×1, 3 channels): pixel 0 ∈ {0, 255} decides the class, pixel 1 is noise,
+    pixel 2 is always 0 — its weights can never matter."""
+    rng = np.random.RandomState(0)
+    labels = np.arange(n) % 4
+    images = np.zeros((n, 1, 1, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.where(labels % 2, 255, 0)
+    images[:, 0, 0, 1] = rng.randint(0, 256, n)
+    return ImageData(images, labels, ["a", "b", "c", "d"])
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    from cilearn.data import DatasetSplits
+
+    data = tiny_data()
+    splits = DatasetSplits(name="tiny", display_name="tiny", train=data, test=data)
+    return class_incremental(splits, 2, class_order="sorted")
+
+
+def linear_net() -> IncrementalNet:
+    """A linear classifier on the three pixels: the growing head on the flattened image."""
+    return IncrementalNet(torch.nn.Flatten(), 3)
+
+
+def make(scenario, name: str, **options):
+    """The method on :func:`linear_net`, pixels scaled to [0, 1] (mean 0, std 1)."""
+    torch.manual_seed(0)
+    model = linear_net()
+    augment = BatchAugment((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    device = torch.device("cpu")
+    context = MethodContext(scenario=scenario, device=device, seed=0, infer=Inference(model, augment, device, 64),
+                            augment=augment)
+    method = method_class(name)(method_options({"name": name, **options}), model, context)
+    return method
+
+
+def start(method, task) -> None:
+    method.model.add_classes(len(task.new_classes))
+    method.begin_task(task)
+
+
+# --- the shared quadratic penalty ------------------------------------------------------------------------
+def test_penalty_value_and_closed_form_gradient():
+    model = linear_net()
+    model.add_classes(2)
+    penalty = ImportancePenalty()
+    weight = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, 3.0]])
+    penalty.consolidate(model, {"head.chunks.0.weight": weight})
+    assert penalty(model).item() == 0.0  # at the anchor
+    with torch.no_grad():
+        model.head.chunks[0].weight.add_(torch.tensor([[1.0, -1.0, 5.0], [2.0, 0.0, 1.0]]))
+    # Σ Ω Δ² = 1·1 + 2·1 + 0·25 + 0.5·4 + 0 + 3·1 = 8
+    assert penalty(model).item() == pytest.approx(8.0)
+    value = penalty(model)
+    (autograd,) = torch.autograd.grad(value, [model.head.chunks[0].weight])
+    assert torch.allclose(penalty.gradient(model)["head.chunks.0.weight"], autograd)
+    penalty.consolidate(model, {"head.chunks.0.weight": torch.ones(2, 3)}, decay=0.5)  # Ω ← 0.5·Ω + Ω_task
+    assert torch.allclose(penalty.importance["head.chunks.0.weight"], 0.5 * weight + 1)
+    assert penalty(model).item() == 0.0  # the anchor moved to the current weights
+
+
+# --- SI ------------------------------------------------------------------------------------------------
+def sgd_step(method, optimizer, grads: dict) -> None:
+    """One step as the loop makes it, with the given gradients (before_step → step → after_step)."""
+    optimizer.zero_grad()
+    for name, param in method.model.named_parameters():
+        param.grad = grads.get(name, torch.zeros_like(param)).clone()
+    method.before_step(optimizer)
+    optimizer.step()
+    method.after_step(None, None)
+
+
+def test_si_importance_is_the_path_integral_by_hand(scenario):
+    method = make(scenario, "si", si_c=1.0, xi=0.01)
+    start(method, scenario[0])
+    params = dict(method.model.named_parameters())
+    optimizer = torch.optim.SGD(params.values(), lr=0.1)
+    grad = torch.zeros(2, 3)
+    grad[0, 0] = 1.0  # only w[0, 0] has a gradient: three steps of −0.1 each
+    for _ in range(3):
+        sgd_step(method, optimizer, {"head.chunks.0.weight": grad})
+    # ω = Σ −g·Δθ = 3 · (1 · 0.1) = 0.3 ; Δ over the task = −0.3 ; Ω = 0.3 / (0.09 + 0.01) = 3
+    method.end_task(scenario[0], scenario[0].train)
+    omega = method.quadratic.importance["head.chunks.0.weight"]
+    assert omega[0, 0].item() == pytest.approx(3.0, rel=1e-5)
+    assert omega.flatten()[1:].abs().max().item() == 0.0  # parameters that never moved: no importance
+    assert method.quadratic.importance["head.chunks.0.bias"].abs().max().item() == 0.0
+    assert torch.equal(method.quadratic.anchor["head.chunks.0.weight"], params["head.chunks.0.weight"].detach())
+
+
+def test_si_integrates_the_task_gradient_without_the_penalty(scenario):
+    method = make(scenario, "si", si_c=2.0, xi=0.01)
+    start(method, scenario[0])
+    optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
+    grad = torch.zeros(2, 3)
+    grad[0, 0] = 1.0
+    for _ in range(3):
+        sgd_step(method, optimizer, {"head.chunks.0.weight": grad})
+    method.end_task(scenario[0], scenario[0].train)
+    start(method, scenario[1])
+    weight = dict(method.model.named_parameters())["head.chunks.0.weight"]
+    with torch.no_grad():
+        weight[0, 0] += 0.5  # away from the anchor: the penalty now has a gradient 2cΩΔ = 2·2·3·0.5 = 6
+    penalty_grad = 2.0 * method.quadratic.gradient(method.model)["head.chunks.0.weight"]
+    assert penalty_grad[0, 0].item() == pytest.approx(6.0, rel=1e-5)
+    task_grad = torch.zeros(2, 3)
+    task_grad[0, 0] = 1.0
+    sgd_step(method, optimizer, {"head.chunks.0.weight": task_grad + penalty_grad})  # what backward gives
+    # the step moved w[0, 0] by −0.1 · 7 = −0.7; ω takes only the task's part: −1 · (−0.7) = 0.7
+    assert method.path["head.chunks.0.weight"][0, 0].item() == pytest.approx(0.7, rel=1e-5)
+
+
+def test_si_on_a_real_run_gives_no_importance_to_a_pixel_that_is_always_zero(scenario):
+    method = make(scenario, "si", si_c=0.1)
+    start(method, scenario[0])
+    from cilearn.augment import to_tensor_images
+
+    data = scenario[0].train
+    images = to_tensor_images(data.images)
+    labels = torch.as_tensor(data.labels)
+    optimizer = torch.optim.SGD(method.model.parameters(), lr=0.5)
+    for _ in range(20):
+        inputs = method.context.augment(images)
+        batch = Batch(inputs, images, labels, torch.zeros_like(labels), torch.arange(len(labels)))
+        out = method.forward(batch)
+        optimizer.zero_grad()
+        method.loss(out, batch).backward()
+        method.before_step(optimizer)
+        optimizer.step()
+        method.after_step(batch, out)
+    method.end_task(scenario[0], data)
+    omega = method.quadratic.importance["head.chunks.0.weight"]
+    assert omega[:, 2].abs().max().item() == 0.0  # the always-zero pixel's weights never moved
+    assert omega[:, 0].min().item() > 0  # the pixel that decides the class matters
+
+
+# --- MAS ------------------------------------------------------------------------------------------------
+def test_mas_importance_by_hand(scenario):
+    method = make(scenario, "mas")
+    start(method, scenario[0])
+    with torch.no_grad():
+        chunk = method.model.head.chunks[0]
+        chunk.weight.copy_(torch.tensor([[1.0, 0.0, 7.0], [0.0, 2.0, -3.0]]))
+        chunk.bias.copy_(torch.tensor([0.0, 1.0]))
+    images = np.zeros((2, 1, 1, 3), dtype=np.uint8)
+    images[0, 0, 0] = [255, 0, 0]    # x₁ = (1, 0, 0): f(x₁) = (1, 1)
+    images[1, 0, 0] = [255, 255, 0]  # x₂ = (1, 1, 0): f(x₂) = (1, 3)
+    data = ImageData(images, np.array([0, 1]), ["a", "b", "c", "d"])
+    importance = method.estimate_importance(data)
+    # ∂‖f‖²/∂W = 2 f xᵀ, ∂‖f‖²/∂b = 2 f:  x₁ → [[2, 0, 0], [2, 0, 0]], [2, 2];  x₂ → [[2, 2, 0], [6, 6, 0]], [2, 6]
+    assert importance["head.chunks.0.weight"].tolist() == [[2.0, 1.0, 0.0], [4.0, 3.0, 0.0]]
+    assert importance["head.chunks.0.bias"].tolist() == [2.0, 4.0]
+    # the third pixel is 0 in every sample: its weights never affect the outputs, whatever their value
+
+
+def test_mas_accumulates_over_tasks_and_penalises_with_lambda(scenario):
+    method = make(scenario, "mas", mas_lambda=0.5)
+    start(method, scenario[0])
+    first = method.estimate_importance(scenario[0].train)
+    method.end_task(scenario[0], scenario[0].train)
+    assert torch.equal(method.quadratic.importance["head.chunks.0.weight"], first["head.chunks.0.weight"])
+    start(method, scenario[1])
+    second = method.estimate_importance(scenario[1].train)
+    method.end_task(scenario[1], scenario[1].train)
+    assert torch.allclose(method.quadratic.importance["head.chunks.0.weight"],
+                          first["head.chunks.0.weight"] + second["head.chunks.0.weight"])  # Ω ← Ω + Ω_task
+    assert "head.chunks.1.weight" in method.quadratic.importance
+    with torch.no_grad():
+        method.model.head.chunks[0].bias.add_(1.0)
+    expected = 0.5 * method.quadratic.importance["head.chunks.0.bias"].sum().item()
+    logits = method.model(torch.zeros(1, 3, 1, 1))
+    batch = Batch(torch.zeros(1, 3, 1, 1), torch.zeros(1, 3, 1, 1), torch.tensor([0]), torch.tensor([0]),
+                  torch.arange(1))
+    ce = method.classification_loss(logits, torch.tensor([0])).item()
+    assert method.loss(Output(torch.zeros(1, 3), logits), batch).item() == pytest.approx(ce + expected, rel=1e-5)
+
+
+def test_si_and_mas_runs_on_digits(tmp_path):
+    for name, options in (("si", {"si_c": 0.1, "xi": 0.1}), ("mas", {"mas_lambda": 0.01, "importance_samples": 50})):
+        run = make_run(tmp_path / name, {"name": name, **options}, num_tasks=2, epochs=2)
+        result = run.execute()
+        assert result["complete"] and result["accuracy_matrix"][0][0] > 0.9, name

@@ -1,0 +1,302 @@
+"""The defining mechanism of each replay method, on tiny hand-checkable cases: ER (stream + same-size replay
+minibatch, reservoir or metric-selected buffer), DER/DER++ (stored logits and the logit-matching term),
+ER-ACE (the asymmetric mask), A-GEM (the gradient projection), GDumb (class-balanced memory, a network
+re-initialised and trained on the memory only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cilearn.augment import BatchAugment
+from cilearn.data import load_dataset
+from cilearn.evaluate import Inference
+from cilearn.methods import Batch, MethodContext, method_class, method_options
+from cilearn.methods.agem import project
+from cilearn.methods.er import experience_shares
+from cilearn.methods.er_ace import present_class_mask
+from cilearn.methods.replay import metric_values, rank
+from cilearn.models import build_model
+from cilearn.scenarios import class_incremental
+from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3)
+
+
+def make_method(scenario, name: str, **options):
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    augment = BatchAugment(scenario.mean, scenario.std)
+
+    def build():
+        return build_model("mlp", 1, 8, hidden=[16])
+
+    model = build()
+    context = MethodContext(scenario=scenario, device=device, seed=0, infer=Inference(model, augment, device, 256),
+                            augment=augment, build_model=build)
+    return method_class(name)(method_options({"name": name, **options}), model, context)
+
+
+def start(method, task) -> None:
+    """Grow the head as the run does (all outputs at once for a full-head method) and begin the task."""
+    if method.full_head:
+        if method.model.num_classes == 0:
+            for t in method.context.scenario:
+                method.model.add_classes(len(t.new_classes))
+    else:
+        method.model.add_classes(len(task.new_classes))
+    method.begin_task(task)
+
+
+def stream_batch(method, task, index) -> Batch:
+    data = task.train
+    images = torch.from_numpy(data.images[index]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(data.labels[index])
+    return Batch(inputs=method.context.augment(images), images=images, labels=labels,
+                 task_ids=torch.full_like(labels, task.index), indices=torch.as_tensor(index))
+
+
+def constant_logits(model, values) -> None:
+    """Make the network output ``values`` for every input: zero weights, the head's biases = values."""
+    values = torch.as_tensor(values, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for chunk, part in zip(model.head.chunks, values.split([c.out_features for c in model.head.chunks])):
+            chunk.bias.copy_(part)
+
+
+# --- ER ------------------------------------------------------------------------------------------------
+def test_er_trains_every_step_on_the_stream_batch_plus_a_same_size_replay_minibatch(tmp_path):
+    run = make_run(tmp_path, {"name": "er", "buffer_size": 50}, num_tasks=2, epochs=1)
+    method = run.method
+    seen = []
+    original_loss = method.loss
+
+    def recording_loss(out, batch):
+        seen.append((len(batch), None if batch.replay is None else len(batch.replay), out.logits.shape[0],
+                     None if batch.replay is None else batch.replay.labels.clone()))
+        value = original_loss(out, batch)
+        labels = batch.labels if batch.replay is None else torch.cat([batch.labels, batch.replay.labels])
+        expected = F.cross_entropy(out.logits[:, : method.num_seen], labels)  # one CE over the joint batch
+        assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+        return value
+
+    method.loss = recording_loss
+    run.run_task(run.scenario[0])
+    first = len(seen)
+    assert seen[0][1] is None  # the buffer is empty before the first step
+    for n, replayed, rows, _ in seen[1:]:
+        assert replayed == n and rows == 2 * n  # the same number of replayed samples, in the same forward
+    run.run_task(run.scenario[1])
+    assert any(bool((labels < 2).any()) for *_, labels in seen[first:])  # old classes come back in task 2
+    buffer = method.replay
+    assert buffer.seen == sum(len(t.train) for t in run.scenario[:2])  # every stream batch was offered
+    assert len(buffer) == 50
+
+
+def test_er_metric_selection_divides_the_buffer_between_experiences(scenario):
+    method = make_method(scenario, "er", buffer_size=11, selection="error_l2")
+    assert experience_shares(11, 2).tolist() == [6, 5] and experience_shares(11, 3).tolist() == [4, 4, 3]
+    rankings = []
+    for task in scenario:
+        start(method, task)
+        method.end_task(task, task.train)
+        values = metric_values(method, task.train, "error_l2")
+        rankings.append(rank(values, "error_l2", "hardest"))
+        store = method.replay
+        experience = store.extras["task_ids"][: store.size].numpy()
+        ranks = store.extras["rank"][: store.size].numpy()
+        shares = experience_shares(11, task.index + 1)
+        assert np.bincount(experience, minlength=task.index + 1).tolist() == shares.tolist()
+        for e in range(task.index + 1):  # each experience keeps the front of its own ranking (the hardest)
+            mine = np.flatnonzero(experience == e)
+            mine = mine[np.argsort(ranks[mine])]
+            assert ranks[mine].tolist() == list(range(shares[e]))
+            expected = torch.from_numpy(scenario[e].train.images[rankings[e][: shares[e]]]).permute(0, 3, 1, 2)
+            assert torch.equal(store.images[torch.as_tensor(mine)], expected)
+    hardest = rank(np.array([0.1, 0.9, 0.5]), "error_l2", "hardest")
+    assert hardest.tolist() == [1, 2, 0]  # large L2 error first
+
+
+# --- DER / DER++ ---------------------------------------------------------------------------------------
+def test_der_stores_the_logits_the_model_produced(scenario):
+    method = make_method(scenario, "der", buffer_size=50)
+    task = scenario[0]
+    start(method, task)
+    assert method.model.num_classes == 6  # every class's output from the first task (the paper's network)
+    batch = stream_batch(method, task, np.arange(10))
+    out = method.forward(batch)
+    method.after_step(batch, out)
+    stored = method.replay.extras["logits"][:10]
+    assert torch.equal(stored, out.logits.detach())  # exactly what the network output, all 6 outputs
+    assert torch.equal(method.replay.labels[:10], batch.labels)
+    assert torch.equal(method.replay.images[:10], batch.images)  # un-augmented, as the stream stores them
+
+
+def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario):
+    task = scenario[0]
+    for name, options in (("der", {"alpha": 0.2}), ("derpp", {"alpha": 0.2, "beta": 0.5})):
+        method = make_method(scenario, name, buffer_size=20, **options)
+        start(method, task)
+        constant_logits(method.model, [1, 0, 0, 0, 0, 0])
+        stream = stream_batch(method, task, np.arange(4))
+        stream.labels = torch.zeros(4, dtype=torch.long)
+        memory = stream_batch(method, task, np.arange(10, 13))
+        # a buffer holding these three samples with stored logits z = 0 (label 0)
+        method.replay.add(memory.images, torch.zeros(3, dtype=torch.long),
+                          {"logits": torch.zeros(3, 6), "width": torch.full((3,), 6)})
+        memory.labels = torch.zeros(3, dtype=torch.long)
+        memory.extras = {"logits": torch.zeros(3, 6), "width": torch.full((3,), 6)}
+        stream.replay = memory
+        loss = method.loss(method.forward(stream), stream)
+        ce = math.log(math.e + 1) - 1  # CE of logits (1, 0) over the 2 seen classes, label 0
+        mse = 1 / 6  # mean over 3 samples × 6 outputs of (f − z)², f = (1, 0, 0, 0, 0, 0)
+        expected = ce + 0.2 * mse + (0.5 * ce if name == "derpp" else 0.0)  # DER++: CE on a 2nd minibatch
+        assert loss.item() == pytest.approx(expected, rel=1e-6), name
+
+
+def test_derpp_draws_its_second_minibatch_itself(scenario):
+    from cilearn.methods.components import draw_replay
+
+    method = make_method(scenario, "derpp", buffer_size=100)
+    task = scenario[0]
+    start(method, task)
+    for step in range(10):
+        batch = stream_batch(method, task, np.arange(step * 10, step * 10 + 10))
+        method.after_step(batch, method.forward(batch))
+    drawn = []
+    original = method.replay.sample
+    method.replay.sample = lambda n: drawn.append(n) or original(n)
+    batch = stream_batch(method, task, np.arange(4))
+    batch.replay = draw_replay(method.replay, 8, method.context.augment)  # what the loop hands the method
+    method.loss(method.forward(batch), batch)
+    assert drawn == [8, 8]  # the loop's minibatch for the MSE, then DER++'s own one for the CE
+
+
+# --- ER-ACE --------------------------------------------------------------------------------------------
+def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
+    method = make_method(scenario, "er_ace", buffer_size=20)
+    start(method, scenario[0])
+    start(method, scenario[1])  # 4 classes seen
+    bias = torch.tensor([0.5, 2.0, -1.0, 1.5])
+    constant_logits(method.model, bias)
+    stream = stream_batch(method, scenario[1], np.arange(2))
+    stream.labels = torch.tensor([0, 2])  # classes 0 and 2 present; 1 and 3 absent
+    memory = stream_batch(method, scenario[0], np.arange(1))
+    memory.labels = torch.tensor([1])
+    stream.replay = memory
+    assert present_class_mask(stream.labels, 4).tolist() == [[True, False, True, False]] * 2
+    loss = method.loss(method.forward(stream), stream)
+    b = bias.tolist()
+    stream_ce = (math.log(math.exp(b[0]) + math.exp(b[2])) * 2 - b[0] - b[2]) / 2  # softmax over {0, 2} only
+    replay_ce = math.log(sum(math.exp(v) for v in b)) - b[1]  # softmax over every seen class
+    assert loss.item() == pytest.approx(stream_ce + replay_ce, rel=1e-6)
+    # the stream term never pushes the absent classes' outputs: zero gradient on their biases
+    stream.replay = None
+    method.model.zero_grad()
+    method.loss(method.forward(stream), stream).backward()
+    grads = torch.cat([c.bias.grad for c in method.model.head.chunks])
+    assert grads[1].item() == 0.0 and grads[3].item() == 0.0 and grads[0].item() != 0.0
+
+
+# --- A-GEM ---------------------------------------------------------------------------------------------
+def test_agem_projection_rule_by_hand():
+    g, ref = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    projected = project(g, ref)  # g·ref = −1 < 0: g − (−1 / 2)·ref
+    assert projected.tolist() == [0.5, 0.5]
+    assert torch.dot(projected, ref).item() == pytest.approx(0.0, abs=1e-7)
+    agreeing = torch.tensor([1.0, 1.0])
+    assert project(agreeing, torch.tensor([1.0, 0.0])) is agreeing  # g·ref ≥ 0: unchanged
+
+
+def test_agem_before_step_projects_the_models_gradient(scenario):
+    method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=8)
+    start(method, scenario[0])
+    method.end_task(scenario[0], scenario[0].train)
+    assert len(method.replay) == 30 // 3 and set(method.replay.labels[:10].tolist()) <= {0, 1}
+    start(method, scenario[1])
+    stream = stream_batch(method, scenario[1], np.arange(16))
+    memory = stream_batch(method, scenario[0], np.arange(8))
+    stream.replay = memory
+    params = [p for p in method.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    # the reference gradient, computed independently
+    ref_loss = F.cross_entropy(method.model(memory.inputs)[:, :4], memory.labels)
+    ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref_loss, params)])
+    optimizer.zero_grad()
+    method.loss(method.forward(stream), stream).backward()
+    g = torch.cat([p.grad.reshape(-1) for p in params]).clone()
+    assert torch.dot(g, ref).item() < 0  # learning task 2 would raise task 1's loss: the case A-GEM handles
+    method.before_step(optimizer)
+    new = torch.cat([p.grad.reshape(-1) for p in params])
+    expected = g - (torch.dot(g, ref) / torch.dot(ref, ref)) * ref
+    assert torch.allclose(new, expected, atol=1e-6)
+    assert torch.dot(new, ref).item() >= -1e-5 and method.projected == 1
+    # a stream batch of the memory's own classes agrees with the memory: the gradient is left alone
+    optimizer.zero_grad()
+    same = stream_batch(method, scenario[0], np.arange(8, 24))
+    same.replay = memory
+    method.loss(method.forward(same), same).backward()
+    before = [p.grad.clone() for p in params]
+    method.before_step(optimizer)
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, params)) and method.projected == 1
+
+
+# --- GDumb ---------------------------------------------------------------------------------------------
+def test_gdumb_memory_is_class_balanced_and_the_network_restarts_from_scratch(scenario):
+    method = make_method(scenario, "gdumb", buffer_size=40)
+    start(method, scenario[0])
+    assert method.memory.class_counts() == {0: 20, 1: 20}
+    trained = {k: v.clone() for k, v in method.model.state_dict().items()}
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(1.0)  # as if trained
+    task = scenario[1]
+    method.model.add_classes(2)
+    method.begin_task(task)
+    assert method.memory.class_counts() == {0: 10, 1: 10, 2: 10, 3: 10}
+    for name, value in method.model.state_dict().items():  # fresh nn.Linear weights: |w| ≤ 1/√fan_in, not trained+1
+        assert not torch.equal(value, trained.get(name, value) + 1.0), name
+        fan_in = method.model.state_dict()[name.replace("bias", "weight")].shape[1]
+        assert value.abs().max().item() <= 1 / math.sqrt(fan_in), name
+    # re-initialising is exactly building the run's network afresh (with the same head sizes)
+    state = torch.get_rng_state()
+    method.reinitialise()
+    torch.set_rng_state(state)
+    fresh = method.context.build_model()
+    fresh.add_classes(2)
+    fresh.add_classes(2)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(method.model.state_dict()[key], value), key
+    # the only stage trains on the memory alone, with the paper's recipe
+    (stage,) = method.stages(task)
+    assert len(stage.data) == 40 and np.bincount(stage.data.labels).tolist() == [10, 10, 10, 10]
+    assert stage.overrides["scheduler"] == "warm_restarts" and stage.overrides["batch_size"] == 16
+
+
+def test_gdumb_clips_the_gradient_norm(scenario):
+    method = make_method(scenario, "gdumb", clip=10.0)
+    start(method, scenario[0])
+    params = list(method.model.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 100.0)
+    method.before_step(torch.optim.SGD(params, lr=0.1))
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+    assert norm.item() == pytest.approx(10.0, rel=1e-4)
+
+
+def test_gdumb_run_trains_only_on_the_memory(tmp_path):
+    run = make_run(tmp_path, {"name": "gdumb", "buffer_size": 30, "epochs": 2}, num_tasks=2, epochs=1)
+    run.execute()
+    rows = run.log_rows
+    assert [(r[0], r[1], r[7]) for r in rows] == [(0, 1, "memory"), (0, 2, "memory"), (1, 1, "memory"),
+                                                 (1, 2, "memory")]
+    assert run.history[-1]["train_samples"] == 2 * 30  # two epochs over the 30 stored samples, no stream
