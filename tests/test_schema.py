@@ -50,7 +50,7 @@ def test_every_shipped_config_and_its_resolved_runs_validate(validator, path):
     ({"train": {"epochs": 0}}, "train.epochs: 0 is less than the minimum of 1"),
     ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
     ({"train": {"lr": "fast"}}, "train.lr: 'fast' does not match"),
-    ({"train": {"scheduler": "cosin"}}, "train.scheduler: 'cosin' is not one of ['multistep', 'cosine', 'constant']"),
+    ({"train": {"scheduler": "cosin"}}, "train.scheduler: 'cosin' is not one of ['multistep', 'cosine', 'warm_restarts', 'constant']"),
     ({"method": {"name": "icarl", "memory": 10}}, "method: "),
     ({"method": {"name": "lfw"}}, "method: "),
     ({"method": "lfw"}, "method: "),
