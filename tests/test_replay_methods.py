@@ -141,10 +141,11 @@ def test_der_stores_the_logits_the_model_produced(scenario):
     assert torch.equal(method.replay.images[:10], batch.images)  # un-augmented, as the stream stores them
 
 
-def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario):
+@pytest.mark.parametrize("outputs", ["all", "seen"])
+def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario, outputs):
     task = scenario[0]
     for name, options in (("der", {"alpha": 0.2}), ("derpp", {"alpha": 0.2, "beta": 0.5})):
-        method = make_method(scenario, name, buffer_size=20, **options)
+        method = make_method(scenario, name, buffer_size=20, classification_outputs=outputs, **options)
         start(method, task)
         constant_logits(method.model, [1, 0, 0, 0, 0, 0])
         stream = stream_batch(method, task, np.arange(4))
@@ -157,7 +158,8 @@ def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario):
         memory.extras = {"logits": torch.zeros(3, 6), "width": torch.full((3,), 6)}
         stream.replay = memory
         loss = method.loss(method.forward(stream), stream)
-        ce = math.log(math.e + 1) - 1  # CE of logits (1, 0) over the 2 seen classes, label 0
+        # CE of logits (1, 0, ...) with label 0: over all 6 outputs (the paper's code) or the 2 seen classes
+        ce = math.log(math.e + (5 if outputs == "all" else 1)) - 1
         mse = 1 / 6  # mean over 3 samples × 6 outputs of (f − z)², f = (1, 0, 0, 0, 0, 0)
         expected = ce + 0.2 * mse + (0.5 * ce if name == "derpp" else 0.0)  # DER++: CE on a 2nd minibatch
         assert loss.item() == pytest.approx(expected, rel=1e-6), name
