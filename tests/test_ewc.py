@@ -104,8 +104,8 @@ def test_overlapping_slice_of_a_grown_parameter(scenario) -> None:
     method = make_ewc(scenario, ewc_lambda=2.0)
     start(method, scenario[0])
     weight = method.model.head.chunks[0].weight
-    method.penalties = [{"fisher": {"head.chunks.0.weight": torch.ones(1, 16)},
-                         "anchor": {"head.chunks.0.weight": weight.detach()[:1].clone()}}]
+    method.load_state_dict({"penalties": [{"fisher": {"head.chunks.0.weight": torch.ones(1, 16)},
+                                           "anchor": {"head.chunks.0.weight": weight.detach()[:1].clone()}}]})
     with torch.no_grad():
         weight[1].add_(5.0)  # outside the anchored slice: free
     assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
@@ -184,10 +184,10 @@ def test_separate_ewc_keeps_one_penalty_per_task(scenario) -> None:
         anchors.append({n: p.detach().clone() for n, p in method.model.named_parameters()})
     assert len(method.penalties) == 2
     for penalty, fisher, anchor in zip(method.penalties, fishers, anchors):
-        assert set(penalty["fisher"]) == set(fisher) == set(penalty["anchor"])
+        assert set(penalty.importance) == set(fisher) == set(penalty.anchor)
         for name in fisher:
-            torch.testing.assert_close(penalty["fisher"][name], fisher[name])
-            torch.testing.assert_close(penalty["anchor"][name], anchor[name])
+            torch.testing.assert_close(penalty.importance[name], fisher[name])
+            torch.testing.assert_close(penalty.anchor[name], anchor[name])
     start(method, scenario[2])
     with torch.no_grad():
         for p in method.model.parameters():
@@ -212,7 +212,8 @@ def test_separate_ewc_keeps_one_penalty_per_task(scenario) -> None:
     fresh.load_state_dict(method.state_dict())
     assert len(fresh.penalties) == 2
     for ours, theirs in zip(fresh.penalties, method.penalties):
-        assert all(torch.equal(ours[part][n], theirs[part][n]) for part in ("fisher", "anchor") for n in theirs[part])
+        for part in ("importance", "anchor"):
+            assert all(torch.equal(getattr(ours, part)[n], getattr(theirs, part)[n]) for n in getattr(theirs, part))
 
 
 def test_gamma_only_with_online_ewc() -> None:

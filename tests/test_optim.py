@@ -115,6 +115,28 @@ def test_per_epoch_schedules_equal_torch_schedulers():
     assert _lrs(_train(epochs=4, scheduler="constant"), 4) == [1.0] * 4
 
 
+def _torch_lrs(make, steps: int, base: float) -> list[float]:
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler, lrs = make(reference), []
+    for _ in range(steps):
+        lrs.append(reference.param_groups[0]["lr"])
+        reference.step()
+        scheduler.step()
+    return lrs
+
+
+def test_cosine_floor_and_warm_restarts_equal_torch_schedulers():
+    """min_lr is CosineAnnealingLR's eta_min; warm_restarts is SGDR with T_0 = 1, T_mult = 2 (GDumb's schedule)."""
+    base, floor = 0.05, 0.0005
+    cosine = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=floor), 10, base)
+    assert _lrs(_train(epochs=10, lr=base, min_lr=floor, scheduler="cosine"), 10, base=base) == pytest.approx(cosine)
+    sgdr = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=1, T_mult=2,
+                                                                                      eta_min=floor), 31, base)
+    ours = _lrs(_train(epochs=31, lr=base, min_lr=floor, scheduler="warm_restarts"), 31, base=base)
+    assert ours == pytest.approx(sgdr)
+    assert [i for i, lr in enumerate(ours) if lr == pytest.approx(base)] == [0, 1, 3, 7, 15]  # cycles 1, 2, 4, 8, 16
+
+
 def test_warmup_then_schedule_by_hand():
     # per epoch: 2 warm-up epochs (1/2, 2/2), then constant
     assert _lrs(_train(epochs=5, scheduler="constant", warmup=2), 5, base=0.1) == pytest.approx(
