@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from cilearn.augment import BatchAugment
 from cilearn.data import ImageData
@@ -14,7 +15,6 @@ from cilearn.importance import ImportancePenalty
 from cilearn.methods import Batch, MethodContext, Output, method_class, method_options
 from cilearn.models.net import IncrementalNet
 from cilearn.scenarios import class_incremental
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
 def tiny_data(n: int = 40) -> ImageData:

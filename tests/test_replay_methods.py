@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from cilearn.augment import BatchAugment
 from cilearn.data import load_dataset
@@ -22,7 +23,6 @@ from cilearn.methods.er_ace import present_class_mask
 from cilearn.methods.replay import metric_values, rank
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,8 @@ class GDumb(Method):
         """Offer the task's samples to the greedy sampler in a random (stream) order."""
         order = torch.randperm(len(data)).numpy()
         device = self.context.device
-        self.memory.add(to_tensor_images(data.images[order], device), torch.as_tensor(data.labels[order], device=device))
+        self.memory.add(to_tensor_images(data.images[order], device),
+                        torch.as_tensor(data.labels[order], device=device))
 
     @torch.no_grad()
     def reinitialise(self) -> None:

@@ -57,7 +57,8 @@ class MAS(Method):
 
     def estimate_importance(self, data: ImageData) -> dict[str, torch.Tensor]:
         """mean over samples of |∂‖F(x)‖² / ∂θ| (labels are not used)."""
-        count = len(data) if self.options.importance_samples is None else min(self.options.importance_samples, len(data))
+        wanted = self.options.importance_samples
+        count = len(data) if wanted is None else min(wanted, len(data))
         generator = torch.Generator().manual_seed(self.context.seed * 1000 + (self.task.index if self.task else 0))
         pick = torch.randperm(len(data), generator=generator)[:count].sort().values.numpy()
         seen = self.num_seen
