@@ -56,8 +56,10 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = option(1, min=1, help="epochs per task")
-    iterations: int | None = option(None, min=1, help="a fixed number of gradient steps per task instead of epochs "
-                                                      "(schedule positions then count iterations); not wired yet")
+    iterations: int | None = option(
+        None, min=1, help="a fixed number of gradient steps per task instead of epochs (train.epochs is then "
+                          "ignored; passes over fresh permutations of the data, the last one cut short; milestones "
+                          "and warm-up count iterations)")
     batch_size: int = option(128, min=1)
     optimizer: Literal["sgd", "adam", "adamw"] = option(
         "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
@@ -287,9 +289,6 @@ def check_train(train: TrainConfig) -> None:
     """The cross-field checks of the train section (each field's type and range is already checked)."""
     if train.lr <= 0:
         raise ConfigError(f"train.lr: {train.lr:g} trains nothing; give a learning rate above 0, e.g. 0.1.")
-    if train.iterations is not None:
-        raise ConfigError("train.iterations: a fixed number of gradient steps per task is not wired into the "
-                          "training loop yet; give train.epochs instead.")
     length, unit = (train.iterations, "train.iterations") if train.iterations else (train.epochs, "train.epochs")
     milestones = train.milestones
     if milestones != sorted(milestones) or any(m > length for m in milestones):

@@ -307,7 +307,8 @@ class Run:
                     self.trainer.load_state_dict(state["trainer"])
                 set_rng_state(state["rng"])
             start_epoch = int(state["next_epoch"])
-        epochs = self.trainer.cfg.epochs
+        plan = self.trainer.plan(len(data), self.model)  # gradient steps of each epoch (pass over the data)
+        epochs = len(plan)
         last_stage = index + 1 == len(stages)
         name = f" {stage.name}" if len(stages) > 1 else ""
         desc = f"{self.label} task {task.index + 1}/{len(self.scenario)}{name}"
@@ -333,7 +334,8 @@ class Run:
                 self.save(task.index, index, result.epoch + 1)
 
         self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc, task.index)
-        self._train_samples += len(data) * (epochs - start_epoch)
+        batch = self.trainer.cfg.batch_size
+        self._train_samples += sum(min(len(data), steps * batch) for steps in plan[start_epoch:])
         return data
 
     def evaluate_task(self, task, before: dict) -> None:

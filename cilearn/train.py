@@ -39,12 +39,20 @@ class EpochResult:
 
 
 def stage_config(cfg: TrainConfig, overrides: dict) -> TrainConfig:
-    """The train config of a stage: the run's, with the stage's overrides."""
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    """The train config of a stage: the run's, with the stage's overrides (a stage that gives its own
+    ``epochs`` counts epochs, even when the run counts ``train.iterations``)."""
+    if not overrides:
+        return cfg
+    if "epochs" in overrides and "iterations" not in overrides:
+        overrides = {**overrides, "iterations": None}
+    return dataclasses.replace(cfg, **overrides)
 
 
 class Trainer:
-    """Trains a model on one stage's data for ``cfg.epochs`` epochs.
+    """Trains a model on one stage's data for ``cfg.epochs`` epochs, or for exactly ``cfg.iterations``
+    gradient steps: then an "epoch" is one pass over a fresh permutation of the data (the last one cut
+    short), log rows and checkpoints come once per pass, and the schedule is stepped after every
+    gradient step, so that milestones and warm-up count iterations.
 
     ``class_task`` (a device tensor: the task that introduced each label) gives every batch its task
     ids; without it (domain streams) every sample carries the current task's index."""
@@ -62,7 +70,24 @@ class Trainer:
         """Fresh optimizer and schedule for a new stage (restored afterwards when resuming)."""
         self.cfg = stage_config(self.base_cfg, overrides or {})
         self.optimizer = make_optimizer(method.parameter_groups(), self.cfg, model=method.model)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg)  # stepped once per epoch
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)  # stepped once per epoch, or per iteration
+
+    def steps_per_pass(self, n: int, model: torch.nn.Module) -> int:
+        """Batches in one pass over ``n`` samples.  A last batch of one sample breaks BatchNorm in training
+        mode: it is dropped (and reshuffled next pass); under torchrun every process needs two samples of it."""
+        dist, size = self.distributed, self.cfg.batch_size
+        smallest = 2 * dist.world if dist is not None and _has_batchnorm(model) else (dist.world if dist else 2)
+        return n // size + (1 if n % size >= smallest else 0)
+
+    def plan(self, n: int, model: torch.nn.Module) -> list[int]:
+        """Gradient steps of each epoch (pass) of this stage over ``n`` samples."""
+        steps = self.steps_per_pass(n, model)
+        if not self.cfg.iterations:
+            return [steps] * self.cfg.epochs
+        if steps == 0:
+            return []
+        full, rest = divmod(self.cfg.iterations, steps)
+        return [steps] * full + ([rest] if rest else [])
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -95,19 +120,18 @@ class Trainer:
         labels = torch.as_tensor(data.labels, device=device)
         n = len(labels)
         dist = self.distributed
-        # A last batch of one sample breaks BatchNorm in training mode; drop it (it is reshuffled next epoch).
-        # Under torchrun every process needs two samples of it.
-        smallest = 2 * dist.world if dist is not None and _has_batchnorm(model) else (dist.world if dist else 2)
-        steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= smallest else 0)
+        plan = self.plan(n, model)
+        per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                     else nullcontext())
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
         # when stderr is not a terminal (CI logs stay readable).
-        bar = tqdm(total=(cfg.epochs - start_epoch) * steps, desc=desc, leave=False, unit="batch",
+        bar = tqdm(total=sum(plan[start_epoch:]), desc=desc, leave=False, unit="batch",
                    disable=progress_disabled() if cfg.progress else True, dynamic_ncols=True)
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, len(plan)):
+            steps = plan[epoch]
             started = time.perf_counter()
             model.train()
             method.begin_epoch(epoch)
@@ -134,6 +158,9 @@ class Trainer:
                 method.before_step(self.optimizer)
                 self.optimizer.step()
                 method.after_step(batch, out)
+                if per_iteration:
+                    lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
+                    self.scheduler.step()
                 loss_sum += loss.detach().float() * (len(idx) / total if dist is not None else 1.0)
                 logits = out.logits.detach()[: len(targets), :num_seen]
                 correct += (logits.argmax(1) == targets).sum()
@@ -141,8 +168,9 @@ class Trainer:
             method.end_epoch(epoch)
             if dist is not None:  # every process logs (and stops on NaN) with the whole batch's figures
                 loss_sum, correct = dist.sum(loss_sum), dist.sum(correct)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
+            if not per_iteration:
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
             mean_loss = loss_sum.item() / max(steps, 1)
             if not math.isfinite(mean_loss):
                 bar.close()

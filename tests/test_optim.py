@@ -196,7 +196,8 @@ def _error(train: dict) -> str:
     ({"no_weight_decay": ["bias", "bias"]}, "names a kind twice"),
     ({"epochs": 4, "warmup": 4}, "train.warmup: 4 must be shorter than train.epochs (4)"),
     ({"epochs": 4, "milestones": [5]}, "at most train.epochs (4)"),
-    ({"iterations": 2000}, "train.iterations: a fixed number of gradient steps per task is not wired"),
+    ({"iterations": 100, "milestones": [150]}, "at most train.iterations (100)"),
+    ({"iterations": 100, "warmup": 100}, "train.warmup: 100 must be shorter than train.iterations (100)"),
 ])
 def test_train_config_errors(train, message):
     assert message in _error(train)
