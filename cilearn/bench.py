@@ -1,15 +1,22 @@
 """``cilearn bench``: how much cilearn adds on top of a bare PyTorch training step.
 
 In one invocation, on one machine, it measures
-1. the hardware line: a bare ResNet-32 SGD step (batch 128) on random data, default and channels_last;
-2. cilearn end to end (fine-tuning, LwF, iCaRL by default) on CIFAR-10 (JPEG) 5×2, each method in its own
-   subprocess so that its peak resident memory is its own: training throughput, time per task, time
-   spent outside the gradient steps (evaluation, herding/class means, checkpoints), peak memory.
+1. the hardware line: a bare SGD step (the config's network, batch and optimizer) on random data, default
+   and channels_last layout, with and without a frozen teacher's forward (the floor of distillation
+   methods), in fp32 and, when the run trains in bf16, in bf16;
+2. cilearn end to end, each run in its own subprocess so that its memory is its own: wall time, training
+   throughput per task, time outside the gradient steps (evaluation, end of task, checkpoints), peak
+   resident memory per phase (data load, train, eval, end of task, checkpoint) and accuracy;
 3. with ``--synthesis``: the time DeepInversion takes to synthesize one class's exemplars on the bench model
    (plain and adaptive, one chunk of classes, the study's 300 iterations by default), and the time to build
    one class's collages.
-It prints a table with the ratio end-to-end / bare step and writes everything to a JSON file.
-Timings are never asserted in tests: this is the reproducible place for speed claims.
+
+``--protocol`` runs the identical protocol of issue 16 (``configs/bench_protocol.yaml``: iCaRL on
+CIFAR-10 (JPEG) B0 Inc2, 2 epochs per task) and reports its wall seconds × the bare fp32 channels_last
+step's img/s — a unit that carries across machines, since both scale with the hardware.  The bare step is
+timed right before and right after every end-to-end run and the two are averaged, because the machines
+this runs on are often shared and their speed drifts.  ``--repeat N`` runs everything N times and prints
+the min and median.  Timings are never asserted in tests: this is the reproducible place for speed claims.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,52 +37,75 @@ from .log import get_logger
 
 log = get_logger(__name__)
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/bench_cifar10jpeg.yaml"
+PROTOCOL_CONFIG = "configs/bench_protocol.yaml"
+PHASES = ("data", "train", "eval", "end_task", "checkpoint")
+
 
 def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_last: bool, device: str,
                          image_size: int = 32, channels: int = 3, num_classes: int = 10,
-                         teacher: bool = False) -> float:
+                         teacher: bool = False, model_options: dict | None = None, precision: str = "fp32",
+                         lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4) -> float:
     """Images per second of plain ``forward + cross-entropy + backward + SGD step`` on random data (with
     ``teacher``: plus one no-grad forward of a frozen copy, the floor for distillation methods)."""
+    import copy
+
     import torch
 
     from .models import build_model
+    from .runtime import autocast
 
     torch.manual_seed(0)
-    model = build_model(model_name, channels, image_size).to(device)
+    device = torch.device(device)
+    model = build_model(model_name, channels, image_size, **(model_options or {})).to(device)
     model.add_classes(num_classes)
-    frozen = None
-    if teacher:
-        import copy
-        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    frozen = copy.deepcopy(model).eval().requires_grad_(False) if teacher else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if frozen is not None:
         frozen = frozen.to(memory_format=fmt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     inputs = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=fmt)
     targets = torch.randint(0, num_classes, (batch_size,), device=device)
 
     def step():
-        logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        if frozen is not None:
-            with torch.no_grad():
-                old = frozen(inputs)
-            loss = loss + (logits - old).square().mean()
+        with autocast(precision, device):
+            logits = model(inputs).float()
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+            if frozen is not None:
+                with torch.no_grad():
+                    old = frozen(inputs).float()
+                loss = loss + (logits - old).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     for _ in range(3):  # warm-up: allocator, kernel selection
         step()
-    if device.startswith("cuda"):
+    if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return batch_size * steps / (time.perf_counter() - started)
+
+
+def bare_steps(setup: dict, steps: int, device: str, precision: str) -> dict:
+    """The hardware line: every bare step the report compares against."""
+    common = dict(model_name=setup["model"], batch_size=setup["batch_size"], steps=steps, device=device,
+                  image_size=setup["image_size"], channels=setup["channels"], model_options=setup["model_options"],
+                  lr=setup["lr"], momentum=setup["momentum"], weight_decay=setup["weight_decay"])
+    bare = {"default": bare_step_throughput(channels_last=False, **common),
+            "channels_last": bare_step_throughput(channels_last=True, **common),
+            "channels_last_with_teacher": bare_step_throughput(channels_last=True, teacher=True, **common)}
+    if precision == "bf16":
+        bare["bf16_channels_last"] = bare_step_throughput(channels_last=True, precision="bf16", **common)
+        bare["bf16_channels_last_with_teacher"] = bare_step_throughput(channels_last=True, teacher=True,
+                                                                       precision="bf16", **common)
+    return bare
 
 
 def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_class: int, iterations: int,
@@ -114,24 +145,24 @@ def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_
 
 
 def worker(spec: dict) -> dict:
-    """Run one method end to end in this process and report its timings and peak memory."""
-    import torch
-
+    """Run one config end to end in this process and report its timings, memory and accuracy."""
+    started = time.perf_counter()
     from .config import load_runs
     from .runner import Run
 
     _, runs = load_runs(spec["config"], spec["overrides"])
     label, cfg = runs[0]
-    started = time.perf_counter()
-    result = Run(cfg, spec["out"], label).execute()
+    run = Run(cfg, spec["out"], label)
+    result = run.execute()
     wall = time.perf_counter() - started
     timing = result["timing"]
     samples = sum(t["train_samples"] for t in result["task_timing"])
-    import resource  # POSIX only, like this measurement; imported here so that cilearn imports on Windows
-
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    classifiers = {name: {"average_incremental_accuracy": s["average_incremental_accuracy"],
+                          "last_accuracy": s["last_accuracy"]} for name, s in result["classifiers"].items()}
     return {
         "method": label,
+        "precision": result.get("precision"),
+        "uses_teacher": bool(getattr(run.method, "teacher", None) is not None),
         "wall_seconds": wall,
         "train_seconds": timing["train_seconds"],
         "train_images_per_second": samples / max(timing["train_seconds"], 1e-9),
@@ -142,10 +173,43 @@ def worker(spec: dict) -> dict:
                       "images_per_second": t["train_samples"] / max(t["train_seconds"], 1e-9),
                       "end_task_seconds": t["end_task_seconds"], "eval_seconds": t["eval_seconds"]}
                      for i, t in enumerate(result["task_timing"])],
-        "peak_rss_mib": peak_kib / 1024,
-        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None,
+        "peak_rss_mib": result["memory"]["overall_peak_rss_mib"],
+        "peak_rss_mib_per_phase": result["memory"]["peak_rss_mib"],
+        "peak_cuda_mib": _peak_cuda_mib(),
         "last_accuracy": result["last_accuracy"],
+        "classifiers": classifiers,
     }
+
+
+def _peak_cuda_mib() -> float | None:
+    import torch
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
+
+
+def floor_ratio(result: dict, bare: dict) -> float:
+    """Training throughput ÷ the bare step in the same precision, task by task: a task that runs a
+    teacher (every task after the first, for LwF and iCaRL) is compared with the bare step plus the
+    teacher's forward.  1.0 = the loop costs nothing beyond the network's own work."""
+    prefix = "bf16_" if result.get("precision") == "bf16" else ""
+    plain, with_teacher = bare[f"{prefix}channels_last"], bare[f"{prefix}channels_last_with_teacher"]
+    floor_seconds = sum(t["train_samples"] / (with_teacher if result["uses_teacher"] and t["task"] > 0 else plain)
+                        for t in result["per_task"])
+    return floor_seconds / max(result["train_seconds"], 1e-9)
+
+
+def bench_setup(config: str, overrides: list[str]) -> dict:
+    """The network, batch, optimizer and precision the bare step copies from the (overridden) config; also
+    checks the config (a bad one fails now, not after the bare-step timing)."""
+    from .config import load_runs
+    from .models.registry import model_defaults  # noqa: F401  (registers the built-in models)
+    from .runtime import resolve_device, resolve_precision
+
+    _, runs = load_runs(config, overrides)
+    cfg = runs[0][1]
+    precision, note = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    return {"model": cfg.model.name, "model_options": dict(cfg.model.options), "batch_size": cfg.train.batch_size,
+            "lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
+            "precision": precision, "precision_note": note}
 
 
 def run_bench(args) -> dict:
@@ -154,91 +218,163 @@ def run_bench(args) -> dict:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    config = args.config or (PROTOCOL_CONFIG if args.protocol else DEFAULT_CONFIG)
+    if not Path(config).is_file() and (ROOT / config).is_file():
+        config = str(ROOT / config)  # the shipped configs work from any folder
+    # --methods with no names: only the bare step (and, with --synthesis, the exemplar synthesis)
+    methods = args.methods if args.methods is not None else ([None] if args.protocol else ["finetune", "lwf", "icarl"])
+    overrides = [f"train.device={device}", "train.progress=false"]
+    for key, value in (("train.epochs", args.epochs), ("train.batch_size", args.batch_size),
+                       ("model.name", args.model)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.threads:
+        overrides.append(f"train.num_threads={args.threads}")
+    overrides += list(args.set)
+
+    def method_overrides(method: str | None) -> list[str]:
+        return ([f"method={{name: {method}}}"] if method else []) + overrides
+
+    setups = [bench_setup(config, method_overrides(m)) for m in methods or [None]]  # every config checked first
+    setup = {**setups[0], "image_size": args.image_size, "channels": args.channels}
+    precision = setup["precision"]
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
                     "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
-        "settings": {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
-                     "model": args.model, "methods": args.methods, "extra": args.set},
+        "settings": {"config": config, "protocol": args.protocol, "methods": methods, "overrides": overrides,
+                     "repeat": args.repeat, "precision": precision, "precision_note": setup["precision_note"],
+                     "bare_step": {k: setup[k] for k in ("model", "model_options", "batch_size", "lr", "momentum",
+                                                         "weight_decay")}},
     }
-    from .config import load_runs
-    for method in args.methods:  # fail on a bad config or method name now, not after the bare-step timing
-        load_runs(args.config, [f"method={{name: {method}}}", f"model.name={args.model}"] + list(args.set))
-    log.info(f"bare {args.model} step, batch {args.batch_size}, {args.steps} steps on {device} ...")
-    bare = {}
-    for layout, last in (("default", False), ("channels_last", True)):
-        bare[layout] = bare_step_throughput(args.model, args.batch_size, args.steps, last, device,
-                                            args.image_size, args.channels)
-    bare["channels_last_with_teacher"] = bare_step_throughput(args.model, args.batch_size, args.steps, True, device,
-                                                              args.image_size, args.channels, teacher=True)
-    report["bare_step_images_per_second"] = bare
+    log.info(f"bare {setup['model']} step, batch {setup['batch_size']}, {args.steps} steps on {device} "
+             f"({precision}) ...")
+    results, bares = [], [bare_steps(setup, args.steps, device, precision)]
     if args.synthesis:
         log.info(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
                  f"{args.synthesis_iterations} DeepInversion iterations ...")
-        report["synthesis"] = synthesis_seconds_per_class(args.model, device, args.synthesis_classes,
+        report["synthesis"] = synthesis_seconds_per_class(setup["model"], device, args.synthesis_classes,
                                                           args.synthesis_per_class, args.synthesis_iterations,
                                                           args.image_size, args.channels)
-    results = []
     with tempfile.TemporaryDirectory(prefix="cilearn-bench-") as tmp:
         runs_root = Path(args.keep_runs) if args.keep_runs else Path(tmp)
-        for method in args.methods:
-            overrides = [f"method={{name: {method}}}", f"train.epochs={args.epochs}",
-                         f"train.batch_size={args.batch_size}", f"model.name={args.model}",
-                         f"train.device={device}", "train.progress=false"] + list(args.set)
-            spec = {"config": args.config, "overrides": overrides, "out": str(runs_root / method)}
-            log.info(f"end to end: {method} ...")
-            proc = subprocess.run([sys.executable, "-m", "cilearn.bench", "--worker", json.dumps(spec)],
-                                  capture_output=True, text=True)
-            lines = proc.stdout.strip().splitlines()
-            result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
-            if result is None or "error" in result:
-                if result is not None:  # a user mistake (data missing, bad option): one line, exit 2
-                    raise CilearnError(f"bench ({method}): {result['error']}")
-                raise RuntimeError(f"bench worker for {method} failed:\n{proc.stderr[-3000:]}")
-            results.append(result)
-    reference = bare["channels_last"]
-    for r in results:
-        r["ratio_to_bare_channels_last"] = r["train_images_per_second"] / reference
-        r["ratio_to_bare_with_teacher"] = r["train_images_per_second"] / bare["channels_last_with_teacher"]
+        for repeat in range(args.repeat):
+            for method in methods:
+                name = method or "protocol"
+                folder = name if args.repeat == 1 else f"{name}/repeat{repeat + 1}"
+                spec = {"config": config, "overrides": method_overrides(method), "out": str(runs_root / folder)}
+                log.info(f"end to end: {name} (repeat {repeat + 1}/{args.repeat}) ...")
+                result = _run_worker(spec, name)
+                bares.append(bare_steps(setup, args.steps, device, precision))
+                # The bare step right before and right after this run, averaged: the machine's speed drifts.
+                bare = {k: (bares[-2][k] + bares[-1][k]) / 2 for k in bares[-1]}
+                result["repeat"] = repeat + 1
+                result["bare_step_images_per_second"] = bare
+                result["ratio_to_bare_channels_last"] = result["train_images_per_second"] / bare["channels_last"]
+                result["ratio_to_bare_with_teacher"] = (result["train_images_per_second"]
+                                                        / bare["channels_last_with_teacher"])
+                result["ratio_to_floor_same_precision"] = floor_ratio(result, bare)
+                result["wall_x_bare_images"] = result["wall_seconds"] * bare["channels_last"]
+                outside = result["outside_gradient_steps_seconds"]
+                result["eval_and_end_task_share"] = ((outside["eval_seconds"] + outside["end_task_seconds"])
+                                                     / result["wall_seconds"])
+                results.append(result)
+    report["bare_step_images_per_second"] = {k: statistics.mean(b[k] for b in bares) for k in bares[0]}
+    report["bare_step_samples"] = bares
     report["end_to_end"] = results
+    report["aggregate"] = aggregate(results)
     report["projection"] = project_icarl_cifar100(results)
     return report
+
+
+def _run_worker(spec: dict, name: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "cilearn.bench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    if result is None or "error" in result:
+        if result is not None:  # a user mistake (data missing, bad option): one line, exit 2
+            raise CilearnError(f"bench ({name}): {result['error']}")
+        raise RuntimeError(f"bench worker for {name} failed:\n{proc.stderr[-3000:]}")
+    return result
+
+
+AGGREGATED = ("wall_seconds", "wall_x_bare_images", "train_images_per_second", "ratio_to_floor_same_precision",
+              "eval_and_end_task_share", "peak_rss_mib")
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Min and median over the repeats of every method."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        mine = [r for r in results if r["method"] == method]
+        out[method] = {key: {"min": min(r[key] for r in mine), "median": statistics.median(r[key] for r in mine),
+                             "max": max(r[key] for r in mine)} for key in AGGREGATED}
+    return out
 
 
 def project_icarl_cifar100(results: list[dict]) -> dict | None:
     """Training time of iCaRL's CIFAR-100 protocol (10 tasks × 70 epochs, ResNet-32, batch 128, memory
     2000) at the iCaRL throughput just measured: task 1 trains on 5000 images, each later task on 5000 new
-    ones plus the 2000 exemplars. Evaluation and herding are left out (they were ~25 % on top here)."""
-    icarl = next((r for r in results if r["method"] == "icarl"), None)
-    if icarl is None:
+    ones plus the 2000 exemplars. Evaluation and herding are left out."""
+    icarl = [r for r in results if r["method"] == "icarl"]
+    if not icarl:
         return None
+    speed = statistics.median(r["train_images_per_second"] for r in icarl)
     images = 70 * (5000 + 9 * (5000 + 2000))
-    seconds = images / icarl["train_images_per_second"]
     return {"protocol": "CIFAR-100 10x10, 70 epochs, memory 2000", "training_images": images,
-            "at_images_per_second": icarl["train_images_per_second"], "training_hours": seconds / 3600}
+            "at_images_per_second": speed, "training_hours": images / speed / 3600}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def print_table(report: dict) -> None:
     bare = report["bare_step_images_per_second"]
-    machine = report["machine"]
+    machine, settings = report["machine"], report["settings"]
     print(f"\nmachine: {machine['device']} {machine['gpu'] or ''} torch {machine['torch']}, "
-          f"{machine['torch_threads']} threads")
-    print(f"bare step (img/s): default {bare['default']:.0f}, channels_last {bare['channels_last']:.0f}, "
-          f"channels_last + frozen teacher forward {bare['channels_last_with_teacher']:.0f}")
-    header = (f"{'method':<10} {'train img/s':>11} {'÷ bare':>7} {'÷ bare+teacher':>14} {'train s':>8} "
-              f"{'eval s':>7} {'end-task s':>10} {'ckpt s':>7} {'peak MiB':>9} {'last acc':>8}")
+          f"{machine['torch_threads']} threads; precision {settings['precision']} ({settings['precision_note']})")
+    line = (f"bare step (img/s, mean of {len(report['bare_step_samples'])} timings): default {bare['default']:.0f}, "
+            f"channels_last {bare['channels_last']:.0f}, + frozen teacher forward "
+            f"{bare['channels_last_with_teacher']:.0f}")
+    if "bf16_channels_last" in bare:
+        line += (f"; bf16 channels_last {bare['bf16_channels_last']:.0f}, + teacher "
+                 f"{bare['bf16_channels_last_with_teacher']:.0f}")
+    print(line)
+    header = (f"{'run':<12} {'wall s':>7} {'wall×bare':>9} {'train img/s':>11} {'÷ floor':>7} {'train s':>8} "
+              f"{'eval s':>7} {'end-task s':>10} {'ckpt s':>6} {'eval+end':>8} {'peak MiB':>8} "
+              f"{'acc avg/last':>12}")
     if report["end_to_end"]:
         print(header)
         print("-" * len(header))
     for r in report["end_to_end"]:
         out = r["outside_gradient_steps_seconds"]
-        print(f"{r['method']:<10} {r['train_images_per_second']:>11.0f} {r['ratio_to_bare_channels_last']:>7.2f} "
-              f"{r['ratio_to_bare_with_teacher']:>14.2f} {r['train_seconds']:>8.1f} {out['eval_seconds']:>7.1f} "
-              f"{out['end_task_seconds']:>10.1f} {out['checkpoint_seconds']:>7.1f} {r['peak_rss_mib']:>9.0f} "
-              f"{100 * r['last_accuracy']:>7.1f}%")
+        name = r["method"] if settings["repeat"] == 1 else f"{r['method']}#{r['repeat']}"
+        primary = r["classifiers"].get("nme") or next(iter(r["classifiers"].values()))
+        print(f"{name:<12} {r['wall_seconds']:>7.1f} {r['wall_x_bare_images']:>9.3g} "
+              f"{r['train_images_per_second']:>11.0f} {r['ratio_to_floor_same_precision']:>7.2f} "
+              f"{r['train_seconds']:>8.1f} {out['eval_seconds']:>7.1f} {out['end_task_seconds']:>10.1f} "
+              f"{out['checkpoint_seconds']:>6.1f} {100 * r['eval_and_end_task_share']:>7.1f}% "
+              f"{r['peak_rss_mib']:>8.0f} {_pct(primary['average_incremental_accuracy']):>6}/"
+              f"{_pct(primary['last_accuracy']):<5}")
+    print("÷ floor: training img/s ÷ the bare step in the same precision (+ the teacher's forward for tasks "
+          "that distil); wall×bare: wall seconds × bare fp32 channels_last img/s")
     for r in report["end_to_end"]:
         speeds = " ".join(f"{t['images_per_second']:.0f}" for t in r["per_task"])
-        print(f"  {r['method']}: train img/s per task: {speeds}")
+        accuracy = ", ".join(f"{name} {_pct(s['average_incremental_accuracy'])}/{_pct(s['last_accuracy'])}"
+                             for name, s in r["classifiers"].items())
+        phases = ", ".join(f"{p} {r['peak_rss_mib_per_phase'][p]:.0f}" for p in PHASES
+                           if r["peak_rss_mib_per_phase"].get(p) is not None)
+        print(f"  {r['method']}: train img/s per task {speeds}; accuracy avg-inc/last {accuracy}; "
+              f"peak RSS MiB per phase: {phases or 'n/a'}")
+    if settings["repeat"] > 1:
+        for method, agg in report["aggregate"].items():
+            print(f"  {method} over {settings['repeat']} repeats: wall×bare min {agg['wall_x_bare_images']['min']:.3g} "
+                  f"median {agg['wall_x_bare_images']['median']:.3g}; ÷ floor min "
+                  f"{agg['ratio_to_floor_same_precision']['min']:.2f} median "
+                  f"{agg['ratio_to_floor_same_precision']['median']:.2f}; "
+                  f"peak MiB max {agg['peak_rss_mib']['max']:.0f}")
     synthesis = report.get("synthesis")
     if synthesis:
         print(f"exemplars of one class ({synthesis['per_class']} images, {synthesis['classes']} classes per chunk): "
@@ -253,30 +389,39 @@ def print_table(report: dict) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/bench_cifar10jpeg.yaml", help="scenario and data to run")
-    parser.add_argument("--methods", nargs="*", default=["finetune", "lwf", "icarl"],
-                        help="methods run end to end (none: only the bare step and, with --synthesis, exemplars)")
-    parser.add_argument("--model", default="resnet32")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--protocol", action="store_true",
+                        help=f"run issue 16's identical protocol ({PROTOCOL_CONFIG}: iCaRL, CIFAR-10 (JPEG) B0 Inc2, "
+                             f"2 epochs per task) as configured, and report wall × bare img/s")
+    parser.add_argument("--config", default=None,
+                        help=f"scenario and data to run (default: {DEFAULT_CONFIG}, or {PROTOCOL_CONFIG} with "
+                             f"--protocol)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="methods to run, each in its own process (default: finetune lwf icarl; with --protocol: "
+                             "the config's method; none: only the bare step and, with --synthesis, exemplars)")
+    parser.add_argument("--model", default=None, help="override model.name")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument("--steps", type=int, default=20, help="steps timed for the bare-step line")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything this many times (min/median)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, for the bare step and the runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--synthesis", action="store_true", help="also time DeepInversion and collage exemplars "
-                        "per class (on --model)")
+                        "per class (on the bench model)")
     parser.add_argument("--synthesis-classes", type=int, default=4, help="classes per DeepInversion chunk")
     parser.add_argument("--synthesis-per-class", type=int, default=20,
                         help="exemplars per class (20: CIFAR-100's last task with K=2000)")
     parser.add_argument("--synthesis-iterations", type=int, default=300, help="DeepInversion iterations (study: 300)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
-    parser.add_argument("--keep-runs", metavar="DIR", help="keep each method's run directory under DIR (default: "
+    parser.add_argument("--keep-runs", metavar="DIR", help="keep each run's directory under DIR (default: "
                         "a temporary folder, removed afterwards)")
 
 
 def cmd_bench(args) -> int:
+    if args.repeat < 1:
+        raise CilearnError("--repeat: give 1 or more.")
     report = run_bench(args)
     from .rundir import write_json
     write_json(Path(args.json), report)

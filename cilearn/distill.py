@@ -56,14 +56,14 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits of the old classes on ``inputs`` (N, n_old)."""
-        return self.model(inputs)[:, : self.num_classes]
+        """The teacher's logits of the old classes on ``inputs`` (N, n_old), fp32 (also under bf16 autocast)."""
+        return self.model(inputs)[:, : self.num_classes].float()
 
     @torch.no_grad()
     def output(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, logits of the old classes)."""
         features = self.model.features(inputs)
-        return features, self.model.head(features)[:, : self.num_classes]
+        return features.float(), self.model.head(features)[:, : self.num_classes].float()
 
     def state_dict(self) -> dict:
         if self.model is None:

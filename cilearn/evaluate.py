@@ -10,14 +10,20 @@ import torch
 from . import metrics
 from .augment import BatchAugment, to_tensor_images
 from .classifiers import top_k_correct
+from .runtime import autocast
 from .scenarios import Scenario
 
 
 class Inference:
-    """Batched, gradient-free feature and logit computation (large batches, ``inference_mode``)."""
+    """Batched, gradient-free feature and logit computation (large batches, ``inference_mode``).
 
-    def __init__(self, model: torch.nn.Module, augment: BatchAugment, device: torch.device, batch_size: int):
+    With ``precision="bf16"`` the network runs under bf16 autocast; features and logits come back fp32,
+    so herding, class means and every classifier compute in fp32."""
+
+    def __init__(self, model: torch.nn.Module, augment: BatchAugment, device: torch.device, batch_size: int,
+                 precision: str = "fp32"):
         self.model, self.augment, self.device, self.batch_size = model, augment, device, batch_size
+        self.precision = precision
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,9 +37,10 @@ class Inference:
             batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
             if flip:
                 batch = batch.flip(3)
-            f = self.model.features(self.augment.normalize(batch))
+            with autocast(self.precision, self.device):
+                f = self.model.features(self.augment.normalize(batch))
+                logits.append(self.model.head(f).float())
             features.append(f.float())
-            logits.append(self.model.head(f).float())
         self.model.train(was_training)
         if not features:
             dim = getattr(self.model, "feature_dim", 0)

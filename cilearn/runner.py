@@ -9,6 +9,7 @@ task's files (through :class:`~cilearn.rundir.RunDir`) and checkpoint (through
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from .errors import ConfigError, TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .log import get_logger
 from .loggers import make_loggers
+from .meter import PhaseMeter
 from .methods import MethodContext, install_head, method_class, method_options
 from .models import build_model
 from .rundir import RunDir, check_fresh, write_npz
-from .runtime import configure_torch, resolve_device, rng_state, seed_everything, set_rng_state
+from .runtime import configure_torch, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .scenarios import build_scenario
 from .train import EpochResult, Trainer
 
@@ -57,6 +59,7 @@ class Run:
         self._train_samples = 0  # samples trained on in the current task, over its stages
         self.ready = False  # setup() done: the config, data, model and method passed every check
         self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "end_task_seconds": 0.0}
+        self.meter = PhaseMeter()  # peak resident memory per phase (this process's share of the run)
 
     # The heavy objects are built in setup() so that validation errors surface before any work.
     def setup(self) -> None:
@@ -66,8 +69,12 @@ class Run:
         configure_torch(cfg.train, self.device)
         check_distributed_config(cfg.train, self.device)
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
-        splits = self.data if self.data is not None else load_splits(cfg.data)
-        self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
+        # The precision this machine runs (auto → fp32 or bf16) goes into config.yaml: a resumed run keeps it.
+        precision, _ = resolve_precision(cfg.train.precision, self.device)
+        cfg = self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+        with self.meter.phase("data"):
+            splits = self.data if self.data is not None else load_splits(cfg.data)
+            self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
         height, width, channels = self.scenario.image_shape
         if height != width:
             raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
@@ -87,7 +94,8 @@ class Run:
             self.model.backbone.compile()  # in place: parameter names (checkpoints) stay as they are
         self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
                                               cfg.train.channels_last)
-        self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size)
+        self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
+                                   cfg.train.precision)
         options = method_options(cfg.method)
         install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
@@ -136,11 +144,13 @@ class Run:
             "num_tasks": len(self.scenario),
             "tasks_done": len(self.history),
             "classes_per_step": [len(h["seen_classes"]) for h in self.history],
+            "precision": self.cfg.train.precision,
             "classifier": primary,
             **per_classifier.get(primary, {}),
             "classifiers": per_classifier,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
             "task_timing": [{"train_samples": h.get("train_samples"), **h.get("timing", {})} for h in self.history],
+            "memory": self.meter.summary(),
         }
 
     def write_results(self, complete: bool) -> dict:
@@ -185,7 +195,8 @@ class Run:
         if not self.cfg.output.save_checkpoints:
             return
         started = time.perf_counter()
-        self.checkpoints.save(self.checkpoint_state(task_index, stage, next_epoch))
+        with self.meter.phase("checkpoint"):
+            self.checkpoints.save(self.checkpoint_state(task_index, stage, next_epoch))
         self.timing["checkpoint_seconds"] += time.perf_counter() - started
 
     def restore(self, state: dict) -> tuple[int, int, int]:
@@ -288,7 +299,8 @@ class Run:
             if index + 1 < len(stages):
                 self.save(task.index, index + 1, 0)
         started = time.perf_counter()
-        self.method.end_task(task, data)
+        with self.meter.phase("end_task"):
+            self.method.end_task(task, data)
         self.timing["end_task_seconds"] += time.perf_counter() - started
         if self.distributed is not None:
             self.distributed.check_identical(self.model, f"after task {task.index + 1}")
@@ -320,7 +332,8 @@ class Run:
             # The last epoch's test accuracies come from the full evaluation after the task (one pass less).
             if cfg.train.eval_every and (result.epoch + 1) % cfg.train.eval_every == 0 and not last:
                 started = time.perf_counter()
-                current, seen = self.evaluator.quick(task.index)
+                with self.meter.phase("eval"):
+                    current, seen = self.evaluator.quick(task.index)
                 self.timing["eval_seconds"] += time.perf_counter() - started
             self.log_rows.append([task.index, result.epoch + 1, f"{result.lr:.6g}", f"{result.train_loss:.6f}",
                                   f"{result.train_accuracy:.6f}", f"{current:.6f}", f"{seen:.6f}", stage.name,
@@ -333,14 +346,16 @@ class Run:
             if every and (result.epoch + 1) % every == 0 and result.epoch + 1 < epochs:
                 self.save(task.index, index, result.epoch + 1)
 
-        self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc, task.index)
+        with self.meter.phase("train"):
+            self.trainer.fit(self.model, self.method, data, start_epoch, epoch_end, desc, task.index)
         batch = self.trainer.cfg.batch_size
         self._train_samples += sum(min(len(data), steps * batch) for steps in plan[start_epoch:])
         return data
 
     def evaluate_task(self, task, before: dict) -> None:
         started = time.perf_counter()
-        scores, arrays = self.evaluator.evaluate(task.index, self.method.classifiers())
+        with self.meter.phase("eval"):
+            scores, arrays = self.evaluator.evaluate(task.index, self.method.classifiers())
         self.timing["eval_seconds"] += time.perf_counter() - started
         primary = scores[self.primary_classifier]
         if self.log_rows and self.log_rows[-1][0] == task.index:  # the task's last epoch: its test accuracies

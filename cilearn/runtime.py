@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .log import get_logger
+
+log = get_logger(__name__)
+
+# CPU instruction sets that compute bfloat16 natively; without them oneDNN emulates bf16, slower than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def seed_everything(seed: int) -> None:
@@ -63,3 +70,53 @@ def configure_torch(train_cfg, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not train_cfg.deterministic
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bfloat16 natively (so bf16 is faster than fp32), and what decided it."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return (major >= 8, f"GPU compute capability {major}.{minor} ({'≥' if major >= 8 else '<'} 8.0)")
+    if device.type == "cpu":
+        found = sorted(set(BF16_CPU_FLAGS) & cpu_flags())
+        return (bool(found), f"CPU flags {', '.join(found)}" if found else
+                f"this CPU has none of {'/'.join(BF16_CPU_FLAGS)}: bf16 would be emulated, slower than fp32")
+    return False, f"no bf16 detection for {device.type} devices"
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """``train.precision`` → ("fp32" or "bf16", a one-line note on why).  ``auto`` picks bf16 where the
+    device computes it natively and falls back to fp32 otherwise; an explicit ``bf16`` is honoured on any
+    device (emulated where there is no native support, with a warning: correct but slow)."""
+    if requested == "fp32":
+        return "fp32", "fp32 as configured"
+    fast, why = native_bf16(device)
+    if requested == "bf16":
+        if not fast:
+            log.warning(f"train.precision bf16 on {device}: {why}; training will be slower than fp32.")
+        return "bf16", f"bf16 as configured ({why})"
+    if fast:
+        return "bf16", f"auto: bf16 ({why})"
+    note = f"auto: fp32 ({why})"
+    log.info(f"train.precision {note}")
+    return "fp32", note
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the network's forward passes run in: bf16 autocast (convolutions and matrix products
+    in bf16, BatchNorm statistics and weights in fp32) or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()

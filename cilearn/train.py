@@ -13,7 +13,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +24,9 @@ from .data import ImageData
 from .distributed import Distributed
 from .errors import TrainingDiverged
 from .log import progress_disabled
-from .methods import Batch, Method
+from .methods import Batch, Method, Output
 from .optim import make_optimizer, make_scheduler
+from .runtime import autocast, resolve_precision
 
 
 @dataclass
@@ -36,6 +36,11 @@ class EpochResult:
     train_loss: float
     train_accuracy: float
     seconds: float
+
+
+def full_precision(out: Output) -> Output:
+    """``out`` with fp32 features and logits (a method's own Output subclass keeps its other fields)."""
+    return dataclasses.replace(out, features=out.features.float(), logits=out.logits.float())
 
 
 def stage_config(cfg: TrainConfig, overrides: dict) -> TrainConfig:
@@ -59,6 +64,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment,
                  class_task: torch.Tensor | None = None, distributed: Distributed | None = None):
+        if cfg.precision == "auto":  # a Run passes it resolved; resolve it here for direct users
+            cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)[0])
         self.base_cfg = self.cfg = cfg
         self.device, self.augment = device, augment
         self.class_task = class_task
@@ -123,8 +130,7 @@ class Trainer:
         plan = self.plan(n, model)
         per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
-                    else nullcontext())
+        reduced = cfg.precision == "bf16"  # resolved by the run: "fp32" or "bf16"
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
         # when stderr is not a terminal (CI logs stay readable).
@@ -148,8 +154,10 @@ class Trainer:
                 batch = Batch(inputs=inputs, images=raw, labels=targets,
                               task_ids=self._task_ids(targets, task_index), indices=idx,
                               replay=self._replay_batch(method, len(idx), task_index))
-                with autocast:
+                with autocast(cfg.precision, device):
                     out = method.forward(batch)
+                    if reduced:  # the network ran in bf16; the losses read fp32
+                        out = full_precision(out)
                     loss = method.loss(out, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

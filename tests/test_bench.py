@@ -1,26 +1,75 @@
-"""A tiny smoke of `cilearn bench`: it runs and writes every figure; timings are never asserted."""
+"""`cilearn bench` on tiny settings: it runs and writes every figure; timings are never asserted."""
 
 import json
 from pathlib import Path
 
+import pytest
+
+from cilearn.bench import PHASES, aggregate, floor_ratio, project_icarl_cifar100
 from cilearn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "mlp", "--image-size", "8", "--channels", "1", "--steps", "2", "--threads", "1"]
 
 
 def test_bench_smoke_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), "--model", "mlp", "--image-size", "8",
-                 "--channels", "1", "--methods", "finetune", "--steps", "2", "--json", str(out),
-                 "--set", "train.epochs=1", "--set", "scenario.num_tasks=2"])
+    code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), *TINY, "--methods", "finetune",
+                 "--json", str(out), "--set", "train.epochs=1", "--set", "scenario.num_tasks=2"])
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report["bare_step_images_per_second"]) == {"default", "channels_last", "channels_last_with_teacher"}
+    assert len(report["bare_step_samples"]) == 2  # before and after the run
     (result,) = report["end_to_end"]
     assert result["method"] == "finetune" and len(result["per_task"]) == 2
     assert result["train_images_per_second"] > 0 and result["peak_rss_mib"] > 0
-    assert result["ratio_to_bare_channels_last"] > 0
-    assert "÷ bare" in capsys.readouterr().out
+    assert result["ratio_to_bare_channels_last"] > 0 and result["ratio_to_floor_same_precision"] > 0
+    assert result["wall_x_bare_images"] == pytest.approx(
+        result["wall_seconds"] * result["bare_step_images_per_second"]["channels_last"])
+    assert not result["uses_teacher"] and result["precision"] == "fp32"
+    assert "÷ floor" in capsys.readouterr().out
+
+
+def test_protocol_runs_the_protocol_config_with_memory_per_phase(tmp_path, capsys):
+    """--protocol takes configs/bench_protocol.yaml as it is (iCaRL, its epochs, seed and class order);
+    here shrunk to digits and an MLP with --set so that it runs in seconds."""
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--protocol", *TINY, "--json", str(out), "--keep-runs", str(tmp_path / "runs"),
+                 "--set", "data={name: digits}", "--set", "model={name: mlp, options: {hidden: [32]}}",
+                 "--set", "scenario.num_tasks=2", "--set", "train.epochs=1", "--set", "train.augment=none",
+                 "--set", "method.memory_size=40"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["protocol"] and report["settings"]["config"].endswith("bench_protocol.yaml")
+    (result,) = report["end_to_end"]
+    assert result["method"] == "icarl" and result["uses_teacher"]
+    assert set(result["classifiers"]) == {"nme", "head"}
+    config = (tmp_path / "runs/protocol/config.yaml").read_text()
+    assert "seed: 1993" in config and "weight_decay: 0.0002" in config and "- 4\n" in config
+    phases = result["peak_rss_mib_per_phase"]
+    assert set(PHASES) <= set(phases) and all(v is None or v > 0 for v in phases.values())
+    assert 0 < result["eval_and_end_task_share"] < 1
+    printed = capsys.readouterr().out
+    assert "wall×bare" in printed and "peak RSS MiB per phase: data" in printed
+
+
+def test_floor_ratio_compares_distilling_tasks_with_the_bare_step_plus_teacher():
+    bare = {"channels_last": 100.0, "channels_last_with_teacher": 50.0}
+    # Task 1 at the bare step (10 s for 1000 images), task 2 at half the bare+teacher floor (40 s, not 20 s).
+    result = {"uses_teacher": True, "precision": "fp32", "train_seconds": 50.0,
+              "per_task": [{"task": 0, "train_samples": 1000}, {"task": 1, "train_samples": 1000}]}
+    assert floor_ratio(result, bare) == pytest.approx((10 + 20) / 50)
+    assert floor_ratio({**result, "uses_teacher": False}, bare) == pytest.approx((10 + 10) / 50)
+    bf16 = {**bare, "bf16_channels_last": 200.0, "bf16_channels_last_with_teacher": 100.0}
+    assert floor_ratio({**result, "precision": "bf16"}, bf16) == pytest.approx((5 + 10) / 50)
+
+
+def test_aggregate_gives_min_and_median_over_repeats():
+    keys = ("wall_seconds", "wall_x_bare_images", "train_images_per_second", "ratio_to_floor_same_precision",
+            "eval_and_end_task_share", "peak_rss_mib")
+    runs = [{"method": "icarl", **{k: v for k in keys}} for v in (3.0, 1.0, 2.0)]
+    agg = aggregate(runs)["icarl"]["wall_x_bare_images"]
+    assert (agg["min"], agg["median"], agg["max"]) == (1.0, 2.0, 3.0)
 
 
 def test_bench_times_exemplar_synthesis_per_class(tmp_path, capsys):
@@ -39,8 +88,6 @@ def test_bench_times_exemplar_synthesis_per_class(tmp_path, capsys):
 
 
 def test_projection_of_the_cifar100_icarl_protocol():
-    from cilearn.bench import project_icarl_cifar100
-
     # 70 epochs × (5000 images in task 1 + 9 tasks × (5000 new + 2000 exemplars)) = 4.76 M images
     projection = project_icarl_cifar100([{"method": "finetune", "train_images_per_second": 1.0},
                                          {"method": "icarl", "train_images_per_second": 4_760_000 / 3600}])

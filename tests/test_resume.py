@@ -139,7 +139,7 @@ def kill_after_start(proc: subprocess.Popen, delay: float) -> tuple[int, str]:
 def results(run: Path) -> dict:
     """Everything a run produced that must not depend on interruptions (timings excluded)."""
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("timing", "task_timing"):
+    for key in ("timing", "task_timing", "memory"):  # measurements of this process, not results
         metrics.pop(key, None)
     with open(run / "log.csv") as handle:
         log = [row[:-1] for row in csv.reader(handle)]  # the last column is seconds

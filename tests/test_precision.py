@@ -1,0 +1,130 @@
+"""train.precision: bf16 autocast where the device computes it natively, fp32 otherwise.
+
+The development machine has no bf16 instructions, so bf16 is forced on here (emulated: slow but exact in
+what it computes) to check what the training loop does with it; speed is measured by `cilearn bench`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cilearn import runtime
+from cilearn.augment import BatchAugment
+from cilearn.config import TrainConfig, parse_config
+from cilearn.data import ImageData
+from cilearn.evaluate import Inference
+from cilearn.methods import Method, MethodContext, MethodOptions
+from cilearn.models import build_model
+from cilearn.runner import Run
+from cilearn.train import Trainer
+from tests.helpers import make_run, one_thread  # noqa: F401  (fixture)
+
+CPU = torch.device("cpu")
+
+
+def test_auto_picks_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512f"})
+    with caplog.at_level("INFO", logger="cilearn"):
+        precision, note = runtime.resolve_precision("auto", CPU)
+    assert precision == "fp32" and "avx512_bf16" in note
+    assert len([r for r in caplog.records if "fp32" in r.getMessage()]) == 1  # the one-line note
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert runtime.resolve_precision("auto", CPU)[0] == "bf16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert runtime.resolve_precision("auto", CPU)[0] == "bf16"
+    assert runtime.resolve_precision("fp32", CPU)[0] == "fp32"
+
+
+def test_explicit_bf16_is_honoured_with_a_warning_where_it_is_emulated(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set())
+    with caplog.at_level("WARNING", logger="cilearn"):
+        assert runtime.resolve_precision("bf16", CPU)[0] == "bf16"
+    assert any("slower than fp32" in r.getMessage() for r in caplog.records)
+
+
+class _Spy(Method):
+    """Fine-tuning that records the dtypes the loop hands to its loss."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.loss_dtypes = set()
+
+    def loss(self, out, batch):
+        self.loss_dtypes.add((out.logits.dtype, out.features.dtype))
+        return super().loss(out, batch)
+
+
+def _train_tiny_resnet(precision: str, samples: int = 64):
+    torch.manual_seed(0)
+    model = build_model("resnet20", 3, 8)
+    model.add_classes(4)
+    images = np.random.RandomState(0).randint(0, 256, (samples, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(samples) % 4
+    data = ImageData(images, labels, ["a", "b", "c", "d"])
+    augment = BatchAugment((0.5,) * 3, (0.25,) * 3)
+    context = MethodContext(scenario=None, device=CPU, seed=0, infer=None, augment=augment)
+    method = _Spy(MethodOptions(name="finetune"), model, context)
+    stem_out = []
+    model.backbone.stem[0].register_forward_hook(lambda m, i, o: stem_out.append(o.detach().clone()))
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, precision=precision, channels_last=False)
+    trainer = Trainer(cfg, CPU, augment)
+    trainer.start(method)
+    trainer.fit(model, method, data)
+    return model, method, stem_out
+
+
+def test_bf16_training_runs_the_network_in_bf16_and_keeps_losses_and_batchnorm_in_fp32():
+    model, method, stem_out = _train_tiny_resnet("bf16", samples=16)  # one step
+    assert [x.dtype for x in stem_out] == [torch.bfloat16]  # the autocast reached the convolutions
+    assert method.loss_dtypes == {(torch.float32, torch.float32)}  # the losses read fp32
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bn.running_mean.dtype == torch.float32 and bn.running_var.dtype == torch.float32 for bn in bns)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    # The stem's BatchNorm saw the bf16 convolution output; its statistics are that tensor's fp32 mean and
+    # variance (momentum 0.1 from 0 and 1): accumulated in bf16 they would be off by ~1e-3.
+    x = stem_out[0].float()
+    stem_bn = model.backbone.stem[1]
+    torch.testing.assert_close(stem_bn.running_mean, 0.1 * x.mean((0, 2, 3)), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(stem_bn.running_var, 0.9 + 0.1 * x.var((0, 2, 3)), atol=2e-6, rtol=1e-5)
+    _, _, stem32 = _train_tiny_resnet("fp32", samples=16)
+    assert [x.dtype for x in stem32] == [torch.float32]
+
+
+def test_bf16_features_give_the_same_nearest_mean_predictions_as_fp32(tmp_path):
+    """Reduced precision where it does not change the result: iCaRL's NME predictions on the test set
+    from bf16 features agree with fp32 ones (a trained digits model)."""
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 100}, num_tasks=2, epochs=2)
+    run.execute()
+    nme = run.method.fitted.nme
+    test = np.concatenate([t.test.images for t in run.scenario[:2]])
+    fp32 = Inference(run.model, run.augment, CPU, 256, "fp32")(test)[0]
+    bf16 = Inference(run.model, run.augment, CPU, 256, "bf16")(test)[0]
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)  # computed in bf16, returned fp32
+    agreement = (nme(fp32) == nme(bf16)).float().mean().item()
+    assert agreement >= 0.98
+
+
+def test_a_run_records_the_precision_it_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set())
+    run = make_run(tmp_path / "auto", {"name": "finetune"}, num_tasks=1)
+    result = run.execute()
+    assert result["precision"] == "fp32"
+    assert yaml.safe_load((tmp_path / "auto/config.yaml").read_text())["train"]["precision"] == "fp32"
+
+    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "num_tasks": 1},
+           "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": {"name": "finetune"},
+           "train": {"epochs": 1, "batch_size": 32, "progress": False, "precision": "bf16", "eval_every": 0},
+           "output": {"save_checkpoints": False, "save_features": False}}
+    Run(parse_config(raw), tmp_path / "bf16").execute()
+    metrics = json.loads((tmp_path / "bf16/metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and metrics["seen_accuracy"][0] > 0.9  # learns in bf16 too
+    assert yaml.safe_load((tmp_path / "bf16/config.yaml").read_text())["train"]["precision"] == "bf16"
+
+
+def test_an_unknown_precision_is_a_config_error():
+    from cilearn.errors import ConfigError
+    with pytest.raises(ConfigError, match="precision"):
+        parse_config({"data": {"name": "digits"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
+                      "scenario": {"classes_per_task": 2}, "train": {"precision": "fp16"}})
