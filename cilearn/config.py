@@ -270,6 +270,16 @@ def parse_config(raw: dict) -> Config:
     for section in ("data", "model"):
         if section not in raw or raw[section] is None:
             raise ConfigError(f"{section}: required section is missing (e.g. {section}: {{name: ...}}).")
+    train = raw.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        # train.bf16 (0.1: bf16 autocast on CUDA only) became train.precision: the config.yaml of a run made
+        # before still parses, and resumes in the precision it trained in (bf16: true on a CPU trained in fp32
+        # before and now autocasts: the one case that does not resume exactly).
+        if "precision" in train:
+            raise ConfigError("train.bf16: replaced by train.precision (auto, fp32 or bf16); remove train.bf16.")
+        train = {k: v for k, v in train.items() if k != "bf16"}
+        train["precision"] = "bf16" if raw["train"]["bf16"] is True else "fp32"
+        raw = {**raw, "train": train}
     cfg = build_section(Config, raw, "")
     if not isinstance(cfg.method, dict) or "name" not in cfg.method:
         raise ConfigError("method: expected a mapping with a 'name', e.g. method: {name: finetune}.")

@@ -55,7 +55,7 @@ def config(name: str) -> dict:
 
 def outcome(folder) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    for key in ("timing", "task_timing"):
+    for key in ("timing", "task_timing", "memory"):  # measurements of this process, not results
         metrics.pop(key)
     log = [line.rsplit(",", 1)[0] for line in (folder / "log.csv").read_text().splitlines()]  # minus seconds
     predictions = {}

@@ -478,7 +478,7 @@ def run_outputs(run) -> dict:
     from cilearn.checkpoints import load_checkpoint
 
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("timing", "task_timing"):
+    for key in ("timing", "task_timing", "memory"):  # measurements of this process, not results
         metrics.pop(key)
     memories = {}
     for path in sorted((run / "checkpoints").glob("task_*.pt")):
