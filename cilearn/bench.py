@@ -224,10 +224,11 @@ def run_bench(args) -> dict:
     # --methods with no names: only the bare step (and, with --synthesis, the exemplar synthesis)
     methods = args.methods if args.methods is not None else ([None] if args.protocol else ["finetune", "lwf", "icarl"])
     overrides = [f"train.device={device}", "train.progress=false"]
-    for key, value in (("train.epochs", args.epochs), ("train.batch_size", args.batch_size),
-                       ("model.name", args.model)):
+    for key, value in (("train.epochs", args.epochs), ("train.batch_size", args.batch_size)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.model is not None:  # another network: the config's model options are not its options
+        overrides.append(f"model={{name: {args.model}}}")
     if args.threads:
         overrides.append(f"train.num_threads={args.threads}")
     overrides += list(args.set)
@@ -398,7 +399,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="*", default=None,
                         help="methods to run, each in its own process (default: finetune lwf icarl; with --protocol: "
                              "the config's method; none: only the bare step and, with --synthesis, exemplars)")
-    parser.add_argument("--model", default=None, help="override model.name")
+    parser.add_argument("--model", default=None, help="replace the config's model (with its default options)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument("--steps", type=int, default=20, help="steps timed for the bare-step line")
