@@ -23,7 +23,8 @@ from ..buffers import TensorStore
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
-from .base import Batch, Method, MethodOptions, Output
+from .base import Batch, MethodOptions, Output
+from .components import StoredReplay
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ def project(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return grad - (dot / torch.dot(reference, reference)) * reference
 
 
-class AGEM(Method):
+class AGEM(StoredReplay):
     name = "agem"
     description = "A-GEM: project the gradient when it would increase the loss on an episodic memory"
     paper = "Chaudhry, Ranzato, Rohrbach & Elhoseiny, Efficient Lifelong Learning with A-GEM, ICLR 2019"
@@ -84,12 +85,3 @@ class AGEM(Method):
         device = self.context.device
         self.replay.extend(to_tensor_images(task.train.images[pick], device),
                            torch.as_tensor(task.train.labels[pick], device=device))
-
-    def exemplars(self) -> dict | None:
-        return self.replay.exemplars()
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.replay.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.replay.load_state_dict(state["buffer"])

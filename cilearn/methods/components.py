@@ -181,7 +181,21 @@ def draw_replay(sampler, n: int, augment) -> Batch:
                  extras=drawn)
 
 
-class BufferMethod(Method):
+class StoredReplay(Method):
+    """A method whose replayed samples live in ``self.replay`` (a buffer or store): they go into its
+    checkpoints and are what the report shows as its exemplars."""
+
+    def exemplars(self) -> dict | None:
+        return self.replay.exemplars()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.replay.load_state_dict(state["buffer"])
+
+
+class BufferMethod(StoredReplay):
     """A method replaying a minibatch of a reservoir buffer (``self.replay``) at every step: one forward
     pass over the stream batch and the replayed samples, the buffer in checkpoints and in the report.
     Subclasses fill the buffer (``after_step``) and say what the loss does with the replayed rows."""
@@ -195,12 +209,3 @@ class BufferMethod(Method):
 
     def forward(self, batch: Batch) -> Output:
         return forward_with_replay(self.model, batch)
-
-    def exemplars(self) -> dict | None:
-        return self.replay.exemplars()
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.replay.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.replay.load_state_dict(state["buffer"])
