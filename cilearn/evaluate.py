@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from . import metrics
 from .augment import BatchAugment, to_tensor_images
 from .classifiers import top_k_correct
+from .models.net import IncrementalNet
 from .runtime import autocast
 from .scenarios import Scenario
 
@@ -18,12 +22,32 @@ class Inference:
     """Batched, gradient-free feature and logit computation (large batches, ``inference_mode``).
 
     With ``precision="bf16"`` the network runs under bf16 autocast; features and logits come back fp32,
-    so herding, class means and every classifier compute in fp32."""
+    so herding, class means and every classifier compute in fp32.
+
+    With ``fold_batchnorm`` (and more than one batch of images), the features come from an evaluation copy
+    of the backbone in which every BatchNorm is folded into the convolution before it (``torch.fx``'s
+    conv-BN fusion: the same function, one layer less; features equal to ~1e-5).  The copy is rebuilt
+    whenever a weight or a BatchNorm statistic changed since it was made (the tensors' version counters
+    tell), so it is always the model as it is now.  A backbone that ``torch.fx`` cannot trace, a model with
+    its own ``features`` or a compiled one runs as it is."""
 
     def __init__(self, model: torch.nn.Module, augment: BatchAugment, device: torch.device, batch_size: int,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", fold_batchnorm: bool = False):
         self.model, self.augment, self.device, self.batch_size = model, augment, device, batch_size
         self.precision = precision
+        self.fold_batchnorm = fold_batchnorm
+        self._folded: tuple[tuple, torch.nn.Module | None] | None = None  # (weights' versions, folded copy)
+
+    def _features_fn(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What computes the features of ``n`` images: the folded copy when it pays, else the model."""
+        model = self.model
+        if not self.fold_batchnorm or n <= self.batch_size or type(model).features is not IncrementalNet.features:
+            return model.features
+        backbone = model.backbone
+        key = tuple((id(t), t._version) for t in backbone.state_dict(keep_vars=True).values())
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fold_batchnorm(backbone))
+        return self._folded[1] or model.features
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,13 +56,14 @@ class Inference:
             images = to_tensor_images(images, self.device)
         was_training = self.model.training
         self.model.eval()
+        features_of = self._features_fn(len(images))
         features, logits = [], []
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
             if flip:
                 batch = batch.flip(3)
             with autocast(self.precision, self.device):
-                f = self.model.features(self.augment.normalize(batch))
+                f = features_of(self.augment.normalize(batch))
                 logits.append(self.model.head(f).float())
             features.append(f.float())
         self.model.train(was_training)
@@ -46,6 +71,20 @@ class Inference:
             dim = getattr(self.model, "feature_dim", 0)
             return torch.zeros(0, dim, device=self.device), torch.zeros(0, self.model.num_classes, device=self.device)
         return torch.cat(features), torch.cat(logits)
+
+
+def fold_batchnorm(backbone: torch.nn.Module) -> torch.nn.Module | None:
+    """An evaluation-mode copy of ``backbone`` with each BatchNorm folded into its convolution, or None
+    when ``torch.fx`` cannot trace it (or it is compiled)."""
+    if hasattr(backbone, "_orig_mod") or getattr(backbone, "_compiled_call_impl", None) is not None:
+        return None
+    with warnings.catch_warnings():  # importing it imports torch.jit, which warns of its own deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
+    try:
+        return fuse(copy.deepcopy(backbone).eval(), inplace=True)
+    except Exception:  # noqa: BLE001 - any tracing failure: run the backbone as it is
+        return None
 
 
 @dataclass
@@ -61,13 +100,16 @@ TOP5_MIN_CLASSES = 10  # top-5 accuracy is reported for datasets with at least t
 class Evaluator:
     """Scores a model after each task: accuracy matrix row, accuracy on everything seen, old/new split."""
 
-    def __init__(self, scenario: Scenario, inference: Inference, max_feature_samples: int = 0, seed: int = 0):
+    def __init__(self, scenario: Scenario, inference: Inference, max_feature_samples: int = 0, seed: int = 0,
+                 quick_limit: int = 0):
         self.scenario = scenario
         self.inference = inference
         self.all_tasks = scenario.kind == "domain_incremental"  # fixed label space: score every experience
         self.max_feature_samples = max_feature_samples
         self._cache: dict[int, TestSet] = {}
+        self._quick: dict[int, TestSet] = {}
         self.seed = seed
+        self.quick_limit = quick_limit
 
     def test_set(self, upto: int) -> TestSet:
         """Test data of tasks 0..upto (or of every task for domain streams), cached on the device."""
@@ -86,10 +128,22 @@ class Evaluator:
         every class's output from the start never predicts a class it has not been taught)."""
         return len(self.scenario[upto].seen_classes)
 
-    def quick(self, upto: int) -> tuple[float, float]:
-        """(accuracy on the current task, on everything seen so far) with the network head, for the
-        per-epoch log."""
+    def quick_set(self, upto: int) -> TestSet:
+        """The per-epoch evaluation's test data: with ``quick_limit``, a fixed sample of the test set of
+        :meth:`test_set` with the same number of images from every (task, class) pair, else all of it."""
         data = self.test_set(upto)
+        if upto not in self._quick:
+            keep = balanced_sample(data.segment * self.scenario.num_classes + data.labels, self.quick_limit,
+                                   self.seed)
+            self._quick = {upto: data if keep is None else TestSet(
+                images=data.images[torch.as_tensor(keep, device=data.images.device)],
+                labels=data.labels[keep], segment=data.segment[keep])}
+        return self._quick[upto]
+
+    def quick(self, upto: int, sample: bool = True) -> tuple[float, float]:
+        """(accuracy on the current task, on everything seen so far) with the network head, for the
+        per-epoch log (on :meth:`quick_set`; ``sample=False``: on the whole test set)."""
+        data = self.quick_set(upto) if sample else self.test_set(upto)
         _, logits = self.inference(data.images)
         logits = logits[:, : self.seen_outputs(upto)]
         preds = self._head_predictions(logits, data)
@@ -134,3 +188,17 @@ class Evaluator:
             arrays["feature_index"] = keep
             arrays["features"] = features[torch.as_tensor(keep, device=features.device)].cpu().numpy().astype(np.float32)
         return scores, arrays
+
+
+def balanced_sample(groups: np.ndarray, limit: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of at most ``limit`` samples, ``limit // number of groups`` (at least 1) from each
+    group, drawn by a fixed seeded order; None when ``limit`` is 0 or every sample fits."""
+    if not limit or len(groups) <= limit:
+        return None
+    names = np.unique(groups)
+    per_group = max(1, limit // len(names))
+    shuffled = np.random.RandomState(seed).permutation(len(groups))
+    grouped = shuffled[np.argsort(groups[shuffled], kind="stable")]  # by group, random order inside each
+    starts = np.searchsorted(groups[grouped], names)
+    ends = np.append(starts[1:], len(grouped))
+    return np.sort(np.concatenate([grouped[s:min(s + per_group, e)] for s, e in zip(starts, ends)]))

@@ -95,7 +95,7 @@ class Run:
         self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
                                               cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
-                                   cfg.train.precision)
+                                   cfg.train.precision, fold_batchnorm=cfg.train.fold_batchnorm)
         options = method_options(cfg.method)
         install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
@@ -104,7 +104,8 @@ class Run:
         self.method.check(self.scenario)
         check_distributed_method(self.method, self.distributed)
         self.evaluator = Evaluator(self.scenario, self.inference,
-                                   cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed)
+                                   cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed,
+                                   quick_limit=cfg.train.eval_subsample)
         class_task = None
         if self.scenario.kind != "domain_incremental":
             class_task = torch.as_tensor(self.scenario.task_of_class(), device=self.device)
@@ -361,7 +362,7 @@ class Run:
         if self.log_rows and self.log_rows[-1][0] == task.index:  # the task's last epoch: its test accuracies
             head = scores.get("head_task_aware" if self.scenario.task_incremental else "head")
             current, seen = ((head["current_accuracy"], head["seen_accuracy"]) if head is not None
-                             else self.evaluator.quick(task.index))  # a method reporting no head classifier
+                             else self.evaluator.quick(task.index, sample=False))  # a method without a head classifier
             self.log_rows[-1][5:7] = [f"{current:.6f}", f"{seen:.6f}"]
         self.history.append({"task": task.index, "new_classes": task.new_classes,
                              "seen_classes": task.seen_classes, "scores": scores,
@@ -384,8 +385,11 @@ class Run:
         stored = self.method.exemplars()
         if not stored or not len(stored["labels"]):
             return
-        arrays = {key: np.asarray(value) for key, value in stored.items()}
-        arrays["features"] = self.inference(arrays["images"])[0].cpu().numpy().astype(np.float32)
+        features = stored.get("features")  # a method may give them, computed under the current model
+        arrays = {key: np.asarray(value) for key, value in stored.items() if key != "features"}
+        if features is None:
+            features = self.inference(arrays["images"])[0]
+        arrays["features"] = torch.as_tensor(features).cpu().numpy().astype(np.float32)
         write_npz(self.files.exemplars(task_index), arrays)
 
 

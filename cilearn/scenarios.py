@@ -195,6 +195,11 @@ def _remap(data: ImageData, order: list[int], names: list[str]) -> ImageData:
     return ImageData(images=data.images, labels=mapping[data.labels], class_names=names)
 
 
+def _sorted_by_label(data: ImageData) -> ImageData:
+    """``data`` in label order (stable), as one new array."""
+    return data.subset(np.argsort(data.labels, kind="stable"))
+
+
 def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_classes: int | None = None,
                       class_order: str | Sequence[int] = "seed", seed: int = 0,
                       task_incremental: bool = False, num_tasks: int | None = None,
@@ -220,17 +225,19 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
             raise ConfigError(f"scenario.num_tasks: {num_tasks} is more than the {len(sizes)} tasks this "
                               f"split has.")
         sizes = sizes[:num_tasks]
-    # One stable argsort per split, so selecting a task's classes is a slice, not a scan per task.
-    train_sorted, test_sorted = np.argsort(train.labels, kind="stable"), np.argsort(test.labels, kind="stable")
-    train_bounds = np.searchsorted(train.labels[train_sorted], np.arange(num_classes + 1))
-    test_bounds = np.searchsorted(test.labels[test_sorted], np.arange(num_classes + 1))
+    # Each split is copied once in class order (a stable sort: within a class, the dataset's order); a task's
+    # data is then a view of one contiguous block, so the tasks together hold one copy of the dataset, not
+    # two (the loaded splits are freed once the run has built its scenario).
+    train, test = _sorted_by_label(train), _sorted_by_label(test)
+    train_bounds = np.searchsorted(train.labels, np.arange(num_classes + 1))
+    test_bounds = np.searchsorted(test.labels, np.arange(num_classes + 1))
     tasks, start = [], 0
     for index, size in enumerate(sizes):
         new = list(range(start, start + size))
         tasks.append(Task(
             index=index, new_classes=new, seen_classes=list(range(start + size)),
-            train=train.subset(train_sorted[train_bounds[start]:train_bounds[start + size]]),
-            test=test.subset(test_sorted[test_bounds[start]:test_bounds[start + size]]),
+            train=train.subset(slice(train_bounds[start], train_bounds[start + size])),
+            test=test.subset(slice(test_bounds[start], test_bounds[start + size])),
             task_incremental=task_incremental,
             name=f"classes {start}-{start + size - 1}"))
         start += size

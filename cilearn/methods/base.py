@@ -200,7 +200,8 @@ class Method:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     def exemplars(self) -> dict[str, Any] | None:
-        """Stored samples for reports: ``{"images": uint8 NHWC, "labels", "rank"}`` (+ ``"kind"``), or None."""
+        """Stored samples for reports: ``{"images": uint8 NHWC, "labels", "rank"}`` (+ ``"kind"``; + ``"features"``
+        when the method already computed them under the current model, else the run computes them), or None."""
         return None
 
     def state_dict(self) -> dict:

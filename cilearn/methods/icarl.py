@@ -31,6 +31,7 @@ from ..scenarios import Scenario
 from ..schema import option
 from .base import Batch, MethodContext, Output
 from .components import (DistillationOptions, MemoryOptions, check_full_head, distillation_loss, distillation_objective,
+                         forward_teacher_first,
                          resolve_losses, uses_full_head)
 from .rehearsal import Rehearsal
 
@@ -82,6 +83,9 @@ class ICaRL(Rehearsal):
         check_full_head(self.options, scenario)
         super().check(scenario)
         check_policy(self.options.exemplars, scenario.image_shape, self.model, self.options.deepinversion)
+
+    def forward(self, batch: Batch) -> Output:
+        return forward_teacher_first(self, batch)
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         return distillation_loss(self, out, batch)

@@ -29,7 +29,8 @@ from ..distill import Teacher
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Classifier, Method, MethodContext, Output, Stage, head_classifier
-from .components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective, resolve_losses,
+from .components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective,
+                         forward_teacher_first, resolve_losses,
                          uses_full_head)
 
 
@@ -83,6 +84,9 @@ class LwF(Method):
     def begin_epoch(self, epoch: int) -> None:
         if self.stage.name == "warmup":  # the frozen backbone keeps its BatchNorm statistics too
             self.model.backbone.eval()
+
+    def forward(self, batch: Batch) -> Output:
+        return forward_teacher_first(self, batch)
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         return distillation_loss(self, out, batch)

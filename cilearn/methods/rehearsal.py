@@ -100,7 +100,11 @@ class Rehearsal(Method):
         return {name: available[name] for name in self.options.classifiers}
 
     def exemplars(self) -> dict | None:
-        return self.memory.exemplars()
+        stored = self.memory.exemplars()
+        features = self.fitted.memory_features  # computed for the classifiers after this task: not again
+        if stored is not None and features is not None and len(features) == len(stored["labels"]):
+            stored["features"] = features
+        return stored
 
     def state_dict(self) -> dict:
         return {**self.teacher.state_dict(), "memory": self.memory.state_dict(), "nme": self.fitted.state_dict()}
