@@ -16,6 +16,13 @@ def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> 
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
 
 
+def nchw_view(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC numpy → a uint8 NCHW tensor on ``device`` with channels_last strides: on the CPU the
+    same memory as ``images`` (no copy of a task's data or of a test set); batches drawn from it are
+    augmented or normalised into whatever layout the network runs in."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+
+
 class BatchAugment:
     """Random crop with zero padding, horizontal flip and normalisation, applied to whole batches."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .augment import BatchAugment, to_tensor_images
+from .augment import BatchAugment, nchw_view, to_tensor_images
 from .classifiers import top_k_correct
 from .models.net import IncrementalNet
 from .runtime import autocast
@@ -118,7 +118,7 @@ class Evaluator:
             tasks = self.scenario[: key + 1]
             images = np.concatenate([t.test.images for t in tasks])
             self._cache = {key: TestSet(
-                images=to_tensor_images(images, self.inference.device),
+                images=nchw_view(images, self.inference.device),
                 labels=np.concatenate([t.test.labels for t in tasks]),
                 segment=np.concatenate([np.full(len(t.test), t.index) for t in tasks]))}
         return self._cache[key]

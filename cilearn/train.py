@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .augment import BatchAugment, to_tensor_images
+from .augment import BatchAugment, nchw_view
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import Distributed
@@ -123,7 +123,7 @@ class Trainer:
             on_epoch_end: Callable[[EpochResult], None] | None = None, desc: str = "",
             task_index: int = 0) -> None:
         cfg, device = self.cfg, self.device
-        images = to_tensor_images(data.images, device)
+        images = nchw_view(data.images, device)
         labels = torch.as_tensor(data.labels, device=device)
         n = len(labels)
         dist = self.distributed

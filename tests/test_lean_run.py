@@ -214,3 +214,30 @@ def test_teacher_runs_before_the_student_with_the_same_loss(tmp_path, method):
     torch.testing.assert_close(out.teacher_logits, run.method.teacher.logits(batch.inputs))
     plain = Output(out.features, out.logits)  # a forward of another kind: the loss asks the teacher itself
     assert run.method.loss(out, batch).item() == pytest.approx(run.method.loss(plain, batch).item(), rel=1e-6)
+
+
+def test_training_on_a_view_of_the_data_trains_the_same_network(tmp_path, monkeypatch):
+    """The loop reads a task's images through a channels_last view of the uint8 array (no copy); the
+    network it trains is bit for bit the one trained from a contiguous NCHW copy."""
+    import cilearn.train
+    from cilearn.augment import to_tensor_images
+
+    rng = np.random.default_rng(0)
+    splits = DatasetSplits(name="noise", display_name="noise",
+                           train=ImageData(rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
+                                           np.repeat([0, 1], 24), ["a", "b"]),
+                           test=ImageData(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+                                          np.repeat([0, 1], 4), ["a", "b"]))
+    raw = {"data": {"name": "noise"}, "scenario": {"classes_per_task": 2}, "method": {"name": "finetune"},
+           "model": {"name": "resnet20"},
+           "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "progress": False, "eval_every": 0},
+           "output": {"save_checkpoints": False, "save_features": False}, "seed": 0}
+    weights = []
+    for layout in ("view", "copy"):
+        if layout == "copy":
+            monkeypatch.setattr(cilearn.train, "nchw_view", to_tensor_images)
+        run = Run(parse_config(raw), tmp_path / layout, data=splits)
+        run.execute()
+        weights.append(run.model.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
