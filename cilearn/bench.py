@@ -93,6 +93,38 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: int = 5) -> dict:
+    """Images per second of evaluation-mode feature extraction (``inference_mode``, channels_last) on random
+    data: the network as trained at batch 256 (0.1's evaluation) and at the eval batch 128, and with its
+    BatchNorms folded (:func:`~cilearn.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now.
+    Median of ``repeats`` timings, the variants interleaved (the machine's speed drifts)."""
+    import torch
+
+    from .evaluate import fold_batchnorm
+    from .models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(setup["model"], setup["channels"], setup["image_size"], **setup["model_options"])
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model.backbone)
+    x = torch.randn(images, setup["channels"], setup["image_size"], setup["image_size"], device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    variants = {"plain_batch_256": (model.features, 256), "plain_batch_128": (model.features, 128)}
+    if folded is not None:
+        variants["folded_batch_128"] = (folded, 128)
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up (discarded)
+            for name, (fn, batch) in variants.items():
+                started = time.perf_counter()
+                for start in range(0, images, batch):
+                    fn(x[start:start + batch])
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                timings[name].append(images / (time.perf_counter() - started))
+    return {name: statistics.median(values[1:]) for name, values in timings.items()}
+
+
 def bare_steps(setup: dict, steps: int, device: str, precision: str) -> dict:
     """The hardware line: every bare step the report compares against."""
     common = dict(model_name=setup["model"], batch_size=setup["batch_size"], steps=steps, device=device,
@@ -251,6 +283,7 @@ def run_bench(args) -> dict:
     log.info(f"bare {setup['model']} step, batch {setup['batch_size']}, {args.steps} steps on {device} "
              f"({precision}) ...")
     results, bares = [], [bare_steps(setup, args.steps, device, precision)]
+    report["inference_images_per_second"] = inference_throughput(setup, device)
     if args.synthesis:
         log.info(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
                  f"{args.synthesis_iterations} DeepInversion iterations ...")
@@ -343,6 +376,10 @@ def print_table(report: dict) -> None:
         line += (f"; bf16 channels_last {bare['bf16_channels_last']:.0f}, + teacher "
                  f"{bare['bf16_channels_last_with_teacher']:.0f}")
     print(line)
+    inference = report.get("inference_images_per_second")
+    if inference:
+        print("inference (img/s, median of 5): " + ", ".join(f"{name.replace('_', ' ')} {value:.0f}"
+                                                         for name, value in inference.items()))
     header = (f"{'run':<12} {'wall s':>7} {'wall×bare':>9} {'train img/s':>11} {'÷ floor':>7} {'train s':>8} "
               f"{'eval s':>7} {'end-task s':>10} {'ckpt s':>6} {'eval+end':>8} {'peak MiB':>8} "
               f"{'acc avg/last':>12}")

@@ -20,6 +20,9 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert set(report["bare_step_images_per_second"]) == {"default", "channels_last", "channels_last_with_teacher"}
     assert len(report["bare_step_samples"]) == 2  # before and after the run
+    inference = report["inference_images_per_second"]  # as trained at 256 and 128, folded at 128
+    assert set(inference) == {"plain_batch_256", "plain_batch_128", "folded_batch_128"}
+    assert all(v > 0 for v in inference.values())
     (result,) = report["end_to_end"]
     assert result["method"] == "finetune" and len(result["per_task"]) == 2
     assert result["train_images_per_second"] > 0 and result["peak_rss_mib"] > 0
@@ -27,7 +30,8 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     assert result["wall_x_bare_images"] == pytest.approx(
         result["wall_seconds"] * result["bare_step_images_per_second"]["channels_last"])
     assert not result["uses_teacher"] and result["precision"] == "fp32"
-    assert "÷ floor" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "÷ floor" in printed and "inference (img/s, median of 5): plain batch 256" in printed
 
 
 def test_protocol_runs_the_protocol_config_with_memory_per_phase(tmp_path, capsys):
