@@ -87,7 +87,7 @@ class TrainConfig:
                                                    "faster than 256 or 1024 for the CIFAR ResNets, and less memory)")
     fold_batchnorm: bool = option(True, help="evaluation and feature extraction (herding, class means) run a copy "
                                              "of the network with each BatchNorm folded into its convolution (the "
-                                             "same function; features equal to ~1e-5; 1.36x on the project's CPU)")
+                                             "same function; features equal to ~1e-5; timed by cilearn bench)")
     eval_every: int = option(1, min=0, help="evaluate on test data every N epochs (0: only after each task)")
     eval_subsample: int = option(
         2000, min=0, help="the per-epoch evaluation scores a fixed sample of at most this many test images, the "

@@ -31,8 +31,7 @@ from ..scenarios import Scenario
 from ..schema import option
 from .base import Batch, MethodContext, Output
 from .components import (DistillationOptions, MemoryOptions, check_full_head, distillation_loss, distillation_objective,
-                         forward_teacher_first,
-                         resolve_losses, uses_full_head)
+                         forward_teacher_first, resolve_losses, uses_full_head)
 from .rehearsal import Rehearsal
 
 

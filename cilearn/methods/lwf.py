@@ -30,8 +30,7 @@ from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Classifier, Method, MethodContext, Output, Stage, head_classifier
 from .components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective,
-                         forward_teacher_first, resolve_losses,
-                         uses_full_head)
+                         forward_teacher_first, resolve_losses, uses_full_head)
 
 
 @dataclasses.dataclass
