@@ -1,6 +1,7 @@
 """PhaseMeter: the peak resident memory of each phase is that phase's, nested phases counted apart."""
 
-import numpy as np
+import mmap
+
 import pytest
 
 from cilearn.meter import PhaseMeter, current_rss_mib
@@ -8,8 +9,14 @@ from cilearn.meter import PhaseMeter, current_rss_mib
 MIB = 2 ** 20
 
 
-def _touch(mib: int) -> np.ndarray:
-    return np.ones(mib * MIB, dtype=np.uint8)  # written, so resident
+def _touch(mib: int) -> mmap.mmap:
+    """``mib`` MiB of fresh, written (so resident) pages, returned to the kernel when dropped.  An anonymous
+    mapping, not a numpy array: the allocator could serve an array from freed heap pages that are already
+    resident, and the resident size would then grow by less than ``mib``."""
+    block = mmap.mmap(-1, mib * MIB)
+    pages = mib * MIB // mmap.PAGESIZE
+    block[::mmap.PAGESIZE] = b"\1" * pages
+    return block
 
 
 def test_each_phase_reports_its_own_peak_and_an_inner_phase_is_not_the_outer_ones():
