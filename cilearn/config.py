@@ -98,10 +98,10 @@ class TrainConfig:
     channels_last: bool = option(True)
     num_threads: int | None = option(None, min=1, help="torch CPU threads; default: all cores")
     precision: Literal["auto", "fp32", "bf16"] = option(
-        "auto", help="bf16: bfloat16 autocast for the network's forward passes (losses, BatchNorm statistics, "
-                     "herding and class means stay fp32); auto: bf16 where the device computes it natively "
-                     "(CPUs with AVX512-BF16/AMX, GPUs of compute capability 8.0+), else fp32; the run's "
-                     "config.yaml and metrics.json record the choice")
+        "fp32", help="fp32 (the default: the same numbers on every machine); bf16: bfloat16 autocast for the "
+                     "network's forward passes (losses, BatchNorm statistics, herding and class means stay fp32); "
+                     "auto: bf16 where the device computes it natively (CPUs with AVX512-BF16/AMX, GPUs of "
+                     "compute capability 8.0+), else fp32; the run's metrics.json and run.json record what ran")
     compile: bool = option(False, help="torch.compile the model")
     deterministic: bool = option(False, help="torch deterministic algorithms (slower on GPU)")
     progress: bool = option(True, help="progress bars")
