@@ -271,6 +271,7 @@ def run_bench(args) -> dict:
     setups = [bench_setup(config, method_overrides(m)) for m in methods or [None]]  # every config checked first
     setup = {**setups[0], "image_size": args.image_size, "channels": args.channels}
     precision = setup["precision"]
+    overrides.append(f"train.precision={precision}")  # the runs train in the precision the bare step was timed in
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,

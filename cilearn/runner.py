@@ -9,7 +9,6 @@ task's files (through :class:`~cilearn.rundir.RunDir`) and checkpoint (through
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -69,9 +68,7 @@ class Run:
         configure_torch(cfg.train, self.device)
         check_distributed_config(cfg.train, self.device)
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
-        # The precision this machine runs (auto → fp32 or bf16) goes into config.yaml: a resumed run keeps it.
-        precision, _ = resolve_precision(cfg.train.precision, self.device)
-        cfg = self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+        self.precision = self.resolved_precision()
         with self.meter.phase("data"):
             splits = self.data if self.data is not None else load_splits(cfg.data)
             self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
@@ -95,7 +92,7 @@ class Run:
         self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
                                               cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
-                                   cfg.train.precision, fold_batchnorm=cfg.train.fold_batchnorm)
+                                   self.precision, fold_batchnorm=cfg.train.fold_batchnorm)
         options = method_options(cfg.method)
         install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
@@ -109,10 +106,20 @@ class Run:
         class_task = None
         if self.scenario.kind != "domain_incremental":
             class_task = torch.as_tensor(self.scenario.task_of_class(), device=self.device)
-        self.trainer = Trainer(cfg.train, self.device, self.augment, class_task, self.distributed)
+        self.trainer = Trainer(cfg.train, self.device, self.augment, class_task, self.distributed,
+                               precision=self.precision)
         self.checkpoints = CheckpointStore(self.files, len(self.scenario))
         self.loggers = make_loggers(cfg.output.loggers)  # csv, tensorboard, wandb: checked here, started in execute
         self.ready = True
+
+    def resolved_precision(self) -> str:
+        """fp32 or bf16: what train.precision means on this machine.  config.yaml keeps what the user wrote
+        (auto stays auto); run.json and metrics.json record what ran.  A resumed run keeps the precision it
+        started in, even on a machine where auto would decide otherwise."""
+        recorded = (self.files.read_info() or {}).get("precision") if self.files.info.is_file() else None
+        if self.cfg.train.precision == "auto" and recorded in ("fp32", "bf16"):
+            return recorded
+        return resolve_precision(self.cfg.train.precision, self.device)[0]
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised network of this run's architecture, on its device (no classes yet)."""
@@ -145,7 +152,7 @@ class Run:
             "num_tasks": len(self.scenario),
             "tasks_done": len(self.history),
             "classes_per_step": [len(h["seen_classes"]) for h in self.history],
-            "precision": self.cfg.train.precision,
+            "precision": self.precision,
             "classifier": primary,
             **per_classifier.get(primary, {}),
             "classifiers": per_classifier,
@@ -166,7 +173,8 @@ class Run:
             "dataset": scenario.dataset_name, "kind": scenario.kind, "task_incremental": scenario.task_incremental,
             "class_names": list(scenario.class_names), "class_order": [int(c) for c in scenario.class_order],
             "image_shape": list(scenario.image_shape), "mean": list(scenario.mean), "std": list(scenario.std),
-            "augment": cfg.train.augment, "model": cfg.model.name, "method": cfg.method["name"], "label": self.label,
+            "augment": cfg.train.augment, "precision": self.precision,
+            "model": cfg.model.name, "method": cfg.method["name"], "label": self.label,
             "seed": cfg.seed, "tasks": [{"name": t.name, "new_classes": [int(c) for c in t.new_classes]}
                                         for t in scenario]})
         images, labels = first_task_samples(self.scenario, SAMPLE_IMAGES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -96,13 +97,17 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return False, f"no bf16 detection for {device.type} devices"
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """``train.precision`` → ("fp32" or "bf16", a one-line note on why).  ``auto`` picks bf16 where the
-    device computes it natively and falls back to fp32 otherwise; an explicit ``bf16`` is honoured on any
-    device (emulated where there is no native support, with a warning: correct but slow)."""
+def resolve_precision(requested: str, device: torch.device,
+                      detect: Callable[[torch.device], tuple[bool, str]] | None = None) -> tuple[str, str]:
+    """``train.precision`` → ("fp32" or "bf16", a one-line note on why).  The one place where ``auto`` is
+    decided: bf16 where the device computes it natively, else fp32; an explicit ``bf16`` is honoured on any
+    device (emulated where there is no native support, with a warning: correct but slow).  ``detect``
+    replaces the hardware check (default :func:`native_bf16`), so that either path can be tested on any CPU."""
     if requested == "fp32":
         return "fp32", "fp32 as configured"
-    fast, why = native_bf16(device)
+    if requested not in ("auto", "bf16"):
+        raise ConfigError(f"train.precision: '{requested}' is not a precision; use fp32, bf16 or auto.")
+    fast, why = (detect or native_bf16)(device)
     if requested == "bf16":
         if not fast:
             log.warning(f"train.precision bf16 on {device}: {why}; training will be slower than fp32.")

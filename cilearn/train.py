@@ -22,11 +22,11 @@ from .augment import BatchAugment, nchw_view
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import Distributed
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .log import progress_disabled
 from .methods import Batch, Method, Output
 from .optim import make_optimizer, make_scheduler
-from .runtime import autocast, resolve_precision
+from .runtime import autocast
 
 
 @dataclass
@@ -63,9 +63,13 @@ class Trainer:
     ids; without it (domain streams) every sample carries the current task's index."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment,
-                 class_task: torch.Tensor | None = None, distributed: Distributed | None = None):
-        if cfg.precision == "auto":  # a Run passes it resolved; resolve it here for direct users
-            cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)[0])
+                 class_task: torch.Tensor | None = None, distributed: Distributed | None = None,
+                 precision: str | None = None):
+        # fp32 or bf16, resolved by the caller (a Run: runtime.resolve_precision); default: the config's own
+        self.precision = precision or cfg.precision
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"Trainer: precision '{self.precision}' is not resolved; pass precision=fp32 or bf16 "
+                              f"(runtime.resolve_precision turns 'auto' into one of them for a device).")
         self.base_cfg = self.cfg = cfg
         self.device, self.augment = device, augment
         self.class_task = class_task
@@ -130,7 +134,7 @@ class Trainer:
         plan = self.plan(n, model)
         per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-        reduced = cfg.precision == "bf16"  # resolved by the run: "fp32" or "bf16"
+        reduced = self.precision == "bf16"
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
         # when stderr is not a terminal (CI logs stay readable).
@@ -154,7 +158,7 @@ class Trainer:
                 batch = Batch(inputs=inputs, images=raw, labels=targets,
                               task_ids=self._task_ids(targets, task_index), indices=idx,
                               replay=self._replay_batch(method, len(idx), task_index))
-                with autocast(cfg.precision, device):
+                with autocast(self.precision, device):
                     out = method.forward(batch)
                     if reduced:  # the network ran in bf16; the losses read fp32
                         out = full_precision(out)

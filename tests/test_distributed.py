@@ -30,7 +30,7 @@ def config(method: dict, tasks: int = 3) -> dict:
             "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": tasks},
             "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": method,
             "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False,
-                      "num_threads": 1, "dist_timeout": 120},
+                      "num_threads": 1, "dist_timeout": 120, "precision": "fp32"},  # compared: pinned
             "output": {"max_feature_samples": 40}, "seed": 2}
 
 

@@ -41,7 +41,7 @@ def make_run(tmp_path, splits, **method) -> Run:
                         "model": {"name": "mlp", "options": {"hidden": [16]}},
                         "method": {"name": "icarl", "memory_size": 8, "classifiers": ["nme"], **method},
                         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "augment": "none",
-                                  "progress": False, "eval_every": 0},
+                                  "progress": False, "eval_every": 0, "precision": "fp32"},  # compared
                         "output": {"save_features": False, "save_checkpoints": False}, "seed": 0})
     return Run(cfg, tmp_path, data=splits)
 

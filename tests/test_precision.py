@@ -1,7 +1,9 @@
-"""train.precision: bf16 autocast where the device computes it natively, fp32 otherwise.
+"""train.precision: fp32 by default on every machine; bf16 autocast on request, and ``auto`` (bf16 where the
+device computes it natively, fp32 otherwise) decided in one place, runtime.resolve_precision.
 
-The development machine has no bf16 instructions, so bf16 is forced on here (emulated: slow but exact in
-what it computes) to check what the training loop does with it; speed is measured by `cilearn bench`."""
+The suite runs on CPUs with and without bf16 instructions: the hardware check is injected here (both answers
+on any CPU), and bf16 is forced where it is tested (emulated where the CPU lacks it: slow but exact in what
+it computes). Speed is measured by `cilearn bench`."""
 
 import json
 
@@ -35,6 +37,36 @@ def test_auto_picks_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, c
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
     assert runtime.resolve_precision("auto", CPU)[0] == "bf16"
     assert runtime.resolve_precision("fp32", CPU)[0] == "fp32"
+
+
+def native(answer: bool):
+    """An injected hardware check: this device does (or does not) compute bf16 natively."""
+    return lambda device: (answer, f"test: native bf16 {answer}")
+
+
+def test_the_detection_is_injectable_either_way_on_any_cpu():
+    assert runtime.resolve_precision("auto", CPU, detect=native(True)) == ("bf16", "auto: bf16 (test: native bf16 "
+                                                                                   "True)")
+    assert runtime.resolve_precision("auto", CPU, detect=native(False))[0] == "fp32"
+    assert runtime.resolve_precision("fp32", CPU, detect=native(True))[0] == "fp32"  # fp32 never asks
+    assert runtime.resolve_precision("bf16", CPU, detect=native(False))[0] == "bf16"
+    with pytest.raises(runtime.ConfigError, match="fp16"):
+        runtime.resolve_precision("fp16", CPU)
+
+
+def test_the_default_is_fp32_even_where_the_hardware_has_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", native(True))  # as on a CPU with AVX512-BF16 or an A100
+    assert TrainConfig().precision == "fp32"
+    run = make_run(tmp_path, {"name": "finetune"}, num_tasks=1)
+    assert run.precision == "fp32" and run.trainer.precision == "fp32" and run.inference.precision == "fp32"
+
+
+def test_a_trainer_refuses_an_unresolved_precision():
+    from cilearn.errors import ConfigError
+    with pytest.raises(ConfigError, match="resolve_precision"):
+        Trainer(TrainConfig(precision="auto"), CPU, BatchAugment((0.5,), (0.25,)))
+    assert Trainer(TrainConfig(precision="auto"), CPU, BatchAugment((0.5,), (0.25,)), precision="bf16").precision \
+        == "bf16"
 
 
 def test_explicit_bf16_is_honoured_with_a_warning_where_it_is_emulated(monkeypatch, caplog):
@@ -106,12 +138,23 @@ def test_bf16_features_give_the_same_nearest_mean_predictions_as_fp32(tmp_path):
     assert agreement >= 0.98
 
 
-def test_a_run_records_the_precision_it_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: set())
-    run = make_run(tmp_path / "auto", {"name": "finetune"}, num_tasks=1)
-    result = run.execute()
-    assert result["precision"] == "fp32"
-    assert yaml.safe_load((tmp_path / "auto/config.yaml").read_text())["train"]["precision"] == "fp32"
+def _auto_run(out, tasks: int = 1) -> Run:
+    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "num_tasks": tasks},
+           "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": {"name": "finetune"},
+           "train": {"epochs": 1, "batch_size": 32, "progress": False, "precision": "auto", "eval_every": 0},
+           "output": {"save_features": False}}
+    return Run(parse_config(raw), out)
+
+
+def test_a_run_records_the_precision_it_used_beside_the_config(tmp_path, monkeypatch):
+    for answer, precision in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(runtime, "native_bf16", native(answer))
+        out = tmp_path / f"auto-{precision}"
+        result = _auto_run(out).execute()
+        assert result["precision"] == precision
+        assert json.loads((out / "run.json").read_text())["precision"] == precision
+        # config.yaml keeps what the user wrote: the same config means 'auto' on every machine
+        assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "auto"
 
     raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "num_tasks": 1},
            "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": {"name": "finetune"},
@@ -121,6 +164,21 @@ def test_a_run_records_the_precision_it_used(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "bf16/metrics.json").read_text())
     assert metrics["precision"] == "bf16" and metrics["seen_accuracy"][0] > 0.9  # learns in bf16 too
     assert yaml.safe_load((tmp_path / "bf16/config.yaml").read_text())["train"]["precision"] == "bf16"
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_started_in(tmp_path, monkeypatch):
+    """Started where auto meant bf16, resumed on a machine where it would mean fp32: it continues in bf16."""
+    monkeypatch.setattr(runtime, "native_bf16", native(True))
+    out = tmp_path / "run"
+    first = _auto_run(out, tasks=2)
+    first.setup()
+    first.scenario = first.scenario[:1]  # stop after the first task, as a crash would
+    first.execute()
+    monkeypatch.setattr(runtime, "native_bf16", native(False))
+    resumed = _auto_run(out, tasks=2)
+    result = resumed.execute(resume=True)
+    assert resumed.precision == "bf16" and resumed.trainer.precision == "bf16"
+    assert result["precision"] == "bf16" and result["tasks_done"] == 2
 
 
 def test_an_unknown_precision_is_a_config_error():

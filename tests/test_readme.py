@@ -57,3 +57,33 @@ def test_the_loggers_commands_run(tmp_path, monkeypatch):
     assert list((tmp_path / "runs" / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     [run] = list(tmp_path.glob("runs/quickstart/*"))  # W&B's service writes its file in the background: wait
     assert any(r.WhichOneof("record_type") == "history" for r in wandb_records(run))
+
+
+def quickstart_rows(text: str) -> dict[str, list[str]]:
+    """The quickstart's table rows (method → its cells) in a README block or a run's output."""
+    names = ("finetune", "joint", "lwf", "icarl")
+    return {cells[0]: cells[1:] for cells in (line.split() for line in text.splitlines())
+            if cells and cells[0] in names}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["native", "avx2"])
+def test_the_quickstart_prints_the_readme_table_to_the_digit(tmp_path, isa):
+    """`cilearn run configs/quickstart.yaml` as the README shows it, on this CPU's own kernels and on the
+    AVX2 ones (ATen and oneDNN capped at AVX2: the kernels of a CPU without AVX-512 or bf16 instructions).
+    fp32 gives the same table on both, digit for digit; the default precision must not depend on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"```\n(\$ cilearn run configs/quickstart\.yaml.*?)```", readme, flags=re.S)
+    expected = quickstart_rows(block)
+    assert set(expected) == {"finetune", "joint", "lwf", "icarl"}
+    env = {**os.environ, "CILEARN_DATA": str(tmp_path / "no-data")}
+    if isa == "avx2":
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    done = subprocess.run([sys.executable, "-m", "cilearn", "run", str(ROOT / "configs/quickstart.yaml"),
+                           "--out", str(tmp_path / "qs")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert quickstart_rows(done.stdout) == expected

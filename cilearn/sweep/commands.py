@@ -129,9 +129,6 @@ def check_existing_runs(sweep, out: Path) -> None:
             raise CheckpointError(f"'{stored}' cannot be read ({exc}); delete that run folder to run it "
                                   f"again.") from None
         want = yaml.safe_load(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-        # A run writes the precision it resolved on its machine (auto → fp32 or bf16): that is the sweep's auto.
-        if isinstance(have.get("train"), dict) and want.get("train", {}).get("precision") == "auto":
-            have = {**have, "train": {**have["train"], "precision": "auto"}}
         if have != want:
             key, old, new = _first_difference(have, want)
             raise ConfigError(f"run '{run.name}' in '{out}' was made with {key}: {old!r}, the sweep now gives "
