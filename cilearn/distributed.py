@@ -12,9 +12,11 @@ How the work is split, and why the results equal a single process's:
   applies the same step and the models stay identical (checked after every task).  The effective batch
   is ``train.batch_size`` whatever the number of processes, so the learning rate is not rescaled;
 - everything that is not a gradient step — the frozen teacher, exemplar selection (herding), class means,
-  evaluation — runs on every process on identical models and inputs and gives identical results; only
-  rank 0 writes the run directory and prints; a checkpoint is read by rank 0 and broadcast, and resumes on
-  any number of processes (one included).
+  evaluation — runs on every process on identical models and inputs and gives identical results; the
+  inference passes behind evaluation, herding and class means are sharded: each process computes its own
+  whole batches and one all-reduce gathers them (:class:`~cilearn.evaluate.Inference`, bit-identical to one
+  process); only rank 0 writes the run directory and prints; a checkpoint is read by rank 0 and broadcast,
+  and resumes on any number of processes (one included).
 
 Why not ``DistributedDataParallel``: it synchronises gradients only for work that goes through its own
 ``forward``, while cilearn's methods call parts of the network (features, head, a teacher) from their hooks;

@@ -13,6 +13,7 @@ import torch
 from . import metrics
 from .augment import BatchAugment, nchw_view, to_tensor_images
 from .classifiers import top_k_correct
+from .distributed import Distributed
 from .models.net import IncrementalNet
 from .runtime import autocast
 from .scenarios import Scenario
@@ -29,13 +30,20 @@ class Inference:
     conv-BN fusion: the same function, one layer less; features equal to ~1e-5).  The copy is rebuilt
     whenever a weight or a BatchNorm statistic changed since it was made (the tensors' version counters
     tell), so it is always the model as it is now.  A backbone that ``torch.fx`` cannot trace, a model with
-    its own ``features`` or a compiled one runs as it is."""
+    its own ``features`` or a compiled one runs as it is.
+
+    Under torchrun (``distributed``) the batches are dealt out round-robin: each process computes its own
+    whole batches (the same batches, of the same size, that one process would run, so each sample's result
+    is the same to the bit) and one all-reduce puts them together on every process (the others contribute
+    zeros). Evaluation, herding and class means then take 1/N of the time on N processes. Every process
+    calls it with the same images, as everything outside the gradient step is replicated."""
 
     def __init__(self, model: torch.nn.Module, augment: BatchAugment, device: torch.device, batch_size: int,
-                 precision: str = "fp32", fold_batchnorm: bool = False):
+                 precision: str = "fp32", fold_batchnorm: bool = False, distributed: Distributed | None = None):
         self.model, self.augment, self.device, self.batch_size = model, augment, device, batch_size
         self.precision = precision
         self.fold_batchnorm = fold_batchnorm
+        self.distributed = distributed
         self._folded: tuple[tuple, torch.nn.Module | None] | None = None  # (weights' versions, folded copy)
 
     def _features_fn(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -57,8 +65,11 @@ class Inference:
         was_training = self.model.training
         self.model.eval()
         features_of = self._features_fn(len(images))
+        starts = range(0, len(images), self.batch_size)
+        dist = self.distributed
+        sharded = dist is not None and len(starts) >= dist.world  # every process has at least one batch
         features, logits = [], []
-        for start in range(0, len(images), self.batch_size):
+        for start in (starts[dist.rank::dist.world] if sharded else starts):
             batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
             if flip:
                 batch = batch.flip(3)
@@ -70,7 +81,19 @@ class Inference:
         if not features:
             dim = getattr(self.model, "feature_dim", 0)
             return torch.zeros(0, dim, device=self.device), torch.zeros(0, self.model.num_classes, device=self.device)
+        if sharded:
+            return self._gather(features, logits, len(images))
         return torch.cat(features), torch.cat(logits)
+
+    def _gather(self, features: list[torch.Tensor], logits: list[torch.Tensor], n: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every process's batches in their places (features and logits side by side, one all-reduce)."""
+        dist, width = self.distributed, features[0].shape[1]
+        rows = torch.zeros(n, width + logits[0].shape[1], device=self.device)
+        for i, start in enumerate(range(dist.rank * self.batch_size, n, dist.world * self.batch_size)):
+            rows[start:start + len(features[i])] = torch.cat([features[i], logits[i]], dim=1)
+        rows = dist.sum(rows)
+        return rows[:, :width].contiguous(), rows[:, width:].contiguous()
 
 
 def fold_batchnorm(backbone: torch.nn.Module) -> torch.nn.Module | None:

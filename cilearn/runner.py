@@ -92,7 +92,8 @@ class Run:
         self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
                                               cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
-                                   self.precision, fold_batchnorm=cfg.train.fold_batchnorm)
+                                   self.precision, fold_batchnorm=cfg.train.fold_batchnorm,
+                                   distributed=self.distributed)
         options = method_options(cfg.method)
         install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,

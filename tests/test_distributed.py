@@ -186,3 +186,44 @@ def test_average_gradients_weights_each_share(monkeypatch):
     p.grad = shares[0][1].clone()
     Distributed(0, 2, "gloo").average_gradients([p], 3, total)
     assert torch.allclose(p.grad, (3 * shares[0][1] + 1 * shares[1][1]) / 4)
+
+
+SHARDED_INFERENCE = """
+import sys, numpy as np, torch
+from cilearn.augment import BatchAugment
+from cilearn.distributed import Distributed
+from cilearn.evaluate import Inference
+from cilearn.models import build_model
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = build_model("resnet20", 3, 16)  # BatchNorm: folded into the convolutions for inference
+model.add_classes(5)
+model.eval()
+images = np.random.RandomState(0).randint(0, 256, (300, 16, 16, 3), dtype=np.uint8)  # 5 batches, the last short
+augment = BatchAugment((0.5,) * 3, (0.25,) * 3)
+dist = Distributed.from_environment(torch.device("cpu"), 60)
+sharded = Inference(model, augment, torch.device("cpu"), 64, fold_batchnorm=True, distributed=dist)
+alone = Inference(model, augment, torch.device("cpu"), 64, fold_batchnorm=True)
+calls = []
+model.head.register_forward_hook(lambda *args: calls.append(1))
+sharded(images)
+assert len(calls) == (3 if dist.rank == 0 else 2), len(calls)  # batches 0, 2, 4 / 1, 3: its own share
+for flip in (False, True):
+    (f2, l2), (f1, l1) = sharded(images, flip=flip), alone(images, flip=flip)
+    assert torch.equal(f2, f1) and torch.equal(l2, l1), (flip, (f2 - f1).abs().max(), (l2 - l1).abs().max())
+small = sharded(images[:40])  # one batch: every process computes it (no collective)
+assert torch.equal(small[0], alone(images[:40])[0])
+if dist.rank == 0:
+    open(sys.argv[1], "w").write("equal")
+"""
+
+
+def test_sharded_inference_equals_one_process_exactly(tmp_path):
+    """Evaluation, herding and class means all go through Inference: on 2 processes each computes its own
+    batches, and the gathered features and logits are those of one process, bit for bit."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_INFERENCE)
+    done = torchrun([str(tmp_path / "ok")], script=str(script), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "ok").read_text() == "equal"
