@@ -24,9 +24,13 @@ the explicit all-reduce gives the same gradients for every method (without DDP's
 with the backward pass).  BatchNorm statistics are per process unless ``train.sync_batchnorm`` (CUDA only:
 PyTorch's SyncBatchNorm has no CPU kernel); with it, or without BatchNorm, runs match a single process.
 
-Methods that keep per-step state (a reservoir buffer filled in ``after_step``, a replay minibatch, gradient
-projection in ``before_step``) would need that state gathered across processes; they are refused under
-torchrun with one clear message rather than run subtly differently.
+Methods with per-step state (ER, DER, DER++, ER-ACE, A-GEM, ...) run as in one process: the replayed
+minibatches are drawn whole with the shared generator on every process (each computes its share, like the
+stream batch); ``after_step`` receives the whole stream batch and its gathered outputs, so every process's
+reservoir and stored logits stay identical to a single process's; A-GEM's reference gradient is averaged
+over the shares before the projection. The weighting of the shares is exact when the stream batch and the
+replayed minibatch divide by the number of processes, which is checked for these methods (an epoch's last,
+partial stream batch may differ by one sample per process).
 """
 
 from __future__ import annotations
@@ -139,6 +143,25 @@ class Distributed:
             else:
                 p.grad.copy_(synced)
 
+    def gather_rows(self, local: torch.Tensor, rows: slice, total: int) -> torch.Tensor:
+        """The (total, ...) tensor whose ``rows`` are this process's ``local`` and the rest the other
+        processes' parts (each process passes its own slice of one partition): one all-reduce, the others
+        contributing zeros, so every value arrives unchanged."""
+        import torch
+
+        whole = torch.zeros((total, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        whole[rows] = local
+        return self.sum(whole)
+
+    def weighted_mean(self, value: torch.Tensor, weight: int) -> torch.Tensor:
+        """Σ weight·value / Σ weight over the processes (e.g. a mean gradient over each process's share of a
+        minibatch, weighted by the share's size), on every process; one all-reduce."""
+        import torch
+
+        flat = torch.cat([value.reshape(-1) * weight, value.new_tensor([float(weight)])])
+        flat = self.sum(flat)
+        return (flat[:-1] / flat[-1]).view_as(value)
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
@@ -180,18 +203,18 @@ class Distributed:
             dist.barrier()
 
 
-def check_method(method, distributed: Distributed | None) -> None:
-    """Refuse methods whose per-step state would differ between processes."""
-    if distributed is None:
+def check_method(method, distributed: Distributed | None, batch_size: int) -> None:
+    """A method replaying a minibatch every step splits it and the stream batch evenly over the processes:
+    both sizes must divide by their number (otherwise a share's loss would weigh its replayed rows wrongly)."""
+    if distributed is None or method.replay is None:
         return
-    from .methods import Method
-
-    cls = type(method)
-    per_step = [hook for hook in ("before_step", "after_step") if getattr(cls, hook) is not getattr(Method, hook)]
-    if per_step or method.replay is not None or getattr(cls, "replay_batch_size", None):
-        what = ", ".join(per_step) or "a per-step replay buffer"
-        raise ConfigError(f"method '{cls.name}' keeps per-step state ({what}) that is not yet gathered across "
-                          f"the processes of a torchrun job; run it in one process (plain 'cilearn run').")
+    world = distributed.world
+    replay = getattr(method, "replay_batch_size", None) or batch_size
+    for key, size in (("train.batch_size", batch_size), ("method.replay_batch_size", replay)):
+        if size % world:
+            raise ConfigError(f"{key}: {size} does not divide by the {world} processes of this torchrun job; method "
+                              f"'{type(method).name}' splits its stream batch and its replayed minibatch evenly "
+                              f"over them: use a multiple of {world}.")
 
 
 def check_config(train_cfg, device: torch.device) -> None:

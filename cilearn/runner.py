@@ -97,10 +97,11 @@ class Run:
         options = method_options(cfg.method)
         install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
-                                infer=self.inference, augment=self.augment, build_model=self.build_model)
+                                infer=self.inference, augment=self.augment, build_model=self.build_model,
+                                distributed=self.distributed)
         self.method = method_class(options.name)(options, self.model, context)
         self.method.check(self.scenario)
-        check_distributed_method(self.method, self.distributed)
+        check_distributed_method(self.method, self.distributed, cfg.train.batch_size)
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed,
                                    quick_limit=cfg.train.eval_subsample)

@@ -112,11 +112,18 @@ class Trainer:
             return torch.full_like(labels, task_index)
         return self.class_task[labels]
 
-    def _replay_batch(self, method: Method, size: int, task_index: int) -> Batch | None:
+    def _replay_batches(self, method: Method, size: int, task_index: int) -> tuple[Batch | None, Batch | None]:
+        """The step's replayed minibatch and, where the method draws two (DER++), a second, independent one,
+        drawn and augmented with the global RNG: under torchrun every process draws the same whole ones."""
         sampler = method.replay
         if sampler is None or len(sampler) == 0:
-            return None
-        drawn = sampler.sample(getattr(method, "replay_batch_size", None) or size)
+            return None, None
+        n = getattr(method, "replay_batch_size", None) or size
+        first = self._draw(sampler, n, task_index)
+        return first, (self._draw(sampler, n, task_index) if getattr(method, "replay_draws", 1) > 1 else None)
+
+    def _draw(self, sampler, n: int, task_index: int) -> Batch:
+        drawn = sampler.sample(n)
         images, labels, indices = drawn.pop("images"), drawn.pop("labels"), drawn.pop("indices")
         task_ids = drawn.pop("task_ids", None)
         return Batch(inputs=self.augment(images), images=images, labels=labels,
@@ -135,6 +142,7 @@ class Trainer:
         per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         reduced = self.precision == "bf16"
+        gathers = type(method).after_step is not Method.after_step  # under torchrun: after_step sees the whole batch
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
         # when stderr is not a terminal (CI logs stay readable).
@@ -152,12 +160,12 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 raw, targets = images[idx], labels[idx]
                 inputs, total = self.augment(raw), len(idx)
+                replay, second_replay = self._replay_batches(method, total, task_index)
+                whole = batch = Batch(inputs=inputs, images=raw, labels=targets,
+                                      task_ids=self._task_ids(targets, task_index), indices=idx,
+                                      replay=replay, second_replay=second_replay)
                 if dist is not None:  # the whole batch is drawn and augmented alike everywhere; compute a share
-                    part = dist.shard(total)
-                    idx, raw, targets, inputs = idx[part], raw[part], targets[part], inputs[part]
-                batch = Batch(inputs=inputs, images=raw, labels=targets,
-                              task_ids=self._task_ids(targets, task_index), indices=idx,
-                              replay=self._replay_batch(method, len(idx), task_index))
+                    batch = local_share(whole, dist)
                 with autocast(self.precision, device):
                     out = method.forward(batch)
                     if reduced:  # the network ran in bf16; the losses read fp32
@@ -166,16 +174,19 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
-                    dist.average_gradients(parameters, len(idx), total)
+                    dist.average_gradients(parameters, len(batch), total)
                 method.before_step(self.optimizer)
                 self.optimizer.step()
-                method.after_step(batch, out)
+                if dist is None or not gathers:
+                    method.after_step(batch, out)
+                else:  # per-step state (a reservoir, stored logits) is updated alike everywhere, from the whole batch
+                    method.after_step(whole, gather_stream_rows(out, len(batch), dist.shard(total), total, dist))
                 if per_iteration:
                     lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
                     self.scheduler.step()
-                loss_sum += loss.detach().float() * (len(idx) / total if dist is not None else 1.0)
-                logits = out.logits.detach()[: len(targets), :num_seen]
-                correct += (logits.argmax(1) == targets).sum()
+                loss_sum += loss.detach().float() * (len(batch) / total if dist is not None else 1.0)
+                logits = out.logits.detach()[: len(batch), :num_seen]
+                correct += (logits.argmax(1) == batch.labels).sum()
                 bar.update()
             method.end_epoch(epoch)
             if dist is not None:  # every process logs (and stops on NaN) with the whole batch's figures
@@ -198,6 +209,30 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(result)
         bar.close()
+
+
+def local_share(whole: Batch, dist: Distributed) -> Batch:
+    """This process's share of a step's batch: its contiguous part of the stream rows and of each replayed
+    minibatch (the whole batch is drawn and augmented identically on every process)."""
+    def part(batch: Batch | None) -> Batch | None:
+        if batch is None:
+            return None
+        rows = dist.shard(len(batch))
+        return dataclasses.replace(
+            batch, inputs=batch.inputs[rows], images=batch.images[rows], labels=batch.labels[rows],
+            task_ids=batch.task_ids[rows], indices=batch.indices[rows],
+            extras={key: value[rows] for key, value in batch.extras.items()},
+            replay=part(batch.replay), second_replay=part(batch.second_replay))
+
+    return part(whole)
+
+
+def gather_stream_rows(out: Output, local: int, rows: slice, total: int, dist: Distributed) -> Output:
+    """The whole batch's stream outputs (features and logits) on every process, from each process's share."""
+    features, logits = out.features[:local].detach().float(), out.logits[:local].detach().float()
+    both = dist.gather_rows(torch.cat([features, logits], dim=1), rows, total)
+    width = features.shape[1]
+    return Output(features=both[:, :width], logits=both[:, width:])
 
 
 def _has_batchnorm(model: torch.nn.Module) -> bool:

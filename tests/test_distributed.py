@@ -144,31 +144,57 @@ def test_a_dead_process_ends_the_job_with_one_message_and_nothing_half_written(r
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_methods_with_per_step_state_are_refused_under_torchrun(tmp_path):
-    from cilearn.methods import Method, register
+REPLAY_METHODS = [{"name": "derpp", "buffer_size": 60, "replay_batch_size": 16},
+                  {"name": "er_ace", "buffer_size": 60}, {"name": "er", "buffer_size": 60},
+                  {"name": "agem", "buffer_size": 60, "replay_batch_size": 32}]
 
+
+def test_replay_methods_on_two_processes_match_one(tmp_path):
+    """ER, DER++, ER-ACE and A-GEM keep per-step state (a reservoir with stored logits, a second replayed
+    minibatch, present-class masks, reference gradients): on 2 processes each reservoir receives the whole
+    batch and the results equal one process's (the MLP has no BatchNorm)."""
+    raw = config({"name": "finetune"})
+    raw.pop("method")
+    raw["methods"] = REPLAY_METHODS
+    raw["train"] = {**raw["train"], "epochs": 1}
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    one = single(["run", str(path), "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = torchrun(["run", str(path), "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    for method in REPLAY_METHODS:
+        label = method["name"]
+        want, got = scores(tmp_path / "one" / label), scores(tmp_path / "two" / label)
+        np.testing.assert_allclose(got["head"], want["head"], atol=TOLERANCE, equal_nan=True, err_msg=label)
+        buffers = [torch.load(tmp_path / run / label / "checkpoints" / "task_02.pt", weights_only=True)["method"]
+                   ["buffer"] for run in ("one", "two")]
+        assert torch.equal(buffers[0]["labels"], buffers[1]["labels"]), label  # the same samples kept
+        assert torch.equal(buffers[0]["images"], buffers[1]["images"]), label
+        for key, value in buffers[0]["extras"].items():  # DER++'s stored logits: gathered from both shares
+            torch.testing.assert_close(buffers[1]["extras"][key], value, atol=TOLERANCE, rtol=0, msg=label)
+
+
+def test_replay_batches_must_divide_by_the_processes():
+    from cilearn.distributed import check_method
+    from cilearn.errors import ConfigError
+
+    method = type("Stub", (), {"name": "derpp", "replay": object(), "replay_batch_size": 15})()
+    with pytest.raises(ConfigError, match="method.replay_batch_size: 15 does not divide by the 2 processes"):
+        check_method(method, Distributed(0, 2, "gloo"), 32)
+    with pytest.raises(ConfigError, match="train.batch_size: 34 does not divide by the 3 processes"):
+        check_method(method, Distributed(0, 3, "gloo"), 34)
+    check_method(method, Distributed(0, 3, "gloo"), 30)  # 30 and 15 divide by 3
+    check_method(method, None, 33)  # one process: anything goes
+
+
+def test_sync_batchnorm_is_refused_on_cpu_under_torchrun(tmp_path):
     path = tmp_path / "guide.yaml"
     path.write_text(yaml.safe_dump(config({"name": "finetune"}) | {"train": {"sync_batchnorm": True, "epochs": 1}}))
     proc = torchrun(["run", str(path), "--out", str(tmp_path / "out")], timeout=200)
     assert proc.returncode != 0  # torchrun turns any failed process into its own exit code 1
     assert "error: train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only" in proc.stderr
     assert not (tmp_path / "out").exists()
-
-    class StepState(Method):
-        name = "step_state_test"
-
-        def after_step(self, batch, out):
-            pass
-
-    register(StepState)
-    from cilearn.distributed import check_method
-    from cilearn.errors import ConfigError
-
-    method = StepState.__new__(StepState)
-    method.replay = None
-    with pytest.raises(ConfigError, match="per-step state \\(after_step\\)"):
-        check_method(method, Distributed(0, 2, "gloo"))
-    check_method(method, None)  # one process: fine
 
 
 def test_average_gradients_weights_each_share(monkeypatch):

@@ -157,6 +157,7 @@ def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario, outputs):
         memory.labels = torch.zeros(3, dtype=torch.long)
         memory.extras = {"logits": torch.zeros(3, 6), "width": torch.full((3,), 6)}
         stream.replay = memory
+        stream.second_replay = memory if name == "derpp" else None  # the loop draws DER++'s second one
         loss = method.loss(method.forward(stream), stream)
         # CE of logits (1, 0, ...) with label 0: over all 6 outputs (the paper's code) or the 2 seen classes
         ce = math.log(math.e + (5 if outputs == "all" else 1)) - 1
@@ -165,10 +166,12 @@ def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario, outputs):
         assert loss.item() == pytest.approx(expected, rel=1e-6), name
 
 
-def test_derpp_draws_its_second_minibatch_itself(scenario):
-    from cilearn.methods.components import draw_replay
+@pytest.mark.parametrize("name", ["der", "derpp"])
+def test_the_loop_draws_derpp_a_second_independent_minibatch(scenario, name):
+    from cilearn.config import TrainConfig
+    from cilearn.train import Trainer
 
-    method = make_method(scenario, "derpp", buffer_size=100)
+    method = make_method(scenario, name, buffer_size=100)
     task = scenario[0]
     start(method, task)
     for step in range(10):
@@ -177,10 +180,19 @@ def test_derpp_draws_its_second_minibatch_itself(scenario):
     drawn = []
     original = method.replay.sample
     method.replay.sample = lambda n: drawn.append(n) or original(n)
-    batch = stream_batch(method, task, np.arange(4))
-    batch.replay = draw_replay(method.replay, 8, method.context.augment)  # what the loop hands the method
-    method.loss(method.forward(batch), batch)
-    assert drawn == [8, 8]  # the loop's minibatch for the MSE, then DER++'s own one for the CE
+    trainer = Trainer(TrainConfig(), torch.device("cpu"), method.context.augment)
+    replay, second = trainer._replay_batches(method, 8, task.index)
+    if name == "der":
+        assert drawn == [8] and second is None
+    else:  # the MSE's minibatch, then the CE's, drawn one after the other with the global generator
+        assert drawn == [8, 8] and len(second) == 8 and not torch.equal(replay.indices, second.indices)
+    handed = []  # and the loop hands both to the loss, beside the stream batch
+    loss = method.loss
+    method.loss = lambda out, batch: handed.append((batch.replay, batch.second_replay)) or loss(out, batch)
+    trainer.start(method)
+    trainer.fit(method.model, method, task.train)
+    assert handed and all(first is not None for first, _ in handed)
+    assert all((second is not None) == (name == "derpp") for _, second in handed)
 
 
 # --- ER-ACE --------------------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ class AGEM(StoredReplay):
         grad = torch.cat([p.grad.reshape(-1) for p in params])
         ref = torch.cat([(torch.zeros_like(p) if r is None else r).reshape(-1)
                          for p, r in zip(params, reference_grads)])
+        if self.context.distributed is not None:  # torchrun: the whole minibatch's gradient, from each share's
+            ref = self.context.distributed.weighted_mean(ref, len(reference))
         projected = project(grad, ref)
         if projected is not grad:
             self.projected += 1

@@ -44,6 +44,7 @@ from ..schema import option
 
 if TYPE_CHECKING:
     from ..buffers import ReplaySampler
+    from ..distributed import Distributed
 
 Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (features, logits) -> predicted labels
 
@@ -55,7 +56,12 @@ class Batch:
     ``inputs`` are augmented and normalised (what the network sees); ``images`` are the same samples
     as stored (uint8 NCHW, un-augmented); ``indices`` are their positions in the stage's training data;
     ``task_ids`` the task that introduced each label (the experience index in domain streams).
-    ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits)."""
+    ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits); ``replay`` the
+    step's replayed minibatch and ``second_replay`` an independent second one, for a method whose
+    ``replay_draws`` is 2 (DER++).
+
+    Under torchrun, ``loss`` sees this process's share of every part and ``after_step`` the whole batch
+    (the same on every process), with the whole stream batch's outputs."""
 
     inputs: torch.Tensor
     images: torch.Tensor
@@ -63,6 +69,7 @@ class Batch:
     task_ids: torch.Tensor
     indices: torch.Tensor
     replay: "Batch | None" = None
+    second_replay: "Batch | None" = None
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -105,6 +112,7 @@ class MethodContext:
     infer: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # infer(images uint8 NHWC, flip=False) -> features, logits
     augment: Callable[[torch.Tensor], torch.Tensor]          # uint8 NCHW batch -> augmented float batch
     build_model: Callable[[], torch.nn.Module] | None = None  # a freshly initialised copy of the architecture
+    distributed: Distributed | None = None  # torchrun: the job this process belongs to (None: one process)
 
 
 def task_mask(class_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -132,6 +140,7 @@ class Method:
         self.task: Task | None = None
         self.stage: Stage = Stage()
         self.replay: ReplaySampler | None = None
+        self.replay_draws = 1  # minibatches the loop draws from self.replay every step (DER++: 2)
         self.class_task: torch.Tensor | None = None  # task of each class, set for task-incremental scenarios
 
     # --- hooks -------------------------------------------------------------------------------------

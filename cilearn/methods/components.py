@@ -6,7 +6,7 @@
   classifiers fitted on it (NME, scikit-learn KNN/SVM/MLP), for any method that keeps exemplars;
 - :class:`BufferOptions` + :class:`BufferMethod`: a reservoir buffer sampled every step (ER, DER, ER-ACE),
   the stream batch and its replay minibatch in one forward pass (:func:`forward_with_replay`), the buffer
-  in checkpoints and reports; :func:`draw_replay` for a further minibatch (DER++).
+  in checkpoints and reports.
 """
 
 from __future__ import annotations
@@ -194,15 +194,6 @@ def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:
     inputs = batch.inputs if batch.replay is None else torch.cat([batch.inputs, batch.replay.inputs])
     features = model.features(inputs)
     return Output(features, model.head(features))
-
-
-def draw_replay(sampler, n: int, augment) -> Batch:
-    """A further augmented minibatch from a replay sampler, drawn with the global RNG like the loop's."""
-    drawn = sampler.sample(n)
-    images, labels, indices = drawn.pop("images"), drawn.pop("labels"), drawn.pop("indices")
-    task_ids = drawn.pop("task_ids", torch.zeros_like(labels))
-    return Batch(inputs=augment(images), images=images, labels=labels, task_ids=task_ids, indices=indices,
-                 extras=drawn)
 
 
 class StoredReplay(Method):

@@ -32,7 +32,7 @@ import torch
 
 from ..schema import option
 from .base import Batch, Output
-from .components import BufferMethod, BufferOptions, draw_replay
+from .components import BufferMethod, BufferOptions
 
 
 @dataclasses.dataclass
@@ -90,10 +90,14 @@ class DERpp(DER):
     description = "DER++: DER plus cross-entropy on a second replayed minibatch"
     Options = DERppOptions
 
+    def __init__(self, options: DERppOptions, model, context):
+        super().__init__(options, model, context)
+        self.replay_draws = 2 if options.beta > 0 else 1
+
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         loss = super().loss(out, batch)
-        if batch.replay is not None and self.options.beta > 0:
-            second = draw_replay(self.replay, len(batch.replay), self.context.augment)
+        second = batch.second_replay  # drawn by the loop after the first, independently (replay_draws = 2)
+        if second is not None and self.options.beta > 0:
             logits = self.model(second.inputs)
             loss = loss + self.options.beta * self.classification_loss(self.ce_logits(logits), second.labels)
         return loss

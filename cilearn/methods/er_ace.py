@@ -21,10 +21,13 @@ from .base import Batch, Output
 from .components import BufferMethod
 
 
-def present_class_mask(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
-    """(N, C) bool: the outputs of the classes that occur in ``labels``, for every sample."""
+def present_class_mask(labels: torch.Tensor, num_outputs: int, distributed=None) -> torch.Tensor:
+    """(N, C) bool: the outputs of the classes that occur in ``labels``, for every sample (under torchrun:
+    in the whole stream batch, of which ``labels`` is this process's share)."""
     present = torch.zeros(num_outputs, dtype=torch.bool, device=labels.device)
     present[labels] = True
+    if distributed is not None:
+        present = distributed.sum(present.float()) > 0
     return present.expand(len(labels), num_outputs)
 
 
@@ -37,7 +40,7 @@ class ERACE(BufferMethod):
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         n = len(batch)
         logits = self.seen_logits(out.logits)
-        mask = present_class_mask(batch.labels, logits.shape[1])
+        mask = present_class_mask(batch.labels, logits.shape[1], self.context.distributed)
         head = self.head_mask(batch.labels)
         if head is not None:
             mask = mask & head[:, : logits.shape[1]]
