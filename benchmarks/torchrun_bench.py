@@ -1,9 +1,10 @@
-"""cilearn's one all-reduce per step against DistributedDataParallel, on fine-tuning (where DDP applies).
+"""torchrun on CPU or GPU: cilearn's one all-reduce per step against DistributedDataParallel on fine-tuning
+(where DDP applies), and sharded against replicated inference.
 
 Run under torchrun, e.g. on a CPU (gloo):
 
-    torchrun --standalone --nproc_per_node 2 benchmarks/allreduce_vs_ddp.py --threads 1
-    torchrun --standalone --nproc_per_node 2 benchmarks/allreduce_vs_ddp.py --device cuda   # NCCL, 2 GPUs
+    torchrun --standalone --nproc_per_node 2 benchmarks/torchrun_bench.py --threads 1
+    torchrun --standalone --nproc_per_node 2 benchmarks/torchrun_bench.py --device cuda   # NCCL, 2 GPUs
 
 Both variants train the same network (ResNet-32 by default, channels_last) on the same global batch of
 random CIFAR-sized images, each process computing its share, with SGD: ``allreduce`` is cilearn's loop
@@ -12,6 +13,10 @@ every gradient weighted by the share), ``ddp`` wraps the network in ``Distribute
 bucketed and all-reduced while the backward pass runs). The two are timed in alternating rounds (the
 machine's speed drifts) and rank 0 prints the median global images per second of each and their ratio.
 Before timing, one step of each from the same weights checks that both give the same gradients.
+
+It then times inference (what evaluation, herding and class means run) over ``--eval-images`` images at
+batch 128 with BatchNorm folded: ``replicated`` (every process computes every batch, as before the passes
+were sharded) against ``sharded`` (each process its own batches, one all-reduce), interleaved the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-images", type=int, default=4096)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,12 +104,38 @@ def main() -> None:
             dist.barrier()
             if round_:
                 timings[name].append(args.steps * args.batch_size / (time.perf_counter() - started))
+    inference = time_inference(base, dist, device, args)
     if dist.main:
         one, other = statistics.median(timings["allreduce"]), statistics.median(timings["ddp"])
         print(f"{dist.world} processes ({dist.backend}), {args.model}, global batch {args.batch_size}, "
               f"{torch.get_num_threads()} threads each; largest gradient difference {worst:.1e}")
         print(f"images/s (median of {args.rounds} rounds of {args.steps} steps): one all-reduce {one:.0f}, "
               f"DDP {other:.0f}; all-reduce / DDP = {one / other:.2f}")
+        print(f"inference over {args.eval_images} images (images/s of the job, median of {args.rounds}): "
+              f"replicated {inference['replicated']:.0f}, sharded {inference['sharded']:.0f}; "
+              f"sharded / replicated = {inference['sharded'] / inference['replicated']:.2f}")
+
+
+def time_inference(model, dist: Distributed, device: torch.device, args) -> dict[str, float]:
+    import numpy as np
+
+    from cilearn.augment import BatchAugment
+    from cilearn.evaluate import Inference
+
+    images = np.random.RandomState(0).randint(0, 256, (args.eval_images, 32, 32, 3), dtype=np.uint8)
+    augment = BatchAugment((0.5,) * 3, (0.25,) * 3)
+    variants = {"replicated": Inference(model, augment, device, 128, fold_batchnorm=True),
+                "sharded": Inference(model, augment, device, 128, fold_batchnorm=True, distributed=dist)}
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(args.rounds + 1):
+        for name, infer in variants.items():
+            dist.barrier()
+            started = time.perf_counter()
+            infer(images)
+            dist.barrier()
+            if round_:
+                timings[name].append(args.eval_images / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 if __name__ == "__main__":
