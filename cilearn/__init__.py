@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 
 # name -> module that defines it
 _LAZY = {

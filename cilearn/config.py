@@ -159,13 +159,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file as a dict; a relative path that does not exist may name a shipped config (``quickstart``,
+    ``configs/quickstart.yaml`` from any folder: :mod:`cilearn.shipped`)."""
     path = Path(path)
+    if not path.exists() and not path.is_absolute():
+        from .shipped import find_config
+
+        path = find_config(str(path)) or path
     if path.is_dir():
         raise ConfigError(f"config file '{path}' is a folder; give the path to a YAML file, "
                           f"e.g. configs/quickstart.yaml (or resume a run folder with --resume).")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. Give the path to a YAML file, "
-                          f"e.g. configs/quickstart.yaml.")
+                          f"e.g. configs/quickstart.yaml, or the name of a shipped config (cilearn configs).")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
