@@ -107,6 +107,18 @@ def task_scalars(metrics: dict) -> dict[str, float]:
     return {key: value for key, value in scalars.items() if value is not None}
 
 
+def last_epoch_accuracies(run: Run, metrics: dict) -> dict[str, float]:
+    """The test accuracies of the task's last epoch: its log row gets them from the evaluation after the task,
+    after :meth:`Logger.epoch_end` saw the row (NaN then), so task_end logs them at that epoch's step."""
+    if not run.log_rows or int(run.log_rows[-1][0]) != int(metrics["tasks_done"]) - 1:
+        return {}
+    from .runner import LOG_COLUMNS
+
+    row = dict(zip(LOG_COLUMNS, run.log_rows[-1]))
+    values = {f"epoch/{key}": finite(row[key]) for key in ("test_accuracy_current", "test_accuracy_seen")}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def matrix_markdown(matrix: list[list[float | None]]) -> str:
     """The accuracy matrix as a Markdown table in % (rows: after task i; blank where not evaluated)."""
     width = max((len(row) for row in matrix), default=0)
@@ -194,6 +206,8 @@ class TensorBoardLogger(Logger):
 
     def task_end(self, run: Run, metrics: dict) -> None:
         step = len(run.log_rows)  # the task's last epoch (see start)
+        for tag, value in last_epoch_accuracies(run, metrics).items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.add_scalar("task/tasks_done", int(metrics["tasks_done"]), step)
         for tag, value in task_scalars(metrics).items():
             self.writer.add_scalar(tag, value, step)
@@ -274,6 +288,9 @@ class WandbLogger(Logger):
         width = len(run.scenario)
         table = wandb.Table(columns=["after task"] + [f"task {j + 1}" for j in range(width)],
                             data=[[i + 1] + list(row) + [None] * (width - len(row)) for i, row in enumerate(matrix)])
+        last = last_epoch_accuracies(run, metrics)
+        if last:
+            self.run.log({"epoch": len(run.log_rows), **last})
         self.run.log({"task": int(metrics["tasks_done"]), **task_scalars(metrics), "accuracy_matrix": table})
 
     def run_end(self, run: Run, metrics: dict | None) -> None:

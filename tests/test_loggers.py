@@ -70,6 +70,24 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
 
 
 @needs("tensorboard")
+def test_tensorboard_has_each_tasks_last_epoch_test_accuracy(tmp_path):
+    """With one epoch per task every epoch is a task's last: its test accuracies come from the evaluation after
+    the task (log.csv's row), and TensorBoard shows them at that epoch's step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = config("csv", "tensorboard")
+    raw["train"]["epochs"] = 1
+    Experiment.from_dict(raw).run(tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = log_rows(tmp_path / "run")
+    for key in ("test_accuracy_seen", "test_accuracy_current"):
+        scalars = events.Scalars(f"epoch/{key}")
+        assert [s.step for s in scalars] == [1, 2]
+        np.testing.assert_allclose([s.value for s in scalars], [float(r[key]) for r in rows], atol=1e-5)
+
+
+@needs("tensorboard")
 def test_a_resumed_run_shows_each_epoch_once_in_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
