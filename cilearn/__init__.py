@@ -23,7 +23,15 @@ _LAZY = {
     "ExperimentResult": "cilearn.results",
     "RunResult": "cilearn.results",
     "load_result": "cilearn.results",
+    "make_report": "cilearn.report.build",
+    "ReportOptions": "cilearn.report.build",
     "setup_logging": "cilearn.log",
+    # the errors cilearn raises for input a user can fix (see cilearn.errors)
+    "CilearnError": "cilearn.errors",
+    "ConfigError": "cilearn.errors",
+    "DataError": "cilearn.errors",
+    "CheckpointError": "cilearn.errors",
+    "TrainingDiverged": "cilearn.errors",
 }
 _SUBMODULES = ("data", "scenarios", "methods", "models", "metrics")
 

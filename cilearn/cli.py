@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
         else:  # a config made of --set values alone: runs/run/<timestamp> unless --set name=... or --out
             experiment = Experiment.from_dict({"name": "run"}, overrides)
         args.run_dir = Path(args.out) if args.out else experiment.default_out()  # Ctrl-C names it
-        out = experiment.run(args.run_dir).path
+        out = experiment.run_into(args.run_dir).path
     from .distributed import is_main
 
     if is_main():

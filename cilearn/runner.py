@@ -361,12 +361,13 @@ class Run:
         return data
 
     def epoch_line(self, task, where: str, result: EpochResult, current: float, seen: float, done: float) -> None:
-        """One line per epoch when no progress bar is on screen (stderr not a terminal: SLURM, nohup, CI, a
-        notebook; or train.progress false), with ``--verbose`` also under a bar: the task and epoch, loss, lr,
-        img/s, the test accuracy when it was evaluated, the time since this process began the run and the
-        remaining time, extrapolated from the share of tasks done (stages and epochs as fractions of a task)."""
-        bar_shown = self.cfg.train.progress and sys.stderr.isatty()
-        if not log.isEnabledFor(logging.DEBUG if bar_shown else logging.INFO):
+        """One line per epoch in place of the progress bar where none can be shown (stderr not a terminal:
+        SLURM, nohup, CI, a notebook), and with ``--verbose`` also beside a bar or with ``train.progress: false``:
+        the task and epoch, loss, lr, img/s, the test accuracy when it was evaluated, the time since this process
+        began the run and the remaining time, extrapolated from the share of tasks done (stages and epochs as
+        fractions of a task)."""
+        level = logging.INFO if self.cfg.train.progress and not sys.stderr.isatty() else logging.DEBUG
+        if not log.isEnabledFor(level):
             return
         started, at_start = self._clock
         elapsed = time.perf_counter() - started
@@ -376,7 +377,7 @@ class Run:
         line = (f"[{self.label}] task {task.index + 1}/{tasks}{where}: loss {result.train_loss:.4f}, "
                 f"lr {result.lr:.4g}, {result.samples / max(result.seconds, 1e-9):.0f} img/s{tested}, "
                 f"elapsed {clock(elapsed)}, ETA {clock(eta)}")
-        log.log(logging.DEBUG if bar_shown else logging.INFO, line)
+        log.log(level, line)
 
     def evaluate_task(self, task, before: dict) -> None:
         started = time.perf_counter()
