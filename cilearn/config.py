@@ -209,27 +209,84 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def set_value(raw: dict, parts: list[str], value: Any, where: str) -> None:
     """Set the dotted key ``parts`` of a raw config in place, creating missing sections.  Setting one of
     a pair replaces the other, as a user means it: method=... on a config with methods: runs that one
-    method; seed=3 runs that one seed.  ``where`` names the setting in errors (e.g. "--set 'x=1'")."""
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
+    method; seed=3 runs that one seed.  ``methods.N.key`` sets a key of the list's entry N (from 0), and
+    ``methods.N`` replaces that entry.  ``where`` names the setting in errors (e.g. "--set 'x=1'")."""
+    if parts[0] == "method" and len(parts) > 1 and "methods" in raw and "method" not in raw:
+        entries = raw["methods"] if isinstance(raw["methods"], list) else []
+        names = ", ".join(f"{i} {_entry_name(m)}" for i, m in enumerate(entries))
+        raise ConfigError(f"{where}: this config lists several methods (methods: {names}); set a key of one of "
+                          f"them with methods.N.{'.'.join(parts[1:])}=... (N from 0), or run one method with "
+                          f"method=... .")
+    node: Any = raw
+    depth = 0
+    while depth < len(parts) - 1:
+        part = parts[depth]
+        if isinstance(node, list):  # methods.N: an entry of the list (a bare name becomes {name: ...})
+            index = _list_index(node, part, parts[:depth], where)
+            if isinstance(node[index], str):
+                node[index] = {"name": node[index]}
+            node, depth = node[index], depth + 1
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: '{'.'.join(parts[:depth])}' is not a section.")
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, dict) and not (isinstance(child, list) and parts[:depth + 1] == ["methods"]):
             raise ConfigError(f"{where}: '{'.'.join(parts[:depth + 1])}' is not a section.")
-        node = child
-    node[parts[-1]] = value
+        node, depth = child, depth + 1
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], parts[:-1], where)] = value
+    else:
+        node[parts[-1]] = value
     pairs = {("method",): "methods", ("methods",): "method", ("seed",): "seeds", ("seeds",): "seed"}
     if tuple(parts) in pairs:
         raw.pop(pairs[tuple(parts)], None)
 
 
+def _entry_name(entry: Any) -> str:
+    return str(entry.get("label") or entry.get("name")) if isinstance(entry, dict) else str(entry)
+
+
+def _list_index(items: list, part: str, where_parts: list[str], where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        names = ", ".join(f"{i} {_entry_name(m)}" for i, m in enumerate(items))
+        raise ConfigError(f"{where}: '{part}' is not an entry of {'.'.join(where_parts)} (give its position from 0: "
+                          f"{names}).")
+    return int(part)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``--set`` values applied to a raw config.  One that shortens the training (``train.epochs`` or
+    ``train.iterations``) without setting ``train.milestones`` drops the config's milestones that no longer fall
+    inside it (saying so): a quick ``--set train.epochs=1`` of a study config runs at its first learning rate,
+    and the milestones that still fit stay where the config put them."""
     raw = copy.deepcopy(raw)
+    keys = set()
     for text in overrides or []:
         parts, value = parse_override(text)
         set_value(raw, parts, value, f"--set '{text}'")
+        keys.add(".".join(parts))
+    if keys & {"train.epochs", "train.iterations"} and not keys & {"train.milestones", "train"}:
+        _drop_late_milestones(raw)
     return raw
+
+
+def _drop_late_milestones(raw: dict) -> None:
+    train = raw.get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("milestones"), list):
+        return
+    length, unit = (train.get("iterations"), "train.iterations") if train.get("iterations") else (
+        train.get("epochs", 1), "train.epochs")
+    if not isinstance(length, int):
+        return  # the type check of parse_config says what is wrong
+    kept = [m for m in train["milestones"] if not isinstance(m, int) or m <= length]
+    if kept != train["milestones"]:
+        from .log import get_logger
+
+        get_logger(__name__).info(f"train.milestones: {train['milestones']} → {kept} (those after {unit}={length} "
+                                  f"dropped; set train.milestones to choose others)")
+        train["milestones"] = kept
 
 
 def expand_runs(raw: dict) -> list[dict]:
