@@ -116,11 +116,19 @@ class OutputConfig:
     save_checkpoints: bool = option(True, help="checkpoint after every task (needed for --resume)")
     save_features: bool = option(True, help="save test features/predictions per task for reports")
     max_feature_samples: int = option(2000, min=0, help="test samples whose features are saved per task")
-    loggers: list[Literal["csv", "tensorboard", "wandb"]] = option(
+    loggers: list[str] = option(
         default_factory=lambda: ["csv"], help="where progress is logged: csv (log.csv, accuracy_matrix.csv), "
         "tensorboard (RUN_DIR/tensorboard; pip install 'cilearn[tensorboard]'), wandb (RUN_DIR/wandb; "
-        "pip install 'cilearn[wandb]')")
+        "pip install 'cilearn[wandb]'), mlflow (a local store in RUN_DIR/mlflow, or MLFLOW_TRACKING_URI; pip "
+        "install 'cilearn[mlflow]'), or a logger of an installed package (entry point group cilearn.loggers)")
     wandb_project: str = option("cilearn", help="the W&B project of loggers: [wandb]")
+    wandb_entity: str | None = option(None, help="the W&B entity (team or user); default: W&B's own default")
+    wandb_group: str | None = option(None, help="the W&B group; default: the config's name (a sweep's runs carry "
+                                                "the sweep's name, an experiment's runs the experiment's)")
+    wandb_tags: list[str] = option(default_factory=list, help="W&B tags of the run")
+    wandb_name: str | None = option(None, help="the W&B run name; default: the run's label (method, /seedN)")
+    mlflow_experiment: str | None = option(None, help="the MLflow experiment of loggers: [mlflow]; default: the "
+                                                      "config's name")
 
 
 @dataclasses.dataclass
@@ -366,6 +374,9 @@ def parse_config(raw: dict) -> Config:
         raise ConfigError(f"scenario.class_order_seed: only used with class_order: seed (this config has "
                           f"class_order: {cfg.scenario.class_order!r}); remove one of them.")
     check_train(cfg.train)
+    from .loggers import check_logger_names
+
+    check_logger_names(cfg.output.loggers)
     return cfg
 
 
