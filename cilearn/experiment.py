@@ -26,7 +26,7 @@ from .config import Config, apply_overrides, expand_runs, load_yaml, parse_confi
 from .data import DatasetSplits
 from .data.memo import shared_datasets
 from .errors import CheckpointError, ConfigError, DataError
-from .log import library_default_logging
+from .log import count, library_default_logging
 from .results import ExperimentResult, RunResult, experiment_labels
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
 from .runner import Run, say
@@ -235,7 +235,7 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             runs = [(run_label(r, many), parse_config(r)) for r in raws]
             if (out / "summary.json").is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
-                say(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.")
+                say(f"'{out}' is already complete ({count(len(runs), 'run')}); nothing to resume.")
             else:
                 _check_data(out / "experiment.yaml", data)
                 run_children(out, runs, resume=True, data=data)

@@ -243,7 +243,10 @@ class Run:
                 where = (f"task {first_task + 1}/{tasks}{stage}, epoch {start_epoch + 1}" if inside
                          else f"the start of task {first_task + 1}/{tasks}")
                 source = self.checkpoints.resumed_from or "the checkpoint rank 0 read"
-                say(f"[{self.label}] resuming from '{source}' at {where}")
+                if first_task >= tasks:  # the last task's checkpoint: only the final files were missing
+                    say(f"[{self.label}] '{source}' holds all {tasks} tasks: writing the final results")
+                else:
+                    say(f"[{self.label}] resuming from '{source}' at {where}")
                 if not inside:
                     state = None
             elif resume:
@@ -261,8 +264,8 @@ class Run:
                 final = self.write_results(complete=True)
             except TrainingDiverged as exc:
                 done = len(self.history)
-                kept = (f" The {done} finished task{'s' if done != 1 else ''} keep their results and checkpoints in "
-                        f"'{self.dir}'." if done else "")
+                kept = (f" The {done} finished tasks keep their results and checkpoints in '{self.dir}'." if done > 1
+                        else f" The finished task keeps its results and checkpoint in '{self.dir}'." if done else "")
                 raise TrainingDiverged(f"{exc}{kept}") from None
             finally:
                 for logger in self.loggers:
