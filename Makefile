@@ -10,12 +10,12 @@ export CILEARN_DATA
 setup: $(VENV)/.installed
 
 # torch is pinned first so that pip never replaces it with a different (multi-GB CUDA) build.  The optional
-# loggers (tensorboard, wandb) and Ray are installed too, so that their tests (and cilearn sweep --backend ray's)
-# run.
+# loggers (tensorboard, wandb, mlflow) and Ray are installed too, so that their tests (and cilearn sweep --backend
+# ray's) run.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,tensorboard,wandb,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,tensorboard,wandb,mlflow,ray]"
 	touch $@
 
 demo: setup

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 
 # name -> module that defines it
 _LAZY = {
@@ -23,7 +23,15 @@ _LAZY = {
     "ExperimentResult": "cilearn.results",
     "RunResult": "cilearn.results",
     "load_result": "cilearn.results",
+    "make_report": "cilearn.report.build",
+    "ReportOptions": "cilearn.report.build",
     "setup_logging": "cilearn.log",
+    # the errors cilearn raises for input a user can fix (see cilearn.errors)
+    "CilearnError": "cilearn.errors",
+    "ConfigError": "cilearn.errors",
+    "DataError": "cilearn.errors",
+    "CheckpointError": "cilearn.errors",
+    "TrainingDiverged": "cilearn.errors",
 }
 _SUBMODULES = ("data", "scenarios", "methods", "models", "metrics")
 

@@ -37,17 +37,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="cilearn", description="Class-incremental learning experiments from YAML configs.")
+    parser.add_argument("--version", action="version", version=f"cilearn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run an experiment config (or resume one)")
-    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml, or a shipped config's "
+                     "name (cilearn configs), e.g. quickstart; none: the config is the --set values alone")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=1 (repeatable)")
     run.add_argument("--out", help="output folder (default: runs/<config name>/<timestamp>); never overwritten")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run directory from its last checkpoint")
     run.add_argument("--seeds", type=int, nargs="+", help="run these seeds (same as seeds: [...] in the config)")
 
+    sub.add_parser("configs", help="list the configs shipped with cilearn (run one by name: cilearn run NAME)")
     lst = sub.add_parser("list", help="list datasets, models and methods")
     lst.add_argument("--options", action="store_true", help="also show every method's options")
     schema = sub.add_parser("schema", help="print the JSON Schema of config files (for editors that check YAML)")
@@ -80,14 +85,20 @@ def cmd_run(args) -> int:
         args.run_dir = Path(args.resume)
         out = Experiment.resume(args.resume).path
     else:
-        if not args.config:
-            raise CilearnError("give a config file (e.g. cilearn run configs/quickstart.yaml) or --resume RUN_DIR.")
+        if not args.config and not args.overrides:
+            raise CilearnError("give a config file (e.g. cilearn run configs/quickstart.yaml), a shipped config's "
+                               "name (cilearn configs), --set values (e.g. --set data.name=digits --set "
+                               "model.name=mlp --set method.name=finetune --set scenario.classes_per_task=2) or "
+                               "--resume RUN_DIR.")
         overrides = list(args.overrides)
         if args.seeds:
             overrides.append(f"seeds=[{', '.join(str(s) for s in args.seeds)}]")
-        experiment = Experiment.from_yaml(args.config, overrides)
+        if args.config:
+            experiment = Experiment.from_yaml(args.config, overrides)
+        else:  # a config made of --set values alone: runs/run/<timestamp> unless --set name=... or --out
+            experiment = Experiment.from_dict({"name": "run"}, overrides)
         args.run_dir = Path(args.out) if args.out else experiment.default_out()  # Ctrl-C names it
-        out = experiment.run(args.run_dir).path
+        out = experiment.run_into(args.run_dir).path
     from .distributed import is_main
 
     if is_main():
@@ -120,6 +131,19 @@ def cmd_list(args) -> int:
                 for option, kind, default, help_text in describe(METHODS[name].Options):
                     if option != "name":
                         print(f"  {'':<{width}}    {option} ({kind}, default {default!r}) {help_text}")
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from .shipped import configs_dir, list_configs
+
+    rows = list_configs()
+    if not rows:
+        raise CilearnError("no shipped configs found: this installation of cilearn has no configs folder.")
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    print(f"({len(rows)} configs in {configs_dir()}; run one with: cilearn run NAME)")
     return 0
 
 
@@ -159,7 +183,7 @@ def _stop_on_sigterm(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"run": cmd_run, "list": cmd_list, "schema": cmd_schema}
+    commands = {"run": cmd_run, "list": cmd_list, "schema": cmd_schema, "configs": cmd_configs}
     args = None
     log = setup_logging(NORMAL)  # errors while parsing the command line already need the console format
     try:

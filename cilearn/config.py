@@ -116,11 +116,19 @@ class OutputConfig:
     save_checkpoints: bool = option(True, help="checkpoint after every task (needed for --resume)")
     save_features: bool = option(True, help="save test features/predictions per task for reports")
     max_feature_samples: int = option(2000, min=0, help="test samples whose features are saved per task")
-    loggers: list[Literal["csv", "tensorboard", "wandb"]] = option(
+    loggers: list[str] = option(
         default_factory=lambda: ["csv"], help="where progress is logged: csv (log.csv, accuracy_matrix.csv), "
         "tensorboard (RUN_DIR/tensorboard; pip install 'cilearn[tensorboard]'), wandb (RUN_DIR/wandb; "
-        "pip install 'cilearn[wandb]')")
+        "pip install 'cilearn[wandb]'), mlflow (a local store in RUN_DIR/mlflow, or MLFLOW_TRACKING_URI; pip "
+        "install 'cilearn[mlflow]'), or a logger of an installed package (entry point group cilearn.loggers)")
     wandb_project: str = option("cilearn", help="the W&B project of loggers: [wandb]")
+    wandb_entity: str | None = option(None, help="the W&B entity (team or user); default: W&B's own default")
+    wandb_group: str | None = option(None, help="the W&B group; default: the config's name (a sweep's runs carry "
+                                                "the sweep's name, an experiment's runs the experiment's)")
+    wandb_tags: list[str] = option(default_factory=list, help="W&B tags of the run")
+    wandb_name: str | None = option(None, help="the W&B run name; default: the run's label (method, /seedN)")
+    mlflow_experiment: str | None = option(None, help="the MLflow experiment of loggers: [mlflow]; default: the "
+                                                      "config's name")
 
 
 @dataclasses.dataclass
@@ -159,13 +167,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file as a dict; a relative path that does not exist may name a shipped config (``quickstart``,
+    ``configs/quickstart.yaml`` from any folder: :mod:`cilearn.shipped`)."""
     path = Path(path)
+    if not path.exists() and not path.is_absolute():
+        from .shipped import find_config
+
+        path = find_config(str(path)) or path
     if path.is_dir():
         raise ConfigError(f"config file '{path}' is a folder; give the path to a YAML file, "
                           f"e.g. configs/quickstart.yaml (or resume a run folder with --resume).")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. Give the path to a YAML file, "
-                          f"e.g. configs/quickstart.yaml.")
+                          f"e.g. configs/quickstart.yaml, or the name of a shipped config (cilearn configs).")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
@@ -203,27 +217,84 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def set_value(raw: dict, parts: list[str], value: Any, where: str) -> None:
     """Set the dotted key ``parts`` of a raw config in place, creating missing sections.  Setting one of
     a pair replaces the other, as a user means it: method=... on a config with methods: runs that one
-    method; seed=3 runs that one seed.  ``where`` names the setting in errors (e.g. "--set 'x=1'")."""
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
+    method; seed=3 runs that one seed.  ``methods.N.key`` sets a key of the list's entry N (from 0), and
+    ``methods.N`` replaces that entry.  ``where`` names the setting in errors (e.g. "--set 'x=1'")."""
+    if parts[0] == "method" and len(parts) > 1 and "methods" in raw and "method" not in raw:
+        entries = raw["methods"] if isinstance(raw["methods"], list) else []
+        names = ", ".join(f"{i} {_entry_name(m)}" for i, m in enumerate(entries))
+        raise ConfigError(f"{where}: this config lists several methods (methods: {names}); set a key of one of "
+                          f"them with methods.N.{'.'.join(parts[1:])}=... (N from 0), or run one method with "
+                          f"method=... .")
+    node: Any = raw
+    depth = 0
+    while depth < len(parts) - 1:
+        part = parts[depth]
+        if isinstance(node, list):  # methods.N: an entry of the list (a bare name becomes {name: ...})
+            index = _list_index(node, part, parts[:depth], where)
+            if isinstance(node[index], str):
+                node[index] = {"name": node[index]}
+            node, depth = node[index], depth + 1
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: '{'.'.join(parts[:depth])}' is not a section.")
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, dict) and not (isinstance(child, list) and parts[:depth + 1] == ["methods"]):
             raise ConfigError(f"{where}: '{'.'.join(parts[:depth + 1])}' is not a section.")
-        node = child
-    node[parts[-1]] = value
+        node, depth = child, depth + 1
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], parts[:-1], where)] = value
+    else:
+        node[parts[-1]] = value
     pairs = {("method",): "methods", ("methods",): "method", ("seed",): "seeds", ("seeds",): "seed"}
     if tuple(parts) in pairs:
         raw.pop(pairs[tuple(parts)], None)
 
 
+def _entry_name(entry: Any) -> str:
+    return str(entry.get("label") or entry.get("name")) if isinstance(entry, dict) else str(entry)
+
+
+def _list_index(items: list, part: str, where_parts: list[str], where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        names = ", ".join(f"{i} {_entry_name(m)}" for i, m in enumerate(items))
+        raise ConfigError(f"{where}: '{part}' is not an entry of {'.'.join(where_parts)} (give its position from 0: "
+                          f"{names}).")
+    return int(part)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``--set`` values applied to a raw config.  One that shortens the training (``train.epochs`` or
+    ``train.iterations``) without setting ``train.milestones`` drops the config's milestones that no longer fall
+    inside it (saying so): a quick ``--set train.epochs=1`` of a study config runs at its first learning rate,
+    and the milestones that still fit stay where the config put them."""
     raw = copy.deepcopy(raw)
+    keys = set()
     for text in overrides or []:
         parts, value = parse_override(text)
         set_value(raw, parts, value, f"--set '{text}'")
+        keys.add(".".join(parts))
+    if keys & {"train.epochs", "train.iterations"} and not keys & {"train.milestones", "train"}:
+        _drop_late_milestones(raw)
     return raw
+
+
+def _drop_late_milestones(raw: dict) -> None:
+    train = raw.get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("milestones"), list):
+        return
+    length, unit = (train.get("iterations"), "train.iterations") if train.get("iterations") else (
+        train.get("epochs", 1), "train.epochs")
+    if not isinstance(length, int):
+        return  # the type check of parse_config says what is wrong
+    kept = [m for m in train["milestones"] if not isinstance(m, int) or m <= length]
+    if kept != train["milestones"]:
+        from .log import get_logger
+
+        get_logger(__name__).info(f"train.milestones: {train['milestones']} → {kept} (those after {unit}={length} "
+                                  f"dropped; set train.milestones to choose others)")
+        train["milestones"] = kept
 
 
 def expand_runs(raw: dict) -> list[dict]:
@@ -303,6 +374,9 @@ def parse_config(raw: dict) -> Config:
         raise ConfigError(f"scenario.class_order_seed: only used with class_order: seed (this config has "
                           f"class_order: {cfg.scenario.class_order!r}); remove one of them.")
     check_train(cfg.train)
+    from .loggers import check_logger_names
+
+    check_logger_names(cfg.output.loggers)
     return cfg
 
 

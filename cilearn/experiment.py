@@ -26,7 +26,7 @@ from .config import Config, apply_overrides, expand_runs, load_yaml, parse_confi
 from .data import DatasetSplits
 from .data.memo import shared_datasets
 from .errors import CheckpointError, ConfigError, DataError
-from .log import library_default_logging
+from .log import count, library_default_logging
 from .results import ExperimentResult, RunResult, experiment_labels
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
 from .runner import Run, say
@@ -58,6 +58,9 @@ class Experiment:
         many_seeds = len({r["seed"] for r in raws}) > 1
         #: ``(label, Config)`` of every run: ``label`` is its folder under the output folder
         self.runs: list[tuple[str, Config]] = [(run_label(r, many_seeds), parse_config(r)) for r in raws]
+        if data is None:
+            for _, cfg in self.runs:
+                check_data_early(cfg)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None,
@@ -83,14 +86,38 @@ class Experiment:
         """``runs/<name>/<timestamp>``: where :meth:`run` writes when given no ``out``."""
         return default_out_dir(self.name)
 
-    def run(self, out: str | Path | None = None) -> ExperimentResult:
+    def run(self, out: str | Path | None = None, *, root: str | Path | None = None) -> ExperimentResult:
         """Check every run (data, scenario, model, method) before writing anything, then run them one after
         the other into ``out`` (never an existing non-empty folder).  Several runs: one sub-folder each,
-        ``experiment.yaml``, ``summary.json`` and ``summary.md``."""
+        ``experiment.yaml``, ``summary.json`` and ``summary.md``.
+
+        ``root`` instead of ``out``: a new folder ``version_N`` under ``root`` each time (N one more than the
+        highest there, from 0), so that a notebook or a script can be run again as it is; ``result.path``
+        says which.  Neither: ``runs/<name>/<timestamp>``."""
         library_default_logging()
-        out = Path(out) if out else self.default_out()
+        if out is not None and root is not None:
+            raise ConfigError("run(): give out= (one folder, never overwritten) or root= (a new version_N folder "
+                              "under it each time), not both.")
+        if root is None:
+            return self.run_into(Path(out) if out else self.default_out(), python=True)
+        claimed = new_version(Path(root))
+        try:
+            return self.run_into(claimed)
+        finally:
+            if claimed.is_dir() and not any(claimed.iterdir()):
+                claimed.rmdir()  # a mistake found before the run wrote anything leaves no empty version folder
+
+    def run_into(self, out: Path, python: bool = False) -> ExperimentResult:
+        """:meth:`run` into the folder ``out`` (``cilearn run`` calls this; ``python``: an error names the
+        Python API's choices)."""
         with shared_datasets():
-            check_fresh(out)
+            try:
+                check_fresh(out)
+            except ConfigError as exc:
+                if not python:
+                    raise
+                raise ConfigError(f"{exc} From Python: Experiment.resume('{out}') continues it; run(root='{out}') "
+                                  f"writes a new version_N folder under it each time.") from None
             checked = validate_runs(out, self.runs, self.data)  # nothing is written before this passes
             if len(self.runs) == 1:
                 from .summary import write_summary
@@ -110,6 +137,39 @@ class Experiment:
         library_default_logging()
         with shared_datasets():
             return _resume(Path(run_dir), data)
+
+
+def new_version(root: Path) -> Path:
+    """Create and return ``root/version_N``, N one more than the highest ``version_*`` there (0 for the first);
+    creating the folder claims it, so two processes never get the same one."""
+    import re
+
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run(root=...): '{root}' is a file; give a folder to keep the versions in.")
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m[1]) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    number = max(numbers, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{number}").mkdir()
+            return root / f"version_{number}"
+        except FileExistsError:
+            number += 1
+
+
+def check_data_early(cfg: Config) -> None:
+    """What can be known about the data before loading it: the dataset's name, and for a built-in dataset of a
+    known number of classes whether the tasks use them up exactly."""
+    from .data.registry import is_registered, known_classes, list_datasets
+    from .errors import unknown_choice
+    from .scenarios import check_class_split
+
+    if not is_registered(cfg.data.name):
+        raise unknown_choice("dataset", cfg.data.name, [name for name, _ in list_datasets()], "data.name",
+                             error=DataError)
+    classes = known_classes(cfg.data.name)
+    if classes is not None and cfg.scenario.type != "domain_incremental" and cfg.scenario.classes_per_task:
+        check_class_split(classes, cfg.scenario.classes_per_task, cfg.scenario.initial_classes, cfg.data.name)
 
 
 def validate_runs(out: Path, runs: list[tuple[str, Config]], data: DatasetSplits | None = None) -> list[Run]:
@@ -175,7 +235,7 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             runs = [(run_label(r, many), parse_config(r)) for r in raws]
             if (out / "summary.json").is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
-                say(f"'{out}' is already complete ({len(runs)} runs); nothing to resume.")
+                say(f"'{out}' is already complete ({count(len(runs), 'run')}); nothing to resume.")
             else:
                 _check_data(out / "experiment.yaml", data)
                 run_children(out, runs, resume=True, data=data)

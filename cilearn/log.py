@@ -32,6 +32,11 @@ QUIET, NORMAL, VERBOSE = -1, 0, 1
 _LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 run``, ``2 runs``: a number with its noun in the right form."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def get_logger(name: str) -> logging.Logger:
     """The logger of a module: ``get_logger(__name__)``; names outside the package are put under ``cilearn.``."""
     return logging.getLogger(name if name == ROOT or name.startswith(ROOT + ".") else f"{ROOT}.{name}")

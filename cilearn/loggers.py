@@ -16,7 +16,17 @@ end, or when the run stops on an error or Ctrl-C).  Each hook receives the run a
   against ``epoch``, ``task/*`` against ``task``), the accuracy matrix as a table and the final metrics in
   its summary.  Online when ``WANDB_MODE`` says so or an API key is configured (``WANDB_API_KEY`` or
   ``wandb login``); otherwise offline, without touching the network (upload later with ``wandb sync``).
-  Needs ``pip install 'cilearn[wandb]'``.
+  Needs ``pip install 'cilearn[wandb]'``.  ``output.wandb_entity``, ``wandb_group`` (default: the config's
+  name, which for a sweep's runs is the sweep's), ``wandb_tags`` and ``wandb_name`` (default: the run's label);
+- ``mlflow``: an MLflow run with the config as parameters, the same ``epoch/*`` and ``task/*`` metrics (step:
+  epochs since the run began), the accuracy matrix as ``accuracy_matrix.md`` and the final metrics; in the
+  tracking server of ``MLFLOW_TRACKING_URI`` when set, else in a local file store ``RUN_DIR/mlflow`` (``mlflow
+  ui --backend-store-uri RUN_DIR/mlflow``; MLflow 3 keeps file stores in maintenance mode, so cilearn sets
+  ``MLFLOW_ALLOW_FILE_STORE=true`` for it).  The experiment is ``output.mlflow_experiment`` (default: the
+  config's name); the run id is kept in ``RUN_DIR/mlflow-run-id``, so a resumed run continues it.  Needs
+  ``pip install 'cilearn[mlflow]'`` (mlflow-skinny);
+- a logger of an installed package: a :class:`Logger` subclass registered in the ``cilearn.loggers``
+  entry-point group (see :mod:`cilearn.plugins`), made with no arguments and named in ``output.loggers``.
 
 In a torchrun job only rank 0 logs.
 """
@@ -32,7 +42,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .distributed import is_main
-from .errors import ConfigError
+from .errors import ConfigError, unknown_choice
 from .log import get_logger
 
 if TYPE_CHECKING:
@@ -40,8 +50,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-LOGGERS = ("csv", "tensorboard", "wandb")
-_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _SUMMARY_KEYS = ("last_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer")
 
 
@@ -61,11 +71,35 @@ class Logger:
         """The run finished (``metrics``: the final ones) or stopped (``None``)."""
 
 
-def check_loggers(names: list[str]) -> None:
-    """Before anything is written: each logger once, and its package installed."""
-    for name in names:
+def logger_kinds() -> dict[str, type[Logger]]:
+    """Every logger by name: cilearn's own and those of installed packages (``cilearn.loggers`` entry points;
+    cilearn's own names win)."""
+    from .plugins import plugins
+
+    own = {"csv": CsvLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MlflowLogger}
+    for name, kind in plugins("cilearn.loggers").items():
+        if name not in own:
+            if not (isinstance(kind, type) and issubclass(kind, Logger)):
+                raise ConfigError(f"the cilearn.loggers plugin '{name}' is not a cilearn.loggers.Logger subclass "
+                                  f"({kind!r}); fix or uninstall the package that registers it.")
+            own[name] = kind
+    return own
+
+
+def check_logger_names(names: list[str]) -> None:
+    """When the config is read: each logger known and listed once."""
+    kinds = logger_kinds()
+    for index, name in enumerate(names):
+        if name not in kinds:
+            raise unknown_choice("logger", name, kinds, f"output.loggers[{index}]")
         if names.count(name) > 1:
             raise ConfigError(f"output.loggers: '{name}' is listed twice.")
+
+
+def check_loggers(names: list[str]) -> None:
+    """Before anything is written: each logger known, listed once, and its package installed."""
+    check_logger_names(names)
+    for name in names:
         package = _PACKAGE.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(f"output.loggers: '{name}' needs the {package} package, which is not installed: "
@@ -77,7 +111,7 @@ def make_loggers(names: list[str]) -> list[Logger]:
     check_loggers(names)
     if not is_main():
         return []
-    kinds = {"csv": CsvLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger}
+    kinds = logger_kinds()
     return [kinds[name]() for name in names]
 
 
@@ -105,6 +139,18 @@ def task_scalars(metrics: dict) -> dict[str, float]:
             seen = values.get("seen_accuracy") or []
             scalars[f"task/{name}/seen_accuracy"] = finite(seen[-1]) if seen else None
     return {key: value for key, value in scalars.items() if value is not None}
+
+
+def last_epoch_accuracies(run: Run, metrics: dict) -> dict[str, float]:
+    """The test accuracies of the task's last epoch: its log row gets them from the evaluation after the task,
+    after :meth:`Logger.epoch_end` saw the row (NaN then), so task_end logs them at that epoch's step."""
+    if not run.log_rows or int(run.log_rows[-1][0]) != int(metrics["tasks_done"]) - 1:
+        return {}
+    from .runner import LOG_COLUMNS
+
+    row = dict(zip(LOG_COLUMNS, run.log_rows[-1]))
+    values = {f"epoch/{key}": finite(row[key]) for key in ("test_accuracy_current", "test_accuracy_seen")}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def matrix_markdown(matrix: list[list[float | None]]) -> str:
@@ -194,6 +240,8 @@ class TensorBoardLogger(Logger):
 
     def task_end(self, run: Run, metrics: dict) -> None:
         step = len(run.log_rows)  # the task's last epoch (see start)
+        for tag, value in last_epoch_accuracies(run, metrics).items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.add_scalar("task/tasks_done", int(metrics["tasks_done"]), step)
         for tag, value in task_scalars(metrics).items():
             self.writer.add_scalar(tag, value, step)
@@ -252,7 +300,10 @@ class WandbLogger(Logger):
                                   save_code=False, console="off", silent=True)
         # Absolute: W&B's service is a separate process started once per Python process; a relative folder
         # would be resolved against the working directory of the run that started it, not this one's.
-        self.run = wandb.init(project=run.cfg.output.wandb_project, name=run.label, id=run_id, resume="allow",
+        output = run.cfg.output
+        self.run = wandb.init(project=output.wandb_project, entity=output.wandb_entity,
+                              group=output.wandb_group or run.cfg.name, tags=list(output.wandb_tags) or None,
+                              name=output.wandb_name or run.label, id=run_id, resume="allow",
                               dir=str(run.files.path.resolve()), config=run.cfg.to_dict(), mode=mode, settings=settings)
         self.run.define_metric("epoch")
         self.run.define_metric("epoch/*", step_metric="epoch")
@@ -274,6 +325,9 @@ class WandbLogger(Logger):
         width = len(run.scenario)
         table = wandb.Table(columns=["after task"] + [f"task {j + 1}" for j in range(width)],
                             data=[[i + 1] + list(row) + [None] * (width - len(row)) for i, row in enumerate(matrix)])
+        last = last_epoch_accuracies(run, metrics)
+        if last:
+            self.run.log({"epoch": len(run.log_rows), **last})
         self.run.log({"task": int(metrics["tasks_done"]), **task_scalars(metrics), "accuracy_matrix": table})
 
     def run_end(self, run: Run, metrics: dict | None) -> None:
@@ -283,3 +337,66 @@ class WandbLogger(Logger):
             self.run.summary.update({key: metrics.get(key) for key in _SUMMARY_KEYS if key in metrics})
         self.run.finish(exit_code=0 if metrics is not None else 1)
         self.run = None
+
+
+# --------------------------------------------------------------------------------------------- mlflow
+class MlflowLogger(Logger):
+    """An MLflow run through ``MlflowClient`` (no global active run: several cilearn runs in one process each
+    log to their own MLflow run)."""
+
+    def __init__(self) -> None:
+        self.client = None
+        self.run_id: str | None = None
+
+    def start(self, run: Run) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.files.path.resolve() / "mlflow").as_uri()
+        if uri.startswith("file:"):  # MLflow 3 refuses file stores unless asked (they are in maintenance mode)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = client = MlflowClient(tracking_uri=uri)
+        name = run.cfg.output.mlflow_experiment or run.cfg.name or "cilearn"
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+        id_file = run.files / "mlflow-run-id"
+        if id_file.is_file():  # a resumed run continues its MLflow run
+            self.run_id = id_file.read_text().strip()
+            client.update_run(self.run_id, status="RUNNING")
+            return
+        self.run_id = client.create_run(experiment_id, run_name=run.label,
+                                        tags={"cilearn.method": run.cfg.method["name"]}).info.run_id
+        id_file.write_text(self.run_id)
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:6000]) for key, value in flat_config(run.cfg.to_dict()).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
+            client.log_batch(self.run_id, params=params[start:start + 100])
+        if not run.log_rows:
+            log.info(f"[{run.label}] MLflow logs into {uri} (experiment '{name}')")
+
+    def _log(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in values.items() if value is not None]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def epoch_end(self, run: Run, row: dict) -> None:
+        values = {f"epoch/{key}": finite(row.get(key)) for key in
+                  ("train_loss", "train_accuracy", "lr", "test_accuracy_current", "test_accuracy_seen")}
+        self._log({**values, "epoch/task": row["task"] + 1}, len(run.log_rows))
+
+    def task_end(self, run: Run, metrics: dict) -> None:
+        step = len(run.log_rows)
+        self._log({**last_epoch_accuracies(run, metrics), "task/tasks_done": int(metrics["tasks_done"]),
+                   **task_scalars(metrics)}, step)
+        self.client.log_text(self.run_id, matrix_markdown(metrics.get("accuracy_matrix", [])), "accuracy_matrix.md")
+
+    def run_end(self, run: Run, metrics: dict | None) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        if metrics is not None and metrics.get("complete"):
+            self._log({f"final/{key}": finite(metrics.get(key)) for key in _SUMMARY_KEYS}, len(run.log_rows))
+        self.client.set_terminated(self.run_id, "FINISHED" if metrics is not None else "FAILED")
+        self.client = self.run_id = None

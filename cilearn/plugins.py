@@ -12,6 +12,10 @@ A package registers, in its own ``pyproject.toml``::
     mynet = "mypackage.models:make"                  # make(in_channels, image_size, **options) -> nn.Module
                                                      # backbone with a ``feature_dim`` attribute
 
+    [project.entry-points."cilearn.loggers"]
+    mylog = "mypackage.logging:MyLogger"             # a cilearn.loggers.Logger subclass, made with no
+                                                     # arguments; output.loggers: [csv, mylog]
+
 Entry points are read once per process, on the first lookup that needs them; a plugin that fails to
 import is reported as one clear error naming the package, not a traceback.
 """
@@ -23,7 +27,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-GROUPS = ("cilearn.methods", "cilearn.datasets", "cilearn.models")
+GROUPS = ("cilearn.methods", "cilearn.datasets", "cilearn.models", "cilearn.loggers")
 _LOADED: dict[str, dict[str, Any]] = {}
 
 

@@ -1,7 +1,12 @@
 """What an experiment produced, read back from its run folders: metrics, accuracy matrices, one table.
 
 :meth:`cilearn.Experiment.run` returns an :class:`ExperimentResult`; :func:`load_result` reads the same object
-from any finished (or partly finished) run folder.  Only numpy: reading results never imports torch.
+from any finished (or partly finished) run folder, experiment folder or sweep folder.  Only numpy: reading
+results never imports torch.
+
+Accuracies are fractions in [0, 1] everywhere data is returned (``metrics.json``, ``accuracy_matrix``,
+``seen_accuracy``, ``records()``, ``summary()``); only the printed tables (``table()``, the CLI's) and the plots
+show them in percent, and say so in their titles.
 
 >>> result = load_result("runs/quickstart/20250101-120000")   # doctest: +SKIP
 >>> print(result.table())                                     # the summary the CLI prints
@@ -170,6 +175,48 @@ class ExperimentResult:
     def _repr_markdown_(self) -> str:  # Jupyter shows the table
         return self.table(markdown=True)
 
+    def plot(self, ax=None):
+        """A matplotlib Figure of the accuracy on all classes seen so far against the number of classes seen:
+        one curve per label (method or grid point), the mean over its seeds with a ± std band where there are
+        several, in %.  ``ax``: draw into this Axes instead (its figure is returned).  Needs no display."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        if ax is None:
+            figure = Figure(figsize=(7, 4.5), layout="constrained")
+            FigureCanvasAgg(figure)
+            ax = figure.add_subplot()
+        figure = ax.figure
+        by_label: dict[str, list[RunResult]] = {}
+        for run in self.runs:
+            by_label.setdefault(run.label, []).append(run)
+        for label, runs in by_label.items():
+            length = max(len(r.seen_accuracy) for r in runs)
+            curves = np.full((len(runs), length), np.nan)
+            for i, r in enumerate(runs):
+                curves[i, :len(r.seen_accuracy)] = r.seen_accuracy
+            steps = max(runs, key=lambda r: len(r.seen_accuracy)).metrics.get("classes_per_step") or []
+            x = list(steps[:length]) if len(steps) >= length else list(range(1, length + 1))
+            with np.errstate(invalid="ignore"):
+                mean = 100 * np.nanmean(curves, axis=0)
+                std = 100 * (np.nanstd(curves, axis=0, ddof=1) if len(runs) > 1 else np.zeros(length))
+            classifier = runs[0].metrics.get("classifier", "")
+            line, = ax.plot(x, mean, marker="o", markersize=4, label=f"{label} ({classifier}, n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        datasets = sorted({str(r.metrics.get("dataset", "")) for r in self.runs})
+        ax.set(xlabel="classes seen", ylabel="accuracy on seen classes (%)", ylim=(0, 103),
+               title=f"{', '.join(datasets)} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        return figure
+
+    def report(self, out: str | Path, tsne: bool = False, gradcam: bool = False) -> Path:
+        """The HTML report of these runs into ``out`` (see :func:`cilearn.make_report`); returns report.html."""
+        from .report.build import ReportOptions, make_report
+
+        return make_report([run.path for run in self.runs], out, ReportOptions(tsne=tsne, gradcam=gradcam))
+
     def __repr__(self) -> str:
         return f"ExperimentResult('{self.path}', runs={self.labels})"
 
@@ -192,11 +239,29 @@ def experiment_labels(path: Path) -> list[str]:
     return [run_label(r, many) for r in raws]
 
 
+def sweep_labels(path: Path) -> list[str]:
+    """The run folders of a sweep folder, in the order its ``sweep.yaml`` lists them."""
+    import yaml
+
+    try:
+        runs = (yaml.safe_load((path / "sweep.yaml").read_text(encoding="utf-8")) or {}).get("runs") or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"'{path / 'sweep.yaml'}' cannot be read ({exc}).") from None
+    return [str(run["name"]) for run in runs if isinstance(run, dict) and "name" in run]
+
+
 def load_result(path: str | Path) -> ExperimentResult:
-    """Read a run folder (one run) or an experiment folder (several runs and ``experiment.yaml``)."""
+    """Read a run folder (one run), an experiment folder (several runs and ``experiment.yaml``) or a sweep folder
+    (``sweep.yaml``: every run that finished a task, named ``<grid point>/<seed>``)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"'{path}' does not exist or is not a folder; give a folder that cilearn wrote.")
+    if (path / "sweep.yaml").is_file():
+        runs = [RunResult.load(path / name) for name in sweep_labels(path)
+                if RunDir(path / name).read_metrics() is not None]
+        if not runs:
+            raise CheckpointError(f"sweep folder '{path}' holds no run that finished a task yet.")
+        return ExperimentResult(path, runs)
     if (path / "experiment.yaml").is_file():
         runs = [RunResult.load(path / label) for label in experiment_labels(path)
                 if RunDir(path / label).read_metrics() is not None]

@@ -132,7 +132,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 class RunLock:
     """An exclusive lock on ``RUN_DIR/.lock`` (``flock`` on POSIX, ``LockFileEx`` on Windows, through filelock),
-    held while a run uses the folder; the operating system releases it if the process dies."""
+    held while a run uses the folder; the operating system releases it if the process dies.  The file is removed
+    when the lock is released (a finished run leaves none, a refused one leaves no pid of its own); only a
+    killed process leaves one, which the next run takes over."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
@@ -168,6 +170,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
+            try:  # while still holding it: nobody else can be using the file (Windows refuses, and keeps it)
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
             self._lock.release()
             self._lock = None
 

@@ -9,6 +9,8 @@ task's files (through :class:`~cilearn.rundir.RunDir`) and checkpoint (through
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -251,12 +253,18 @@ class Run:
                 where = (f"task {first_task + 1}/{tasks}{stage}, epoch {start_epoch + 1}" if inside
                          else f"the start of task {first_task + 1}/{tasks}")
                 source = self.checkpoints.resumed_from or "the checkpoint rank 0 read"
-                say(f"[{self.label}] resuming from '{source}' at {where}")
+                if first_task >= tasks:  # the last task's checkpoint: only the final files were missing
+                    say(f"[{self.label}] '{source}' holds all {tasks} tasks: writing the final results")
+                else:
+                    say(f"[{self.label}] resuming from '{source}' at {where}")
                 if not inside:
                     state = None
             elif resume:
                 say(f"[{self.label}] no checkpoint in '{self.dir}' yet: starting the run from the beginning")
             final = None
+            # When and where (in tasks) this process began: the ETA of the epoch lines (a run resumed inside a
+            # task counts that task from its start, so its first ETAs are a little long).
+            self._clock = (time.perf_counter(), first_task)
             try:
                 for logger in self.loggers:
                     logger.start(self)
@@ -266,8 +274,8 @@ class Run:
                 final = self.write_results(complete=True)
             except TrainingDiverged as exc:
                 done = len(self.history)
-                kept = (f" The {done} finished task{'s' if done != 1 else ''} keep their results and checkpoints in "
-                        f"'{self.dir}'." if done else "")
+                kept = (f" The {done} finished tasks keep their results and checkpoints in '{self.dir}'." if done > 1
+                        else f" The finished task keeps its results and checkpoint in '{self.dir}'." if done else "")
                 raise TrainingDiverged(f"{exc}{kept}") from None
             finally:
                 for logger in self.loggers:
@@ -353,6 +361,8 @@ class Run:
                                          result.train_accuracy, current, seen, stage.name, result.seconds]))
             for logger in self.loggers:
                 logger.epoch_end(self, row)
+            done = task.index + (index + (result.epoch + 1) / max(epochs, 1)) / len(stages)  # tasks done, as a float
+            self.epoch_line(task, f"{name}, epoch {result.epoch + 1}/{epochs}", result, current, seen, done)
             every = cfg.train.checkpoint_every
             if every and (result.epoch + 1) % every == 0 and result.epoch + 1 < epochs:
                 self.save(task.index, index, result.epoch + 1)
@@ -362,6 +372,25 @@ class Run:
         batch = self.trainer.cfg.batch_size
         self._train_samples += sum(min(len(data), steps * batch) for steps in plan[start_epoch:])
         return data
+
+    def epoch_line(self, task, where: str, result: EpochResult, current: float, seen: float, done: float) -> None:
+        """One line per epoch in place of the progress bar where none can be shown (stderr not a terminal:
+        SLURM, nohup, CI, a notebook), and with ``--verbose`` also beside a bar or with ``train.progress: false``:
+        the task and epoch, loss, lr, img/s, the test accuracy when it was evaluated, the time since this process
+        began the run and the remaining time, extrapolated from the share of tasks done (stages and epochs as
+        fractions of a task)."""
+        level = logging.INFO if self.cfg.train.progress and not sys.stderr.isatty() else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        started, at_start = self._clock
+        elapsed = time.perf_counter() - started
+        tasks = len(self.scenario)
+        eta = elapsed * (tasks - done) / (done - at_start) if done > at_start else float("nan")
+        tested = (f", test accuracy {seen:.1%} seen / {current:.1%} this task" if seen == seen else "")
+        line = (f"[{self.label}] task {task.index + 1}/{tasks}{where}: loss {result.train_loss:.4f}, "
+                f"lr {result.lr:.4g}, {result.samples / max(result.seconds, 1e-9):.0f} img/s{tested}, "
+                f"elapsed {clock(elapsed)}, ETA {clock(eta)}")
+        log.log(level, line)
 
     def evaluate_task(self, task, before: dict) -> None:
         started = time.perf_counter()
@@ -401,6 +430,14 @@ class Run:
             features = self.inference(arrays["images"])[0]
         arrays["features"] = torch.as_tensor(features).cpu().numpy().astype(np.float32)
         write_npz(self.files.exemplars(task_index), arrays)
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` (``?`` when not known yet)."""
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def say(message: str) -> None:

@@ -200,6 +200,19 @@ def _sorted_by_label(data: ImageData) -> ImageData:
     return data.subset(np.argsort(data.labels, kind="stable"))
 
 
+def check_class_split(num_classes: int, classes_per_task: int, initial_classes: int | None, name: str) -> None:
+    """``initial_classes`` (default ``classes_per_task``) and then tasks of ``classes_per_task`` must use up the
+    dataset's ``num_classes`` exactly."""
+    initial = classes_per_task if initial_classes is None else initial_classes
+    if initial > num_classes:
+        raise ConfigError(f"scenario.initial_classes: {initial} is more than the {num_classes} classes of "
+                          f"{name}.")
+    if (num_classes - initial) % classes_per_task:
+        raise ConfigError(f"scenario.classes_per_task: {classes_per_task} does not divide the "
+                          f"{num_classes - initial} classes left after the first task's {initial} "
+                          f"({name} has {num_classes}). Pick a divisor.")
+
+
 def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_classes: int | None = None,
                       class_order: str | Sequence[int] = "seed", seed: int = 0,
                       task_incremental: bool = False, num_tasks: int | None = None,
@@ -209,13 +222,7 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
     resolved by :func:`resolve_class_order` (``class_order_seed`` fixes the ``seed`` order)."""
     num_classes = splits.train.num_classes
     initial = classes_per_task if initial_classes is None else initial_classes
-    if initial > num_classes:
-        raise ConfigError(f"scenario.initial_classes: {initial} is more than the {num_classes} classes of "
-                          f"{splits.display_name}.")
-    if (num_classes - initial) % classes_per_task:
-        raise ConfigError(f"scenario.classes_per_task: {classes_per_task} does not divide the "
-                          f"{num_classes - initial} classes left after the first task's {initial} "
-                          f"({splits.display_name} has {num_classes}). Pick a divisor.")
+    check_class_split(num_classes, classes_per_task, initial_classes, splits.display_name)
     order = resolve_class_order(class_order, num_classes, seed, class_order_seed)
     names = [splits.train.class_names[c] for c in order]
     train, test = _remap(splits.train, order, names), _remap(splits.test, order, names)

@@ -36,6 +36,7 @@ class EpochResult:
     train_loss: float
     train_accuracy: float
     seconds: float
+    samples: int = 0  # training samples this epoch went through (img/s = samples / seconds)
 
 
 def full_precision(out: Output) -> Output:
@@ -145,11 +146,13 @@ class Trainer:
         gathers = type(method).after_step is not Method.after_step  # under torchrun: after_step sees the whole batch
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
-        # when stderr is not a terminal (CI logs stay readable).
-        bar = tqdm(total=sum(plan[start_epoch:]), desc=desc, leave=False, unit="batch",
+        # when stderr is not a terminal (CI logs stay readable; the run prints a line per epoch instead).  One bar
+        # per stage of a task, kept on screen when done; its postfix (loss, lr, img/s) is the last epoch's.
+        bar = tqdm(total=sum(plan[start_epoch:]), desc=desc, leave=True, unit="batch",
                    disable=progress_disabled() if cfg.progress else True, dynamic_ncols=True)
         for epoch in range(start_epoch, len(plan)):
             steps = plan[epoch]
+            bar.set_description(f"{desc} epoch {epoch + 1}/{len(plan)}", refresh=False)
             started = time.perf_counter()
             model.train()
             method.begin_epoch(epoch)
@@ -204,8 +207,9 @@ class Trainer:
             seen = min(n, steps * cfg.batch_size)
             result = EpochResult(epoch=epoch, lr=lr, train_loss=mean_loss,
                                  train_accuracy=correct.item() / max(seen, 1),
-                                 seconds=time.perf_counter() - started)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{result.train_accuracy:.3f}")
+                                 seconds=time.perf_counter() - started, samples=seen)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{result.train_accuracy:.3f}", lr=f"{lr:.3g}",
+                            img_s=f"{seen / max(result.seconds, 1e-9):.0f}")
             if on_epoch_end is not None:
                 on_epoch_end(result)
         bar.close()

@@ -211,3 +211,95 @@ def test_import_cilearn_stays_cheap():
             "assert 'torch' not in sys.modules, 'results and data import torch'; cilearn.Experiment; "
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_data_mistakes_surface_when_the_experiment_is_made():
+    with pytest.raises(DataError, match=r"data.name: unknown dataset 'digitz'. Did you mean 'digits'\?"):
+        Experiment.from_dict({**TINY, "data": {"name": "digitz"}})
+    raw = {**TINY, "data": {"name": "digits"}, "scenario": {"classes_per_task": 3}}
+    with pytest.raises(ConfigError, match=r"classes_per_task: 3 does not divide the 7 classes left .* has 10"):
+        Experiment.from_dict(raw)
+    with pytest.raises(ConfigError, match=r"initial_classes: 12 is more than the 10 classes"):
+        Experiment.from_dict(raw, overrides=["scenario.initial_classes=12"])
+    Experiment.from_dict(raw, overrides=["scenario.initial_classes=4"])  # 4 + 2 × 3: fine
+
+
+def test_the_known_class_counts_are_the_datasets_own(digits):
+    from cilearn.data.registry import known_classes
+
+    assert known_classes("digits") == digits.num_classes == 10
+    assert known_classes("image_folder") is None
+    for name in ("mnist", "fashion_mnist", "cifar10_jpeg"):
+        try:
+            splits = load_dataset(name)
+        except DataError:
+            continue  # not in $CILEARN_DATA here
+        assert known_classes(name) == splits.num_classes
+
+
+def test_running_the_same_script_twice_makes_a_new_version_folder(tmp_path):
+    experiment = Experiment.from_dict({**TINY, "data": {"name": "digits"}})
+    first = experiment.run(root=tmp_path / "runs")
+    second = experiment.run(root=tmp_path / "runs")
+    assert (first.path, second.path) == (tmp_path / "runs/version_0", tmp_path / "runs/version_1")
+    np.testing.assert_array_equal(first.accuracy_matrix, second.accuracy_matrix)
+    (tmp_path / "runs/version_7").mkdir()  # one more than the highest, as Lightning counts
+    assert experiment.run(root=tmp_path / "runs").path == tmp_path / "runs/version_8"
+    with pytest.raises(ConfigError, match=r"already exists .* run\(root='.*version_0'\) writes a new version_N"):
+        experiment.run(tmp_path / "runs/version_0")
+    with pytest.raises(ConfigError, match="not both"):
+        experiment.run(tmp_path / "a", root=tmp_path / "b")
+    bad = Experiment.from_dict({**TINY, "data": {"name": "digits", "options": {"nope": 1}}})
+    with pytest.raises(DataError, match="has no option 'nope'"):  # found while the data loads: no empty folder
+        bad.run(root=tmp_path / "runs")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1", "version_7",
+                                                                     "version_8"]
+
+
+def test_results_plot_report_and_a_sweep_folder(tmp_path):
+    from matplotlib.figure import Figure
+
+    raw = {**{k: v for k, v in TINY.items() if k != "method"}, "data": {"name": "digits"}, "seeds": [0, 1],
+           "methods": ["finetune", "joint"]}
+    result = Experiment.from_dict(raw).run(tmp_path / "exp")
+    figure = result.plot()
+    assert isinstance(figure, Figure)
+    [ax] = figure.axes
+    assert len(ax.lines) == 2 and len(ax.collections) == 2  # a mean curve and a ± std band per method
+    joint = [run for run in result if run.label == "joint"]
+    curves = np.stack([run.seen_accuracy for run in joint])
+    line = next(curve for curve in ax.lines if curve.get_label().startswith("joint"))
+    np.testing.assert_allclose(line.get_ydata(), 100 * curves.mean(axis=0))
+    np.testing.assert_array_equal(line.get_xdata(), [2, 4])  # classes seen
+    band = next(c for c in ax.collections if np.allclose(c.get_facecolor()[0][:3],
+                                                          matplotlib_rgb(line.get_color())))
+    lows = band.get_paths()[0].vertices[:, 1]
+    assert np.isclose(lows.min(), (100 * (curves.mean(axis=0) - curves.std(axis=0, ddof=1))).min())
+    html = result.report(tmp_path / "report")
+    assert html == tmp_path / "report/report.html" and "Accuracy vs number of classes" in html.read_text()
+    assert cilearn.make_report is not None and cilearn.ReportOptions is not None
+
+    # a sweep folder: sweep.yaml lists its runs; load_result reads every finished one
+    sweep = tmp_path / "sweep"
+    for name in ("a/seed0", "b/seed0"):
+        (sweep / name).parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+        shutil.copytree(tmp_path / "exp" / ("finetune/seed0" if name[0] == "a" else "joint/seed0"), sweep / name)
+    (sweep / "sweep.yaml").write_text("name: s\nruns:\n- {name: a/seed0, point: a}\n- {name: b/seed0, point: b}\n"
+                                      "- {name: c/seed0, point: c}\n")
+    loaded = cilearn.load_result(sweep)
+    assert loaded.labels == ["a/seed0", "b/seed0"]  # c never finished a task: left out
+    assert [run.metrics for run in loaded] == [result["finetune/seed0"].metrics, result["joint/seed0"].metrics]
+
+
+def matplotlib_rgb(color) -> tuple:
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(color)
+
+
+def test_errors_are_exported_at_the_top():
+    from cilearn import errors
+
+    for name in ("CilearnError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged"):
+        assert getattr(cilearn, name) is getattr(errors, name) and name in cilearn.__all__

@@ -657,3 +657,24 @@ def test_real_cifar10_jpeg(capsys: pytest.CaptureFixture[str]) -> None:
     means = ds.train.images.reshape(-1, 3).mean(axis=0) / 255
     assert means == pytest.approx([0.4913, 0.4821, 0.4465], abs=2e-3)
     assert np.array_equal(cached.train.labels, ds.train.labels)
+
+
+def test_a_corrupt_image_in_an_archive_is_named_without_pils_buffer(tmp_path):
+    import zipfile
+
+    from PIL import Image
+
+    from cilearn.data.imagefolder import load_image_folder
+    from cilearn.errors import DataError
+
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        archive.write(good, "train/a/ok.png")
+        archive.writestr("train/a/bad.png", b"not a png at all")
+        archive.write(good, "test/a/ok.png")
+    with pytest.raises(DataError) as error:
+        load_image_folder(tmp_path / "data.zip", workers=1, use_cache=False)
+    message = str(error.value)
+    assert "(member train/a/bad.png): cannot decode the image (UnidentifiedImageError: cannot identify image file)" \
+        in message and "BytesIO" not in message and "0x" not in message

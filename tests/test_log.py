@@ -134,3 +134,31 @@ def test_a_skipped_checkpoint_is_a_warning_through_logging(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("warning: checkpoint '") and "is not a checkpoint (corrupt or wrong file" in err
     assert f"Resuming from '{files.task_checkpoint(0)}' instead." in err
+
+
+def test_a_redirected_run_prints_a_line_per_epoch(tmp_path):
+    """stdout and stderr to files (SLURM, nohup, CI): no bar, one line per epoch with the task, the epoch, loss,
+    lr, img/s, the test accuracy when evaluated, elapsed time and ETA."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        code = subprocess.run([sys.executable, "-m", "cilearn", "run", str(root / "configs/quickstart.yaml"),
+                               "--set", "methods=[finetune]", "--set", "train.epochs=3", "--set", "train.eval_every=2",
+                               "--set", "scenario.num_tasks=2", "--set", "train.num_threads=1", "--out",
+                               str(tmp_path / "run")], stdout=out, stderr=err, env=env, cwd=tmp_path).returncode
+    assert code == 0, (tmp_path / "err.txt").read_text()
+    lines = [line for line in (tmp_path / "out.txt").read_text().splitlines() if ", epoch " in line]
+    pattern = (r"\[finetune\] task (\d)/2, epoch (\d)/3: loss \d+\.\d{4}, lr 0\.05, \d+ img/s"
+               r"(, test accuracy \d+\.\d% seen / \d+\.\d% this task)?, elapsed \d:\d\d:\d\d, ETA (\d:\d\d:\d\d|\?)")
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert all(found), lines
+    assert [(int(m[1]), int(m[2])) for m in found] == [(t, e) for t in (1, 2) for e in (1, 2, 3)]
+    assert [bool(m[3]) for m in found] == [False, True, False] * 2  # eval_every 2; the last epoch: after the task
+    assert found[-1][4] == "0:00:00"  # the run is done
+    assert "epoch" not in (tmp_path / "err.txt").read_text()  # no progress bar in a file

@@ -70,6 +70,24 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
 
 
 @needs("tensorboard")
+def test_tensorboard_has_each_tasks_last_epoch_test_accuracy(tmp_path):
+    """With one epoch per task every epoch is a task's last: its test accuracies come from the evaluation after
+    the task (log.csv's row), and TensorBoard shows them at that epoch's step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = config("csv", "tensorboard")
+    raw["train"]["epochs"] = 1
+    Experiment.from_dict(raw).run(tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = log_rows(tmp_path / "run")
+    for key in ("test_accuracy_seen", "test_accuracy_current"):
+        scalars = events.Scalars(f"epoch/{key}")
+        assert [s.step for s in scalars] == [1, 2]
+        np.testing.assert_allclose([s.value for s in scalars], [float(r[key]) for r in rows], atol=1e-5)
+
+
+@needs("tensorboard")
 def test_a_resumed_run_shows_each_epoch_once_in_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -172,8 +190,9 @@ def test_csv_is_the_default_and_writes_todays_files(tmp_path):
 def test_logger_mistakes_stop_before_anything_is_written(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="'csv' is listed twice"):
         Experiment.from_dict(config("csv", "csv")).run(tmp_path / "twice")
-    with pytest.raises(ConfigError, match=r"loggers\[0\]: unknown value 'mlflow'. Choose one of: csv, tensorboard"):
-        Experiment.from_dict(config("mlflow"))
+    with pytest.raises(ConfigError, match=r"output.loggers\[0\]: unknown logger 'mlfow'. Did you mean 'mlflow'\? "
+                                          r"Choose one of: csv, mlflow, tensorboard, wandb"):
+        Experiment.from_dict(config("mlfow"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"needs the tensorboard package.*pip install 'cilearn\[tensorboard\]'"):
@@ -198,3 +217,91 @@ def test_wandb_mode_never_goes_online_without_a_key(monkeypatch, tmp_path):
     assert loggers.wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert loggers.wandb_mode() == "disabled"
+
+
+@needs("mlflow")
+def test_mlflow_local_store_holds_the_logged_values(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = config("csv", "mlflow")
+    raw["name"] = "mlflow-test"
+    result = Experiment.from_dict(raw).run(tmp_path / "run")
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlflow").as_uri())
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("mlflow-test").experiment_id])
+    assert mlflow_run.info.run_id == (tmp_path / "run" / "mlflow-run-id").read_text()
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == "finetune"
+    assert mlflow_run.data.params["train.lr"] == "0.05" and mlflow_run.data.params["method.name"] == "finetune"
+    rows = log_rows(tmp_path / "run")
+    loss = client.get_metric_history(mlflow_run.info.run_id, "epoch/train_loss")
+    assert [m.step for m in loss] == list(range(1, EPOCHS * TASKS + 1))
+    np.testing.assert_allclose([m.value for m in loss], [float(r["train_loss"]) for r in rows], atol=1e-5)
+    seen = client.get_metric_history(mlflow_run.info.run_id, "task/seen_accuracy")
+    assert [m.step for m in seen] == [EPOCHS, 2 * EPOCHS]
+    np.testing.assert_allclose([m.value for m in seen], result.metrics["seen_accuracy"], atol=1e-6)
+    last_epoch = client.get_metric_history(mlflow_run.info.run_id, "epoch/test_accuracy_seen")
+    assert [m.step for m in last_epoch][-1] == 2 * EPOCHS  # each task's last epoch is there
+    assert mlflow_run.data.metrics["final/last_accuracy"] == pytest.approx(result.metrics["last_accuracy"])
+    artifact = client.download_artifacts(mlflow_run.info.run_id, "accuracy_matrix.md", str(tmp_path))
+    assert open(artifact).read().splitlines()[0] == "| after task | task 1 | task 2 |"
+
+
+@needs("wandb")
+def test_wandb_entity_group_tags_and_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    raw = config("wandb")
+    raw["name"] = "my-sweep"
+    raw["train"]["epochs"] = 1
+    raw["output"].update({"wandb_entity": "lab", "wandb_tags": ["a", "b"], "wandb_name": "first try"})
+    Experiment.from_dict(raw).run(tmp_path / "run")
+    [run_record] = [r.run for r in wandb_records(tmp_path / "run") if r.WhichOneof("record_type") == "run"]
+    assert (run_record.entity, run_record.run_group, list(run_record.tags), run_record.display_name) == (
+        "lab", "my-sweep", ["a", "b"], "first try")  # the group: the config's name by default
+
+
+PLUGIN_LOGGER = """
+import json
+from cilearn.loggers import Logger
+
+
+class JsonLines(Logger):
+    \"\"\"plugin logger: one JSON line per epoch\"\"\"
+
+    def epoch_end(self, run, row):
+        with open(run.files / "epochs.jsonl", "a") as handle:
+            handle.write(json.dumps({"task": row["task"], "epoch": row["epoch"], "loss": row["train_loss"]}) + "\\n")
+"""
+
+
+def test_a_separately_installed_package_registers_a_logger(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    (site / "cilearn_logger_demo").mkdir(parents=True)
+    (site / "cilearn_logger_demo" / "__init__.py").write_text(PLUGIN_LOGGER)
+    dist = site / "cilearn_logger_demo-0.1.dist-info"  # what pip writes for an installed package
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cilearn-logger-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+        [cilearn.loggers]
+        jsonlines = cilearn_logger_demo:JsonLines
+        """))
+    raw = config("csv", "jsonlines")
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cilearn", "run", str(tmp_path / "config.json"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out" / "epochs.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path / "out")
+    assert [(line["task"], line["epoch"]) for line in lines] == [(int(r["task"]), int(r["epoch"])) for r in rows]
+    assert [line["loss"] for line in lines] == pytest.approx([float(r["train_loss"]) for r in rows], abs=1e-5)
+    wrong = subprocess.run([sys.executable, "-m", "cilearn", "run", str(tmp_path / "config.json"), "--set",
+                            "output.loggers=[jsonline]"], capture_output=True, text=True, env=env, timeout=120)
+    assert wrong.returncode == 2 and "unknown logger 'jsonline'. Did you mean 'jsonlines'?" in wrong.stderr

@@ -162,3 +162,19 @@ def test_iid_baseline_partitions_the_pooled_stream(rotated) -> None:
     class_split = class_incremental(load_dataset("digits"), 2, class_order="sorted")
     with pytest.raises(ConfigError, match="joint"):
         make_method("iid", class_split)
+
+
+def test_collage_buffer_smaller_than_a_tasks_classes_is_refused(tmp_path) -> None:
+    """As iCaRL refuses a memory smaller than the classes: one collage per experience for two classes would
+    leave a class without any."""
+    from cilearn.experiment import Experiment
+
+    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
+           "model": {"name": "mlp", "options": {"hidden": [16]}},
+           "method": {"name": "replay", "exemplars": "collage", "per_experience": 1},
+           "train": {"epochs": 1, "progress": False}, "output": {"save_features": False}}
+    with pytest.raises(ConfigError, match=r"collage keeps 1 collage of task 1, which brings 2 classes"):
+        Experiment.from_dict(raw).run(tmp_path / "small")
+    assert not (tmp_path / "small").exists()
+    raw["method"]["per_experience"] = 2  # one collage per class: accepted
+    assert Experiment.from_dict(raw).run(tmp_path / "enough").complete

@@ -153,6 +153,9 @@ def test_long_values_get_short_stable_names():
     ({"grid": {"train.lr": [0.1, 0.1]}}, "a value is listed twice"),
     ({"grid": {"seeds": [[0, 1]]}}, "vary 'seed' in the grid instead"),
     ({"grid": {"method": [{"name": "icarl"}, {"name": "icarl", "memory_size": 10}]}}, "would share the run folder"),
+    ({"grid": {}}, "grid: nothing to vary"),
+    ({"grid": None}, "grid: nothing to vary"),
+    ({}, "grid: nothing to vary"),
 ])
 def test_bad_sweep_file_is_one_error_line_and_writes_nothing(tmp_path, capsys, change, message):
     spec = {"base": copy.deepcopy(BASE), **change}

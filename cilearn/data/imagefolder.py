@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import tarfile
 import tempfile
 import zipfile
@@ -154,7 +155,10 @@ def _decode_batch(batch: list[tuple[str, bytes]], size: tuple[int, int] | None
                 shape = (h, w) if img.mode == "L" else (h, w, 3)
                 out.append((name, np.frombuffer(img.tobytes(), np.uint8).reshape(shape), ""))
         except Exception as exc:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError...)
-            out.append((name, None, f"{type(exc).__name__}: {exc}"))
+            # PIL names the stream it read, here an in-memory buffer ("<_io.BytesIO object at 0x...>"): the
+            # message names the file instead (the caller prefixes it), so the buffer's repr goes.
+            text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or "unreadable"
+            out.append((name, None, f"{type(exc).__name__}: {text}"))
     return out
 
 

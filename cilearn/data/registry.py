@@ -27,6 +27,7 @@ class _DatasetInfo:
     options: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     accepts_any: bool = False  # a plugin's options are its own business
+    classes: int | None = None  # known without loading it (configs are checked early); None: not known
 
 
 def _digits(root: Path, download: bool, **options: Any) -> DatasetSplits:
@@ -71,18 +72,19 @@ def _clear(root: Path, download: bool, path: PathLike, **options: Any) -> Datase
 
 _REGISTRY: dict[str, _DatasetInfo] = {
     "digits": _DatasetInfo("scikit-learn's bundled 8x8 handwritten digits, 10 classes (no download)",
-                           _digits, ("test_fraction", "seed")),
+                           _digits, ("test_fraction", "seed"), classes=10),
     "mnist": _DatasetInfo("MNIST handwritten digits, 28x28 grey, 10 classes (IDX files in mnist/MNIST/raw/)",
-                          _mnist),
+                          _mnist, classes=10),
     "fashion_mnist": _DatasetInfo("Fashion-MNIST clothing, 28x28 grey, 10 classes "
-                                  "(IDX files in fashion-mnist/FashionMNIST/raw/)", _fashion),
+                                  "(IDX files in fashion-mnist/FashionMNIST/raw/)", _fashion, classes=10),
     # "opener" injects a URL opener for the download (tests; never needed in configs).
     "cifar10": _DatasetInfo("CIFAR-10, 32x32 RGB, 10 classes (official python pickles; downloadable)",
-                            _cifar10, ("opener",)),
+                            _cifar10, ("opener",), classes=10),
     "cifar100": _DatasetInfo("CIFAR-100, 32x32 RGB, 100 classes with 20 superclasses "
-                             "(official python pickles; downloadable)", _cifar100, ("opener",)),
+                             "(official python pickles; downloadable)", _cifar100, ("opener",), classes=100),
     "cifar10_jpeg": _DatasetInfo("CIFAR-10 published as JPEG (lossy; report as 'CIFAR-10 (JPEG)'), "
-                                 "cifar10-jpeg/cifar10-jpeg.tar.gz", _cifar10_jpeg, ("image_size", "workers")),
+                                 "cifar10-jpeg/cifar10-jpeg.tar.gz", _cifar10_jpeg, ("image_size", "workers"),
+                                 classes=10),
     "image_folder": _DatasetInfo("any train/<class>/*.png|jpg + test/<class>/... folder or .tar/.tar.gz/.zip "
                                  "archive (option path, optional image_size)", _image_folder,
                                  ("path", "image_size", "workers"), required=("path",)),
@@ -145,6 +147,13 @@ def is_registered(name: str) -> bool:
     """Whether ``load_dataset(name)`` knows the dataset."""
     registry = _datasets()
     return str(name).strip().lower().replace("-", "_") in registry or name in registry
+
+
+def known_classes(name: str) -> int | None:
+    """The number of classes of a built-in dataset with a fixed label set (None for folders, plugins and
+    datasets registered from Python: known only once loaded)."""
+    info = _REGISTRY.get(str(name).strip().lower().replace("-", "_"))
+    return info.classes if info is not None else None
 
 
 def dataset_options(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -141,6 +141,15 @@ class Replay(Method):
         if self.options.fraction is not None and self.options.per_experience is not None:
             raise ConfigError("method.fraction / method.per_experience: give one of them, not both.")
         check_policy(self.options.exemplars, scenario.image_shape, self.model)
+        if self.options.exemplars == "collage":  # as iCaRL: fewer collages than a task's classes leave some out
+            for task in scenario:
+                count = buffer_size(len(task.train), self.options.fraction, self.options.per_experience)
+                if len(task.new_classes) > count:
+                    raise ConfigError(
+                        f"method.exemplars: collage keeps {count} collage{'s' if count != 1 else ''} of task "
+                        f"{task.index + 1}, which brings {len(task.new_classes)} classes: some classes would keep "
+                        f"none. Raise per_experience (or fraction) so that each task keeps at least one collage "
+                        f"per class.")
 
     @property
     def memory_size(self) -> int:

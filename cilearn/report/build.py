@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import metrics
 from ..errors import CilearnError
+from ..log import count
 from ..rundir import RunDir, atomic_write_text
 from . import ReportError, plots, tables
 from .runs import RunRecord, choose_steps, discover_runs, group_runs, safe_name
@@ -387,7 +388,7 @@ def make_report(paths: list[str | Path], out: str | Path, options: ReportOptions
     if options.gradcam:
         sections.append(gradcam_section(groups, out, options))
     datasets = sorted({str(r.metrics.get("dataset")) for r in runs})
-    meta = [f"{len(runs)} runs of {len(groups)} methods on {', '.join(datasets)}; generated "
+    meta = [f"{count(len(runs), 'run')} of {count(len(groups), 'method')} on {', '.join(datasets)}; generated "
             f"{datetime.now().strftime('%Y-%m-%d %H:%M')} by cilearn report (nothing retrained).",
             "Runs: " + "; ".join(f"{r.name}: {r.dir}" + ("" if r.metrics.get("complete") else
                                  f" (incomplete: {r.tasks_done}/{r.metrics.get('num_tasks')} tasks)") for r in runs)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from ..log import get_logger, progress_disabled
+from ..log import count, get_logger, progress_disabled
 
 log = get_logger(__name__)
 
@@ -154,7 +154,7 @@ def cmd_sweep(args) -> int:
         for run in sweep.runs:
             state = run_state(out / run.name) if resuming else "new"
             print(f"{state:<9} {run.name}  " + ", ".join(f"{k}={json.dumps(v)}" for k, v in run.settings.items()))
-        print(f"{len(sweep.runs)} runs in {out} (dry run: nothing written)")
+        print(f"{count(len(sweep.runs), 'run')} in {out} (dry run: nothing written)")
         return 0
     if args.backend == "ray":
         backend = RayCluster(args.address, args.cpus_per_run or 1.0, args.gpus_per_run)
@@ -221,8 +221,8 @@ def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
                 backend.run(jobs, report)
         finally:
             bar.close()
-        log.info(f"{len(jobs)} runs in {time.perf_counter() - started:.1f} s ({total - len(jobs)} already finished), "
-                 f"{len(failed)} failed")
+        log.info(f"{count(len(jobs), 'run')} in {time.perf_counter() - started:.1f} s ({total - len(jobs)} already "
+                 f"finished), {len(failed)} failed")
         for outcome in failed:
             log.warning(f"run {outcome.name} failed: {outcome.error} (log: {out / 'logs' / outcome.name}.log)")
         complete = [out / r.name for r in sweep.runs if run_state(out / r.name) == "complete"]

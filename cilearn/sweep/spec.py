@@ -134,6 +134,9 @@ def expand(spec: dict, where: str) -> Sweep:
         if key not in keys and key not in DEFAULT_AVERAGE_OVER:
             raise fail(f"average_over: '{key}' is not a grid axis.{did_you_mean(key, keys)} Axes: "
                        f"{', '.join(keys) or 'none'}.")
+    if not axes:  # grid: {}, grid: with nothing, or no grid: a sweep of one run is a plain run
+        raise fail("grid: nothing to vary (no grid axis, and the base lists no methods or seeds); give at least "
+                   "one axis, e.g. grid: {seed: [0, 1, 2]}, or run the base config with cilearn run.")
     for axis in axes:
         axis.repeat = axis.key in average_over
     _short_keys(axes)
