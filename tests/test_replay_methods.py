@@ -165,6 +165,14 @@ def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario, outputs):
         assert loss.item() == pytest.approx(expected, rel=1e-6), name
 
 
+def test_der_defaults_are_the_der_papers_seq_mnist_buffer_200_values(scenario):
+    """Mammoth's best_args, seq-mnist, buffer 200: der {alpha 0.2, minibatch_size 10 (= batch_size 10)}, derpp
+    {alpha 0.2, beta 1.0, minibatch_size 128}; cilearn's DER replays the stream batch's size."""
+    der, derpp = make_method(scenario, "der"), make_method(scenario, "derpp")
+    assert (der.options.alpha, der.options.replay_batch_size) == (0.2, None)
+    assert (derpp.options.alpha, derpp.options.beta, derpp.replay_batch_size) == (0.2, 1.0, 128)
+
+
 def test_derpp_draws_its_second_minibatch_itself(scenario):
     from cilearn.methods.components import draw_replay
 
