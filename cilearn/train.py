@@ -148,17 +148,23 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 raw, targets = images[idx], labels[idx]
                 inputs, total = self.augment(raw), len(idx)
+                inputs, mix = self.augment.cutmix(inputs, targets)
                 if dist is not None:  # the whole batch is drawn and augmented alike everywhere; compute a share
                     part = dist.shard(total)
                     idx, raw, targets, inputs = idx[part], raw[part], targets[part], inputs[part]
+                    mix = dataclasses.replace(mix, labels=mix.labels[part]) if mix is not None else None
                 batch = Batch(inputs=inputs, images=raw, labels=targets,
                               task_ids=self._task_ids(targets, task_index), indices=idx,
-                              replay=self._replay_batch(method, len(idx), task_index))
+                              replay=self._replay_batch(method, len(idx), task_index), mix=mix)
                 with autocast(cfg.precision, device):
                     out = method.forward(batch)
                     if reduced:  # the network ran in bf16; the losses read fp32
                         out = full_precision(out)
                     loss = method.loss(out, batch)
+                    if mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
+                        other = dataclasses.replace(batch, labels=mix.labels, task_ids=self._task_ids(
+                            mix.labels, task_index))
+                        loss = mix.lam * loss + (1 - mix.lam) * method.loss(out, other)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:

@@ -55,7 +55,8 @@ class Batch:
     ``inputs`` are augmented and normalised (what the network sees); ``images`` are the same samples
     as stored (uint8 NCHW, un-augmented); ``indices`` are their positions in the stage's training data;
     ``task_ids`` the task that introduced each label (the experience index in domain streams).
-    ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits)."""
+    ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits); ``mix`` is set when
+    a cutmix step mixed the batch (:class:`~cilearn.augment.Mix`: the loop weighs two losses)."""
 
     inputs: torch.Tensor
     images: torch.Tensor
@@ -64,6 +65,7 @@ class Batch:
     indices: torch.Tensor
     replay: "Batch | None" = None
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    mix: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,6 +126,9 @@ class Method:
     # True: the network has every class's output from the first task on (iCaRL's fixed 100-way layer);
     # evaluation still only compares the classes seen so far.
     full_head: ClassVar[bool] = False
+    # True: the objective is the classification loss of the batch alone (no replay, no other term, labels kept
+    # by nothing), so a cutmix step can train on λ·L(y_a) + (1 - λ)·L(y_b); other methods refuse cutmix.
+    mixes_labels: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions, model: torch.nn.Module, context: MethodContext):
         self.options = options

@@ -48,6 +48,7 @@ class GDumb(Method):
     paper = ("Prabhu, Torr & Dokania, GDumb: A Simple Approach that Questions Our Progress in Continual "
              "Learning, ECCV 2020")
     Options = GDumbOptions
+    mixes_labels = True  # the objective is the batch's classification loss: cutmix applies
 
     def __init__(self, options: GDumbOptions, model, context):
         super().__init__(options, model, context)
