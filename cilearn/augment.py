@@ -154,11 +154,11 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``clamp(factor·x + (1 - factor)·other, 0, 1)`` with one factor per sample (torchvision's ``_blend``)."""
     f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * other).clamp_(0, 1)
+    return x.mul(f).add_(other * (1 - f)).clamp_(0, 1)
 
 
 def adjust_brightness(x, factor):
-    return blend(x, torch.zeros_like(x), factor)
+    return x.mul(factor.view(-1, 1, 1, 1)).clamp_(0, 1)  # the blend with black
 
 
 def adjust_contrast(x, factor):
