@@ -81,8 +81,11 @@ class TrainConfig:
     gamma: float = option(0.2, min=0.0)
     warmup: float = option(0.0, min=0.0, help="linear warm-up of the lr over this many epochs (iterations with "
                                               "train.iterations) before the scheduler; 0: none")
-    augment: Literal["auto", "none", "crop", "crop_flip", "flip"] = option(
-        "auto", help="auto: crop+flip for colour images, none for grey digits")
+    augment: Literal["auto", "none", "crop", "crop_flip", "flip"] | list[Any] = option(
+        "auto", help="auto: crop+flip for colour images, none for grey digits; or a list of steps, each a name or "
+                     "{name: {option: value}}: crop {padding: 4}, flip, color_jitter {brightness, contrast, "
+                     "saturation}, randaugment {num_ops: 2, magnitude: 9}, cutmix {alpha: 1.0, p: 0.5} (last; "
+                     "methods whose loss is the batch's classification loss only); see cilearn/augment.py")
     eval_batch_size: int = option(128, min=1, help="batch for evaluation and feature extraction (128: on CPU "
                                                    "faster than 256 or 1024 for the CIFAR ResNets, and less memory)")
     fold_batchnorm: bool = option(True, help="evaluation and feature extraction (herding, class means) run a copy "
@@ -397,6 +400,10 @@ def check_train(train: TrainConfig) -> None:
         raise ConfigError(f"train.betas: expected two numbers in [0, 1), e.g. [0.9, 0.999]; got {train.betas}.")
     if len(set(train.no_weight_decay)) != len(train.no_weight_decay):
         raise ConfigError(f"train.no_weight_decay: {train.no_weight_decay} names a kind twice.")
+    if isinstance(train.augment, list):
+        from .augment import parse_steps
+
+        parse_steps(train.augment)
 
 
 def load_runs(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[tuple[str, Config]]]:
@@ -447,6 +454,12 @@ def json_schema() -> dict:
                   {"type": "object", "oneOf": [{"$ref": f"#/$defs/stream.{k}"} for k in STREAM_OPTIONS],
                    "discriminator": {"propertyName": "stream"}}],
         "description": "domain_incremental streams: stream and its options"}
+    augment = defs["TrainConfig"]["properties"]["augment"]  # the list form: each step a name or {name: options}
+    from .augment import MODES, STEP_OPTIONS
+    step = {"anyOf": [{"enum": list(STEP_OPTIONS)}] + [
+        {"type": "object", "properties": {name: section_schema(cls, defs)}, "required": [name],
+         "additionalProperties": False} for name, cls in STEP_OPTIONS.items()]}
+    augment["anyOf"] = [{"enum": list(MODES)}, {"type": "array", "items": step}]
     # classes_per_task is needed by every scenario but the domain streams
     schema["if"] = {"properties": {"scenario": {"properties": {"type": {"const": "domain_incremental"}},
                                                 "required": ["type"]}}, "required": ["scenario"]}

@@ -103,6 +103,10 @@ class Run:
                                 distributed=self.distributed)
         self.method = method_class(options.name)(options, self.model, context)
         self.method.check(self.scenario)
+        if self.augment.mixes and not self.method.mixes_labels:
+            raise ConfigError(f"train.augment: cutmix trains on a mix of two labels, which only methods whose "
+                              f"objective is the batch's classification loss take (finetune, joint, iid, gdumb); "
+                              f"method {options.name} has other terms or keeps labels. Remove cutmix.")
         check_distributed_method(self.method, self.distributed, cfg.train.batch_size)
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed,

@@ -163,10 +163,11 @@ class Trainer:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 raw, targets = images[idx], labels[idx]
                 inputs, total = self.augment(raw), len(idx)
+                inputs, mix = self.augment.cutmix(inputs, targets)
                 replay, second_replay = self._replay_batches(method, total, task_index)
                 whole = batch = Batch(inputs=inputs, images=raw, labels=targets,
                                       task_ids=self._task_ids(targets, task_index), indices=idx,
-                                      replay=replay, second_replay=second_replay)
+                                      replay=replay, second_replay=second_replay, mix=mix)
                 if dist is not None:  # the whole batch is drawn and augmented alike everywhere; compute a share
                     batch = local_share(whole, dist)
                 with autocast(self.precision, device):
@@ -174,6 +175,10 @@ class Trainer:
                     if reduced:  # the network ran in bf16; the losses read fp32
                         out = full_precision(out)
                     loss = method.loss(out, batch)
+                    if mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
+                        other = dataclasses.replace(batch, labels=mix.labels, task_ids=self._task_ids(
+                            mix.labels, task_index))
+                        loss = mix.lam * loss + (1 - mix.lam) * method.loss(out, other)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
@@ -226,7 +231,8 @@ def local_share(whole: Batch, dist: Distributed) -> Batch:
             batch, inputs=batch.inputs[rows], images=batch.images[rows], labels=batch.labels[rows],
             task_ids=batch.task_ids[rows], indices=batch.indices[rows],
             extras={key: value[rows] for key, value in batch.extras.items()},
-            replay=part(batch.replay), second_replay=part(batch.second_replay))
+            replay=part(batch.replay), second_replay=part(batch.second_replay),
+            mix=dataclasses.replace(batch.mix, labels=batch.mix.labels[rows]) if batch.mix is not None else None)
 
     return part(whole)
 

@@ -132,7 +132,35 @@ def test_local_similarity_classifier_and_nca_loss_by_hand():
     # [-log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c))]_+ for y = 0
     expected = max(0.0, -eta * (0.8 - delta) + math.log(math.exp(eta * 0.1) + math.exp(-eta * 0.2)))
     assert nca_loss(sims, torch.tensor([0]), torch.tensor(eta), delta).item() == pytest.approx(expected)
-    assert nca_loss(torch.tensor([[0.9, -0.9]]), torch.tensor([0]), torch.tensor(5.0), 0.0).item() == 0.0
+    # no hinge by default (the official hinge_proxynca: false): a well-classified sample's loss is negative,
+    # -5·0.9 + log(exp(5·(-0.9))) = -9; the paper's [·]_+ (nca_hinge) clips it to 0
+    easy = torch.tensor([[0.9, -0.9]])
+    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0).item() == pytest.approx(-9.0)
+    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0, hinge=True).item() == 0.0
+
+
+def test_neg_squared_distance_classifier_is_the_official_neg_stable_cosine_distance():
+    """PODNet's official classifier (distance: neg_stable_cosine_distance, merging: softmax): the similarity of a
+    proxy is -‖f̂ - ŵ‖² = 2·cos - 2, and the class's is the softmax-over-proxies weighted sum of those."""
+    head = CosineHead(2, proxies=2, scale=3.0, distance="neg_squared")
+    head.grow(1)
+    with torch.no_grad():
+        head.chunks[0].weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 5.0]]))  # norms do not matter
+    x = torch.tensor([[3.0, 0.0]])  # cosines 1 and 0: s = 0 and -2; weights 1/(1+e^-2), e^-2/(1+e^-2)
+    expected = (0.0 * 1 + (-2.0) * math.exp(-2)) / (1 + math.exp(-2))
+    assert head.similarities(x).item() == pytest.approx(expected)
+    assert head(x).item() == pytest.approx(3.0 * expected)
+    # the same number by the authors' recipe: squared distances of the normalised vectors, negated
+    raw = -torch.cdist(F.normalize(x), F.normalize(head.chunks[0].weight)) ** 2
+    assert head.similarities(x).item() == pytest.approx((F.softmax(raw, 1) * raw).sum().item(), abs=1e-6)
+    torch.manual_seed(0)
+    f = torch.randn(5, 2)
+    cosine = CosineHead(2, proxies=1, distance="cosine")
+    cosine.grow(3)
+    squared = CosineHead(2, proxies=1, distance="neg_squared")
+    squared.grow(3)
+    squared.load_state_dict(cosine.state_dict())
+    assert torch.allclose(squared.similarities(f), 2 * cosine.similarities(f) - 2, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, options", [("resnet20", {}), ("mlp", {"hidden": [16, 8]})])
@@ -160,7 +188,20 @@ def test_podnet_finetunes_only_the_classifier_on_the_balanced_memory(tmp_path):
     data = run.run_stage(task, stages, 1, None)
     assert np.bincount(data.labels).tolist() == [10, 10, 10, 10]  # the memory after the update: 40 // 4 each
     changed = changed_parameters(run, before)
-    assert changed and all(k.startswith("head.") for k in changed)
+    # the official tuning: classifier trains the proxies, not the scale η (finetune_scale: true trains it too)
+    assert changed and all(k.startswith("head.chunks.") for k in changed)
+    assert run.model.head.chunks[0].distance == "neg_squared"
+
+
+def test_podnet_finetune_scale_trains_eta_on_request(tmp_path):
+    run = make_run(tmp_path, {"name": "podnet", "proxies": 2, "finetune_epochs": 1, "finetune_scale": True})
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    stages = start_task(run, task)
+    run.run_stage(task, stages, 0, None)
+    before = snapshot(run)
+    run.run_stage(task, stages, 1, None)
+    assert "head.scale" in changed_parameters(run, before)
 
 
 def test_podnet_imprints_proxies_from_kmeans_of_the_new_classes(tmp_path):

@@ -325,7 +325,8 @@ def test_cross_entropy_term_makes_images_of_the_target_classes(trained_net):
     targets = torch.arange(3).repeat(4)
     trace: list[dict] = []
     x = synthesize(net, torch.randn(12, 1, 8, 8, generator=generator), targets,
-                   DeepInversionOptions(iterations=40, alpha_f=0.0, jitter=0), low, high, generator, trace=trace)
+                   DeepInversionOptions(iterations=40, alpha_f=0.0, jitter=0, lr=0.1), low, high, generator,
+                   trace=trace)
     assert trace[-1]["cross_entropy"] < 0.1 < trace[0]["cross_entropy"]
     assert torch.equal(net(x).argmax(1), targets)
 
@@ -417,6 +418,8 @@ def test_options_parse_and_bad_values_are_clear_errors():
     assert options.deepinversion.init == "herding" and options.deepinversion.alpha_f == 5.0
     assert options.deepinversion.alpha_tv == 2.5e-5 and options.deepinversion.alpha_l2 == 1e-8
     assert options.deepinversion.alpha_c == 10.0 and DeepInversionOptions().iterations == 300
+    # the DeepInversion authors' CIFAR README, "parameters from the paper": --di_lr=0.05 (0.1: the script default)
+    assert options.deepinversion.lr == 0.05
     with pytest.raises(ConfigError, match=r"method.deepinversion: unknown key 'iteration'.*'iterations'"):
         method_options({"name": "icarl", "deepinversion": {"iteration": 3}})
     with pytest.raises(ConfigError, match="method.collage"):

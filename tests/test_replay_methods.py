@@ -6,6 +6,7 @@ re-initialised and trained on the memory only)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,12 +167,20 @@ def test_der_and_derpp_replay_terms_equal_the_hand_formula(scenario, outputs):
         assert loss.item() == pytest.approx(expected, rel=1e-6), name
 
 
+def test_der_defaults_are_the_der_papers_seq_mnist_buffer_200_values(scenario):
+    """Mammoth's best_args, seq-mnist, buffer 200: der {alpha 0.2, minibatch_size 10 (= batch_size 10)}, derpp
+    {alpha 0.2, beta 1.0, minibatch_size 128}; cilearn's DER replays the stream batch's size."""
+    der, derpp = make_method(scenario, "der"), make_method(scenario, "derpp")
+    assert (der.options.alpha, der.options.replay_batch_size) == (0.2, None)
+    assert (derpp.options.alpha, derpp.options.beta, derpp.replay_batch_size) == (0.2, 1.0, 128)
+
+
 @pytest.mark.parametrize("name", ["der", "derpp"])
 def test_the_loop_draws_derpp_a_second_independent_minibatch(scenario, name):
     from cilearn.config import TrainConfig
     from cilearn.train import Trainer
 
-    method = make_method(scenario, name, buffer_size=100)
+    method = make_method(scenario, name, buffer_size=100, replay_batch_size=8)
     task = scenario[0]
     start(method, task)
     for step in range(10):
@@ -314,3 +323,33 @@ def test_gdumb_run_trains_only_on_the_memory(tmp_path):
     assert [(r[0], r[1], r[7]) for r in rows] == [(0, 1, "memory"), (0, 2, "memory"), (1, 1, "memory"),
                                                  (1, 2, "memory")]
     assert run.history[-1]["train_samples"] == 2 * 30  # two epochs over the 30 stored samples, no stream
+
+
+def test_gdumbs_mlp_is_linear_without_bias_batchnorm_relu_blocks():
+    """drimpossible/GDumb src/models/layers.py FCBlock: Linear(bias=False), BatchNorm1d(eps=1e-6, affine), ReLU."""
+    net = build_model("mlp", 1, 28, hidden=[100, 100], batchnorm=True)
+    layers = list(net.backbone.layers)
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU"]
+    assert layers[1].bias is None and layers[1].in_features == 784 and layers[4].bias is None
+    assert layers[2].eps == 1e-6 and layers[2].affine and net.feature_dim == 100
+    x = torch.rand(6, 1, 28, 28)
+    net.train()
+    h = net.features(x)  # by hand: batch statistics (biased variance), γ = 1, β = 0 at initialisation
+    z = x.flatten(1) @ layers[1].weight.t()
+    z = ((z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-6)).relu()
+    z = z @ layers[4].weight.t()
+    z = ((z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-6)).relu()
+    assert torch.allclose(h, z, atol=1e-4)
+    plain = [type(m).__name__ for m in build_model("mlp", 1, 28, hidden=[100]).backbone.layers]
+    assert plain == ["Flatten", "Linear", "ReLU"]  # the default is unchanged
+
+
+def test_gdumb_mnist_config_uses_the_official_mlp_and_random_crop():
+    from cilearn.config import load_runs
+
+    _, runs = load_runs(Path(__file__).resolve().parents[1] / "configs" / "methods_mnist" / "gdumb.yaml")
+    cfg = runs[0][1]
+    assert cfg.model.options == {"hidden": [100, 100], "batchnorm": True}
+    augment = BatchAugment.from_mode(cfg.train.augment, (0.1307,), (0.3081,), channels=1)
+    assert (augment.crop_padding, augment.flip, augment.mixes) == (4, False, False)  # RandomCrop(28, padding=4)

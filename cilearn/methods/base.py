@@ -58,7 +58,8 @@ class Batch:
     ``task_ids`` the task that introduced each label (the experience index in domain streams).
     ``extras`` carries what a replay buffer stored beside the samples (e.g. DER's logits); ``replay`` the
     step's replayed minibatch and ``second_replay`` an independent second one, for a method whose
-    ``replay_draws`` is 2 (DER++).
+    ``replay_draws`` is 2 (DER++); ``mix`` is set when a cutmix step mixed the batch
+    (:class:`~cilearn.augment.Mix`: the loop weighs two losses).
 
     Under torchrun, ``loss`` sees this process's share of every part and ``after_step`` the whole batch
     (the same on every process), with the whole stream batch's outputs."""
@@ -71,6 +72,7 @@ class Batch:
     replay: "Batch | None" = None
     second_replay: "Batch | None" = None
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    mix: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -132,6 +134,9 @@ class Method:
     # True: the network has every class's output from the first task on (iCaRL's fixed 100-way layer);
     # evaluation still only compares the classes seen so far.
     full_head: ClassVar[bool] = False
+    # True: the objective is the classification loss of the batch alone (no replay, no other term, labels kept
+    # by nothing), so a cutmix step can train on λ·L(y_a) + (1 - λ)·L(y_b); other methods refuse cutmix.
+    mixes_labels: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions, model: torch.nn.Module, context: MethodContext):
         self.options = options

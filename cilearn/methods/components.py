@@ -185,7 +185,8 @@ class ExemplarClassifiers:
 class BufferOptions(MethodOptions):
     buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the DER paper's smallest)")
     replay_batch_size: int | None = option(None, min=1, help="samples replayed per step (default: the stream "
-                                                             "batch size, as in the papers)")
+                                                             "batch size; the DER paper tunes it per method and "
+                                                             "buffer: Seq-MNIST, buffer 200: ER and DER 10, DER++ 128)")
 
 
 def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:

@@ -46,6 +46,9 @@ class DEROptions(BufferOptions):
 
 @dataclasses.dataclass
 class DERppOptions(DEROptions):
+    replay_batch_size: int | None = option(128, min=1, help="samples of each of the two replayed minibatches (DER "
+                                                            "paper, Seq-MNIST, buffer 200: 128, Mammoth's best_args; "
+                                                            "null: the stream batch size)")
     beta: float = option(1.0, min=0.0, help="β, weight of the cross-entropy on a second replayed minibatch "
                                             "(DER paper, Seq-MNIST, buffer 200)")
 

@@ -11,7 +11,11 @@ epochs on MNIST.  Evaluation compares the classes seen so far (the paper's class
 
 Departures: the paper's first epoch runs at lr/10 (a warm start) before the SGDR cycles begin; here the
 cycles start at once.  The paper (and the DER-paper protocol) retrains only when a prediction is needed;
-here it is after every task, since every task is evaluated.
+here it is after every task, since every task is evaluated.  The paper's tables are the best test accuracy over
+the epochs of a retraining (the authors' ``main.py`` keeps ``best_prec1``); cilearn reports the last epoch's.
+The authors' MLP and augmentations are run options: ``model: {name: mlp, options: {batchnorm: true}}`` and
+``train.augment`` (MNIST ``[crop]``, CIFAR ``[crop, flip, cutmix]``; see configs/methods_mnist/gdumb.yaml and
+configs/gdumb_cifar10jpeg.yaml).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class GDumb(Method):
     paper = ("Prabhu, Torr & Dokania, GDumb: A Simple Approach that Questions Our Progress in Continual "
              "Learning, ECCV 2020")
     Options = GDumbOptions
+    mixes_labels = True  # the objective is the batch's classification loss: cutmix applies
 
     def __init__(self, options: GDumbOptions, model, context):
         super().__init__(options, model, context)

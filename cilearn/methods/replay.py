@@ -223,6 +223,7 @@ class IIDStream(Method):
 
     name = "iid"
     description = "IID baseline for domain streams: each step trains on an i.i.d. draw of the whole stream"
+    mixes_labels = True  # the objective is the batch's classification loss: cutmix applies
 
     def check(self, scenario: Scenario) -> None:
         if scenario.kind != "domain_incremental":

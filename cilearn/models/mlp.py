@@ -8,14 +8,22 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    """Flatten, then ``Linear + ReLU`` per hidden layer; ``feature_dim = hidden[-1]``."""
+    """Flatten, then ``Linear + ReLU`` per hidden layer; ``feature_dim = hidden[-1]``.
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (400, 400)) -> None:
+    ``batchnorm=True``: each hidden layer is ``Linear(bias=False) + BatchNorm1d(eps=1e-6) + ReLU``, the blocks of
+    GDumb's MNIST MLP (drimpossible/GDumb, ``FCBlock``).  GDumb's last block (``Linear(bias=False) +
+    BatchNorm1d`` over the classes) is not reproduced: the classifier is cilearn's linear head."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (400, 400), batchnorm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]  # flatten copies channels_last input in NCHW order
         previous = in_features
         for size in hidden:
-            layers += [nn.Linear(previous, size), nn.ReLU(inplace=True)]
+            if batchnorm:
+                layers += [nn.Linear(previous, size, bias=False), nn.BatchNorm1d(size, eps=1e-6)]
+            else:
+                layers += [nn.Linear(previous, size)]
+            layers += [nn.ReLU(inplace=True)]
             previous = size
         self.layers = nn.Sequential(*layers)
         self.in_features = in_features

@@ -252,14 +252,17 @@ for _name, _block, _blocks, _dim in (
 
 
 def _make_mlp(in_channels: int, image_size: int, opts: dict[str, Any]) -> nn.Module:
-    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]))
+    if not isinstance(opts["batchnorm"], bool):
+        raise ConfigError(f"model 'mlp': batchnorm must be true or false, got {opts['batchnorm']!r}")
+    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]), opts["batchnorm"])
 
 
 _register(
     "mlp",
     _Spec(
-        "MLP: flatten, hidden layers of 400 and 400 ReLU units (option hidden), for MNIST / 8x8 digits",
+        "MLP: flatten, hidden layers of 400 and 400 ReLU units (option hidden), for MNIST / 8x8 digits; "
+        "batchnorm: true makes each layer Linear(bias=False) + BatchNorm1d + ReLU (GDumb's MLP)",
         _make_mlp,
-        {"hidden": [400, 400]},
+        {"hidden": [400, 400], "batchnorm": False},
     ),
 )
