@@ -121,6 +121,14 @@ class OutputConfig:
         "tensorboard (RUN_DIR/tensorboard; pip install 'cilearn[tensorboard]'), wandb (RUN_DIR/wandb; "
         "pip install 'cilearn[wandb]')")
     wandb_project: str = option("cilearn", help="the W&B project of loggers: [wandb]")
+    headline_accuracy: Literal["sample_weighted", "task_mean"] = option(
+        "sample_weighted", help="the accuracy that last_accuracy, average_incremental_accuracy and the summary "
+        "tables report: sample_weighted (all test images of the classes seen, one pool) or task_mean (the mean "
+        "of the per-task accuracies over the tasks seen, as van de Ven & Tolias, Hsu et al. and Mammoth); "
+        "metrics.json always holds both (*_sample_weighted, *_task_mean)")
+    spread: Literal["std", "sem"] = option(
+        "std", help="the ± of the summary tables over seeds: std (sample standard deviation) or sem (standard "
+                    "error of the mean, std / sqrt(seeds), as van de Ven & Tolias report)")
 
 
 @dataclasses.dataclass

@@ -130,7 +130,8 @@ class Run:
     def metrics_dict(self, complete: bool) -> dict:
         classifiers = list(self.history[0]["scores"]) if self.history else [self.primary_classifier]
         primary = self.primary_classifier
-        per_classifier = {name: metrics.summarize_history(self.history, len(self.scenario), name)
+        headline = self.cfg.output.headline_accuracy
+        per_classifier = {name: metrics.summarize_history(self.history, len(self.scenario), name, headline)
                           for name in classifiers}
         if self.scenario.kind == "domain_incremental":  # every experience's test set is scored at every step
             for summary in per_classifier.values():
@@ -147,6 +148,8 @@ class Run:
             "classes_per_step": [len(h["seen_classes"]) for h in self.history],
             "precision": self.cfg.train.precision,
             "classifier": primary,
+            "headline_accuracy": headline,
+            "spread": self.cfg.output.spread,
             **per_classifier.get(primary, {}),
             "classifiers": per_classifier,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
