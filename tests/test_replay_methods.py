@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from cilearn.augment import BatchAugment
+from cilearn.buffers import ReservoirBuffer
 from cilearn.data import load_dataset
 from cilearn.evaluate import Inference
 from cilearn.methods import Batch, MethodContext, method_class, method_options
@@ -209,7 +210,48 @@ def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
     assert grads[1].item() == 0.0 and grads[3].item() == 0.0 and grads[0].item() != 0.0
 
 
+# --- replay minibatches ------------------------------------------------------------------------------------
+def filled_buffer(size: int, replacement: bool = False) -> ReservoirBuffer:
+    buffer = ReservoirBuffer(size, replacement=replacement)
+    buffer.add(torch.zeros(size, 1, 2, 2, dtype=torch.uint8), torch.arange(size))  # label = slot: samples tell apart
+    return buffer
+
+
+def test_replay_minibatches_are_distinct_samples_by_default():
+    torch.manual_seed(0)
+    buffer = filled_buffer(200)
+    drawn = buffer.sample(128)["labels"]
+    assert len(drawn) == 128 and len(set(drawn.tolist())) == 128
+    # Mammoth's rule (utils/buffer.py get_data): a request above what is stored gets every stored sample once
+    assert sorted(buffer.sample(300)["labels"].tolist()) == list(range(200))
+    # with replacement (cilearn <= 0.2): 128 independent draws from 200 repeat samples (about 95 distinct)
+    again = filled_buffer(200, replacement=True).sample(128)["labels"]
+    assert len(again) == 128 and len(set(again.tolist())) < 115
+
+
+def test_each_per_step_replay_method_takes_the_replay_sampling_option(scenario):
+    for name in ("er", "der", "derpp", "er_ace", "agem"):
+        assert make_method(scenario, name).replay.replacement is False
+        assert make_method(scenario, name, replay_sampling="with_replacement").replay.replacement is True
+    metric = make_method(scenario, "er", selection="random", replay_sampling="with_replacement")
+    assert metric.replay.replacement is True
+
+
 # --- A-GEM ---------------------------------------------------------------------------------------------
+def test_agem_reference_uses_all_memory_samples_while_the_memory_holds_fewer_than_the_reference_size(scenario):
+    """Issue 23: after task 1 the memory holds buffer_size // tasks = 30 // 3 = 10 samples; Mammoth's A-GEM draws
+    min(minibatch_size, stored) samples without replacement, i.e. all 10 once (cilearn <= 0.2: 16 draws with
+    replacement, about 8 distinct)."""
+    torch.manual_seed(0)
+    method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=16)
+    start(method, scenario[0])
+    method.end_task(scenario[0], scenario[0].train)
+    stored = method.replay.take(torch.arange(len(method.replay)))["images"]
+    reference = method.replay.sample(method.replay_batch_size)["indices"]
+    assert sorted(reference.tolist()) == list(range(10))
+    assert torch.equal(method.replay.take(reference.sort().values)["images"], stored)
+
+
 def test_agem_projection_rule_by_hand():
     g, ref = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
     projected = project(g, ref)  # g·ref = −1 < 0: g − (−1 / 2)·ref

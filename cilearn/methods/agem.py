@@ -2,9 +2,10 @@
 
 An episodic memory keeps ``buffer_size // tasks`` samples of every finished task (drawn at random at the
 task's end).  Every step, after the stream batch's gradient ``g`` is computed, the reference gradient
-``g_ref`` of the loss on a minibatch of the memory (``replay_batch_size``, drawn by the loop) is computed
-with the same weights; if the two disagree (``g·g_ref < 0``) the update is projected so that it no longer
-increases the memory's loss to first order::
+``g_ref`` of the loss on a minibatch of the memory (``replay_batch_size`` distinct samples drawn by the loop;
+every memory sample while the memory holds fewer, as Mammoth's A-GEM) is computed with the same weights; if
+the two disagree (``g·g_ref < 0``) the update is projected so that it no longer increases the memory's loss
+to first order::
 
     g̃ = g − (g·g_ref / g_ref·g_ref) · g_ref
 
@@ -23,12 +24,12 @@ from ..buffers import TensorStore
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
-from .base import Batch, MethodOptions, Output
-from .components import StoredReplay
+from .base import Batch, Output
+from .components import ReplaySamplingOptions, StoredReplay
 
 
 @dataclasses.dataclass
-class AGEMOptions(MethodOptions):
+class AGEMOptions(ReplaySamplingOptions):
     buffer_size: int = option(200, min=1, help="episodic memory: buffer_size // tasks random samples of each task")
     replay_batch_size: int = option(256, min=1, help="memory samples of each reference gradient (A-GEM's "
                                                      "MNIST and CIFAR setting)")
@@ -51,7 +52,7 @@ class AGEM(StoredReplay):
 
     def __init__(self, options: AGEMOptions, model, context):
         super().__init__(options, model, context)
-        self.replay = TensorStore(options.buffer_size, context.device)
+        self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
         self.replay_batch_size = options.replay_batch_size
         self.reference: Batch | None = None  # this step's memory minibatch, used in before_step
         self.projected = 0  # steps whose gradient was projected (a diagnostic)

@@ -180,9 +180,21 @@ class ExemplarClassifiers:
         self.fitted, self.memory_features = {}, None
 
 
-# --- replay buffers sampled at every step (ER, DER, ER-ACE) ----------------------------------------------
+# --- replay buffers sampled at every step (ER, DER, ER-ACE, A-GEM) ---------------------------------------
 @dataclasses.dataclass
-class BufferOptions(MethodOptions):
+class ReplaySamplingOptions(MethodOptions):
+    replay_sampling: Literal["without_replacement", "with_replacement"] = option(
+        "without_replacement", help="how each step's replay minibatch is drawn from the buffer: distinct samples "
+        "(as Mammoth; a buffer holding fewer than the minibatch gives all it holds) or independent draws with "
+        "replacement (cilearn <= 0.2)")
+
+    @property
+    def replacement(self) -> bool:
+        return self.replay_sampling == "with_replacement"
+
+
+@dataclasses.dataclass
+class BufferOptions(ReplaySamplingOptions):
     buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the DER paper's smallest)")
     replay_batch_size: int | None = option(None, min=1, help="samples replayed per step (default: the stream "
                                                              "batch size, as in the papers)")
@@ -228,7 +240,7 @@ class BufferMethod(StoredReplay):
 
     def __init__(self, options: BufferOptions, model: torch.nn.Module, context):
         super().__init__(options, model, context)
-        self.replay = ReservoirBuffer(options.buffer_size, context.device)
+        self.replay = ReservoirBuffer(options.buffer_size, context.device, options.replacement)
         self.replay_batch_size = options.replay_batch_size  # None: the loop uses the stream batch size
 
     def forward(self, batch: Batch) -> Output:

@@ -63,7 +63,7 @@ class ER(BufferMethod):
     def __init__(self, options: EROptions, model, context):
         super().__init__(options, model, context)  # a reservoir buffer
         if options.selection != "reservoir":  # filled by the metric at each experience's end
-            self.replay = TensorStore(options.buffer_size, context.device)
+            self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         labels = batch.labels if batch.replay is None else torch.cat([batch.labels, batch.replay.labels])
