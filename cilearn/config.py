@@ -22,6 +22,8 @@ class DataConfig:
     name: str = option(help="dataset name (cilearn list)")
     root: str | None = option(None, help="data folder; default: $CILEARN_DATA or ~/.cache/cilearn/data")
     download: bool = option(False, help="download official archives when missing")
+    normalize: bool = option(True, help="standardise the inputs by the training set's per-channel mean and std; "
+                                        "false: raw pixels in [0, 1] (Mammoth's MNIST, van de Ven & Tolias)")
     options: dict = option(default_factory=dict, help="dataset-specific options, e.g. path for image_folder")
 
 

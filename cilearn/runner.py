@@ -79,6 +79,8 @@ class Run:
         if height != width:
             raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
                               f"(resize them with data.options.image_size for image folders).")
+        if not cfg.data.normalize:  # raw pixels in [0, 1]: the network, reports and run.json see mean 0, std 1
+            self.scenario = dataclasses.replace(self.scenario, mean=(0.0,) * channels, std=(1.0,) * channels)
         self.model = self.build_model()
         if cfg.model.pretrained:
             from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full

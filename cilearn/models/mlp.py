@@ -6,12 +6,30 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+INITS = ("default", "xavier_uniform")
+
+
+def xavier_uniform_zero_bias(module: nn.Module) -> None:
+    """Mammoth's ``xavier`` (backbone/__init__.py) on a Linear: weights ~ U(-a, a) with
+    ``a = sqrt(3) * sqrt(2 / (fan_in + fan_out))`` (Glorot uniform, gain 1), biases 0; other modules untouched."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
 
 class MLP(nn.Module):
-    """Flatten, then ``Linear + ReLU`` per hidden layer; ``feature_dim = hidden[-1]``."""
+    """Flatten, then ``Linear + ReLU`` per hidden layer; ``feature_dim = hidden[-1]``.
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (400, 400)) -> None:
+    ``init``: ``default`` keeps PyTorch's Linear initialisation; ``xavier_uniform`` initialises every Linear as
+    Mammoth's MNIST MLP (:func:`xavier_uniform_zero_bias`), and the classifier outputs added to a network with
+    this backbone get the same (:meth:`~cilearn.models.net.IncrementalNet.add_classes`)."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (400, 400), init: str = "default") -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init
         layers: list[nn.Module] = [nn.Flatten()]  # flatten copies channels_last input in NCHW order
         previous = in_features
         for size in hidden:
@@ -20,6 +38,8 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.in_features = in_features
         self.feature_dim = previous
+        if init == "xavier_uniform":
+            self.layers.apply(xavier_uniform_zero_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)

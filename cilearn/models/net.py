@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .mlp import xavier_uniform_zero_bias
+
 
 class IncrementalHead(nn.Module):
     """Classifier made of one Linear chunk per task, outputs concatenated; growing keeps old weights.
@@ -85,6 +87,8 @@ class IncrementalNet(nn.Module):
 
     def add_classes(self, k: int) -> None:
         self.head.grow(k)
+        if getattr(self.backbone, "init", "default") == "xavier_uniform":  # an MLP initialised as Mammoth's
+            xavier_uniform_zero_bias(self.head.chunks[-1])
 
     @property
     def num_classes(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from cilearn.errors import ConfigError, did_you_mean, unknown_choice
-from cilearn.models.mlp import MLP
+from cilearn.models.mlp import INITS, MLP
 from cilearn.models.net import IncrementalNet
 from cilearn.models.resnet import BLOCKS, SHORTCUTS, cifar_resnet, imagenet_resnet
 
@@ -252,14 +252,18 @@ for _name, _block, _blocks, _dim in (
 
 
 def _make_mlp(in_channels: int, image_size: int, opts: dict[str, Any]) -> nn.Module:
-    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]))
+    if opts["init"] not in INITS:
+        raise ConfigError(f"model 'mlp': init must be one of {', '.join(INITS)} (default: PyTorch's; "
+                          f"xavier_uniform: Mammoth's, biases 0), got {opts['init']!r}")
+    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]), opts["init"])
 
 
 _register(
     "mlp",
     _Spec(
-        "MLP: flatten, hidden layers of 400 and 400 ReLU units (option hidden), for MNIST / 8x8 digits",
+        "MLP: flatten, hidden layers of 400 and 400 ReLU units (option hidden; init: default or xavier_uniform, "
+        "Mammoth's), for MNIST / 8x8 digits",
         _make_mlp,
-        {"hidden": [400, 400]},
+        {"hidden": [400, 400], "init": "default"},
     ),
 )
