@@ -37,7 +37,8 @@ class ScenarioConfig:
     class_order: str | list[int] = option(
         "seed", help="'seed' (numpy permutation from class_order_seed, default the run seed), 'pycil' (permutation "
                      "with seed 1993, PyCIL's CIFAR-100 order), 'icarl_script' (first order of iCaRL's CIFAR-100 "
-                     "script), 'sorted', or a list of labels")
+                     "script), 'vandeven' (van de Ven & Tolias's split-MNIST order for the run seed: argsort of that "
+                     "permutation), 'sorted', or a list of labels")
     class_order_seed: int | None = option(
         None, min=0, help="with class_order 'seed': draw the order from this seed, so that seeds: vary only the "
                           "initialisation and training randomness; default: each run seed draws its own order")
