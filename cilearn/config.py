@@ -66,6 +66,10 @@ class TrainConfig:
     batch_size: int = option(128, min=1)
     optimizer: Literal["sgd", "adam", "adamw"] = option(
         "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
+    optimizer_state: Literal["reset", "keep"] = option(
+        "reset", help="reset: a fresh optimizer for every task (and stage); keep: its state (Adam's moments and "
+                      "step counts, SGD's momentum) carries over from task to task, as one optimizer never reset "
+                      "(Hsu et al. 2018, van de Ven & Tolias 2019); outputs a growing head adds start fresh")
     lr: float = option(0.1, min=0.0, help="learning rate (> 0)")
     momentum: float = option(0.9, min=0.0, max=1.0, help="sgd only")
     nesterov: bool = option(False, help="sgd only: Nesterov momentum (needs momentum > 0)")

@@ -191,6 +191,8 @@ class Run:
             "timing": self.timing,
             "rng": rng_state(),
         }
+        if next_epoch is None and self.cfg.train.optimizer_state == "keep":  # what the next task starts from
+            state["optimizer_state"] = self.trainer.kept_state(self.model)
         if next_epoch is not None:
             state["trainer"] = self.trainer.state_dict() if next_epoch else None  # None: the stage has not begun
             state["task_rng"] = self.task_rng
@@ -215,6 +217,7 @@ class Run:
             if state["next_epoch"] is None:  # resume after a finished task
                 self.model.load_state_dict(state["model"])
                 self.method.load_state_dict(state["method"])
+                self.trainer.carried = state.get("optimizer_state", {})
                 set_rng_state(state["rng"])
                 return state["task"] + 1, 0, 0
         return state["task"], int(state.get("stage", 0)), state["next_epoch"]  # loaded in run_task
