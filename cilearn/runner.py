@@ -277,7 +277,7 @@ class Run:
             if self.model.num_classes == 0:
                 for t in self.scenario:
                     if t.new_classes:
-                        self.model.add_classes(len(t.new_classes))
+                        self.model.add_classes(len(t.new_classes), self.scenario.num_classes)
         elif task.new_classes:  # domain streams add no classes after the first experience
             self.model.add_classes(len(task.new_classes))
 

@@ -98,6 +98,13 @@ def test_mlp_xavier_uniform_init_is_mammoths() -> None:
         w = m.weight.abs().max().item()
         assert a * 0.95 < w <= a  # uniform over (-a, a): the largest of >= 1000 draws lies within 5 % of a
         assert torch.count_nonzero(m.bias) == 0
+    # a full head built as 5 chunks of 2 outputs (one per task) takes the bound of Mammoth's one 100 -> 10 layer
+    chunked = build_model("mlp", 1, 28, hidden=[100, 100], init="xavier_uniform")
+    for _ in range(5):
+        chunked.add_classes(2, layer_outputs=10)
+    weights = torch.cat([chunk.weight for chunk in chunked.head.chunks])
+    a = math.sqrt(3.0) * math.sqrt(2.0 / (100 + 10))
+    assert a * 0.95 < weights.abs().max().item() <= a
     torch.manual_seed(0)
     default = build_model("mlp", 1, 28, hidden=[100, 100])
     default.add_classes(10)

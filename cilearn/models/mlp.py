@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 INITS = ("default", "xavier_uniform")
 
 
-def xavier_uniform_zero_bias(module: nn.Module) -> None:
+def xavier_uniform_zero_bias(module: nn.Module, fan_out: int | None = None) -> None:
     """Mammoth's ``xavier`` (backbone/__init__.py) on a Linear: weights ~ U(-a, a) with
-    ``a = sqrt(3) * sqrt(2 / (fan_in + fan_out))`` (Glorot uniform, gain 1), biases 0; other modules untouched."""
+    ``a = sqrt(3) * sqrt(2 / (fan_in + fan_out))`` (Glorot uniform, gain 1), biases 0; other modules untouched.
+    ``fan_out`` (default: the Linear's outputs) lets one chunk of a larger layer take that layer's bound."""
     if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
+        fan_out = module.out_features if fan_out is None else fan_out
+        bound = math.sqrt(3.0) * math.sqrt(2.0 / (module.in_features + fan_out))
+        with torch.no_grad():
+            module.weight.uniform_(-bound, bound)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
