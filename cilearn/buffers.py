@@ -7,7 +7,7 @@ any per-sample tensors a method stores beside them (DER's logits, the task of ea
 ``sample(n)`` draws ``min(n, stored)`` samples without replacement by default, as Mammoth's buffer
 (``np.random.choice(..., replace=False)``): a request for more samples than are stored returns every
 stored sample once.  ``replacement=True`` draws ``min(n, stored)`` uniform indices with replacement
-(cilearn ≤ 0.2: 128 draws from 200 samples hold about 95 distinct ones).
+(cilearn 0.1: 128 draws from 200 samples hold about 95 distinct ones).
 
 - :class:`ReservoirBuffer`: reservoir sampling over the stream (Vitter's algorithm R; every sample
   seen so far is in the buffer with the same probability ``capacity / seen``), as ER/DER use;

@@ -258,7 +258,7 @@ def test_replay_minibatches_are_distinct_samples_by_default():
     assert len(drawn) == 128 and len(set(drawn.tolist())) == 128
     # Mammoth's rule (utils/buffer.py get_data): a request above what is stored gets every stored sample once
     assert sorted(buffer.sample(300)["labels"].tolist()) == list(range(200))
-    # with replacement (cilearn <= 0.2): 128 independent draws from 200 repeat samples (about 95 distinct)
+    # with replacement (cilearn 0.1): 128 independent draws from 200 repeat samples (about 95 distinct)
     again = filled_buffer(200, replacement=True).sample(128)["labels"]
     assert len(again) == 128 and len(set(again.tolist())) < 115
 
@@ -274,7 +274,7 @@ def test_each_per_step_replay_method_takes_the_replay_sampling_option(scenario):
 # --- A-GEM ---------------------------------------------------------------------------------------------
 def test_agem_reference_uses_all_memory_samples_while_the_memory_holds_fewer_than_the_reference_size(scenario):
     """Issue 23: after task 1 the memory holds buffer_size // tasks = 30 // 3 = 10 samples; Mammoth's A-GEM draws
-    min(minibatch_size, stored) samples without replacement, i.e. all 10 once (cilearn <= 0.2: 16 draws with
+    min(minibatch_size, stored) samples without replacement, i.e. all 10 once (cilearn 0.1: 16 draws with
     replacement, about 8 distinct)."""
     torch.manual_seed(0)
     method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=16)

@@ -186,11 +186,11 @@ class StepReplayOptions(MethodOptions):
     replay_sampling: Literal["without_replacement", "with_replacement"] = option(
         "without_replacement", help="how each step's replay minibatch is drawn from the buffer: distinct samples "
         "(as Mammoth; a buffer holding fewer than the minibatch gives all it holds) or independent draws with "
-        "replacement (cilearn <= 0.2)")
+        "replacement (cilearn 0.1)")
     classification_outputs: Literal["all", "seen"] = option(
         "all", help="outputs the cross-entropies cover: all (every class has an output from the first task, also "
                     "the classes not seen yet, as Mammoth's ER, A-GEM and DER and the ER-ACE authors' code) or seen "
-                    "(outputs added per task, losses over the classes seen so far: cilearn <= 0.2)")
+                    "(outputs added per task, losses over the classes seen so far: cilearn 0.1)")
 
     @property
     def replacement(self) -> bool:

@@ -15,7 +15,7 @@ With ``classification_outputs: all`` (the default) the network has every class's
 and the losses follow the authors' code (pclucas14/AML, ``methods/er_ace.py``): the stream batch's softmax
 also keeps the outputs from the largest label the stream has shown so far on (the classes not seen yet, so they
 are pushed down), and the replayed minibatch's cross-entropy covers every output.  ``seen``: a growing head,
-the stream over its present classes only and the replay over the classes seen so far (cilearn <= 0.2).
+the stream over its present classes only and the replay over the classes seen so far (cilearn 0.1).
 """
 
 from __future__ import annotations
