@@ -104,7 +104,8 @@ def test_the_resolved_config_lists_every_default(tmp_path):
     assert main(["-q", "run", str(path), "--out", str(tmp_path / "run")]) == 0
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert set(written["method"]) == keys(all_methods()["finetune"].Options)
-    assert set(written["train"]) == keys(type(cfg.train)) and written["model"]["options"] == {"hidden": [8]}
+    assert set(written["train"]) == keys(type(cfg.train))
+    assert written["model"]["options"] == {"hidden": [8], "init": "default"}  # the MLP's init default listed too
 
 
 def test_schema_command(tmp_path, capsys):
