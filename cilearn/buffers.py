@@ -4,6 +4,10 @@ A sampler lives on the training device: images stay uint8 NCHW (as the stream's)
 any per-sample tensors a method stores beside them (DER's logits, the task of each sample) in
 ``extras``.  ``sample(n)`` draws with the global torch RNG, so a resumed run draws the same batches
 (the checkpoint restores the RNG).  The loop augments the drawn images like the stream batch.
+``sample(n)`` draws ``min(n, stored)`` samples without replacement by default, as Mammoth's buffer
+(``np.random.choice(..., replace=False)``): a request for more samples than are stored returns every
+stored sample once.  ``replacement=True`` draws ``min(n, stored)`` uniform indices with replacement
+(cilearn 0.1: 128 draws from 200 samples hold about 95 distinct ones).
 
 - :class:`ReservoirBuffer`: reservoir sampling over the stream (Vitter's algorithm R; every sample
   seen so far is in the buffer with the same probability ``capacity / seen``), as ER/DER use;
@@ -34,8 +38,9 @@ class ReplaySampler(Protocol):
 class TensorStore:
     """Fixed-capacity device tensors: images, labels and named extras, filled slot by slot."""
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu"):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", replacement: bool = False):
         self.capacity, self.device = int(capacity), torch.device(device)
+        self.replacement = replacement
         self.images: torch.Tensor | None = None
         self.labels = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
         self.extras: dict[str, torch.Tensor] = {}
@@ -73,8 +78,7 @@ class TensorStore:
                 target[slots] = value
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
-        index = torch.randint(0, self.size, (min(int(n), self.size),), device=self.device)
-        return self.take(index)
+        return self.take(draw_indices(self.size, n, self.replacement, self.device))
 
     def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {"images": self.images[index], "labels": self.labels[index], "indices": index}
@@ -129,12 +133,21 @@ class TensorStore:
         self.size = int(state["size"])
 
 
+def draw_indices(size: int, n: int, replacement: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``min(n, size)`` indices into ``size`` stored samples: distinct (a uniform random subset, in random
+    order) or, with ``replacement``, independent uniform draws."""
+    count = min(int(n), size)
+    if replacement:
+        return torch.randint(0, size, (count,), device=device)
+    return torch.randperm(size, device=device)[:count]
+
+
 class ReservoirBuffer(TensorStore):
     """Reservoir sampling: sample ``i`` of the stream (0-based) fills a free slot while there is one,
     else replaces a uniformly drawn slot with probability ``capacity / (i + 1)``."""
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu"):
-        super().__init__(capacity, device)
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", replacement: bool = False):
+        super().__init__(capacity, device, replacement)
         self.seen = 0
 
     def add(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
@@ -209,8 +222,8 @@ class MemorySampler:
     """Draws uniform minibatches from an exemplar memory (numpy, updated at the end of each task); its
     device copy is refreshed whenever the memory changed."""
 
-    def __init__(self, memory, device: torch.device | str = "cpu"):
-        self.memory, self.device = memory, torch.device(device)
+    def __init__(self, memory, device: torch.device | str = "cpu", replacement: bool = False):
+        self.memory, self.device, self.replacement = memory, torch.device(device), replacement
         self._images: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self._version: tuple | None = None
@@ -227,5 +240,5 @@ class MemorySampler:
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         self._refresh()
-        index = torch.randint(0, len(self._labels), (min(int(n), len(self._labels)),), device=self.device)
+        index = draw_indices(len(self._labels), n, self.replacement, self.device)
         return {"images": self._images[index], "labels": self._labels[index], "indices": index}

@@ -22,6 +22,8 @@ class DataConfig:
     name: str = option(help="dataset name (cilearn list)")
     root: str | None = option(None, help="data folder; default: $CILEARN_DATA or ~/.cache/cilearn/data")
     download: bool = option(False, help="download official archives when missing")
+    normalize: bool = option(True, help="standardise the inputs by the training set's per-channel mean and std; "
+                                        "false: raw pixels in [0, 1] (Mammoth's MNIST, van de Ven & Tolias)")
     options: dict = option(default_factory=dict, help="dataset-specific options, e.g. path for image_folder")
 
 
@@ -35,7 +37,8 @@ class ScenarioConfig:
     class_order: str | list[int] = option(
         "seed", help="'seed' (numpy permutation from class_order_seed, default the run seed), 'pycil' (permutation "
                      "with seed 1993, PyCIL's CIFAR-100 order), 'icarl_script' (first order of iCaRL's CIFAR-100 "
-                     "script), 'sorted', or a list of labels")
+                     "script), 'vandeven' (van de Ven & Tolias's split-MNIST order for the run seed: argsort of that "
+                     "permutation), 'sorted', or a list of labels")
     class_order_seed: int | None = option(
         None, min=0, help="with class_order 'seed': draw the order from this seed, so that seeds: vary only the "
                           "initialisation and training randomness; default: each run seed draws its own order")
@@ -63,6 +66,10 @@ class TrainConfig:
     batch_size: int = option(128, min=1)
     optimizer: Literal["sgd", "adam", "adamw"] = option(
         "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
+    optimizer_state: Literal["reset", "keep"] = option(
+        "reset", help="reset: a fresh optimizer for every task (and stage); keep: its state (Adam's moments and "
+                      "step counts, SGD's momentum) carries over from task to task, as one optimizer never reset "
+                      "(Hsu et al. 2018, van de Ven & Tolias 2019); outputs a growing head adds start fresh")
     lr: float = option(0.1, min=0.0, help="learning rate (> 0)")
     momentum: float = option(0.9, min=0.0, max=1.0, help="sgd only")
     nesterov: bool = option(False, help="sgd only: Nesterov momentum (needs momentum > 0)")
@@ -132,6 +139,14 @@ class OutputConfig:
     wandb_name: str | None = option(None, help="the W&B run name; default: the run's label (method, /seedN)")
     mlflow_experiment: str | None = option(None, help="the MLflow experiment of loggers: [mlflow]; default: the "
                                                       "config's name")
+    headline_accuracy: Literal["sample_weighted", "task_mean"] = option(
+        "sample_weighted", help="the accuracy that last_accuracy, average_incremental_accuracy and the summary "
+        "tables report: sample_weighted (all test images of the classes seen, one pool) or task_mean (the mean "
+        "of the per-task accuracies over the tasks seen, as van de Ven & Tolias, Hsu et al. and Mammoth); "
+        "metrics.json always holds both (*_sample_weighted, *_task_mean)")
+    spread: Literal["std", "sem"] = option(
+        "std", help="the ± of the summary tables over seeds: std (sample standard deviation) or sem (standard "
+                    "error of the mean, std / sqrt(seeds), as van de Ven & Tolias report)")
 
 
 @dataclasses.dataclass

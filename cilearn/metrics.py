@@ -256,8 +256,41 @@ def aggregate(dicts: Sequence[dict]) -> dict:
     return out
 
 
-def summarize_history(history: list[dict], num_tasks: int, classifier: str) -> dict:
-    """Scalar metrics of one classifier from a run's per-task evaluation history (``scores`` per task)."""
+ACCURACY_MEASURES = ("sample_weighted", "task_mean")
+# The per-step curve of each measure in metrics.json
+CURVES = {"sample_weighted": "seen_accuracy", "task_mean": "task_mean_accuracy"}
+
+
+def task_mean_accuracy(A: Any) -> np.ndarray:
+    """Per step ``i``: the mean of the per-task accuracies ``A[i, j]`` over the tasks seen, ``j <= i`` (NaN
+    entries left out) — the measure of van de Ven & Tolias 2019, Hsu et al. 2018 and Mammoth (DER paper).
+    Every task weighs the same, whatever the size of its test set; the sample-weighted accuracy
+    (``seen_accuracy``) pools the test images of the seen classes instead."""
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] > A.shape[1]:
+        raise ValueError(f"accuracy matrix must be steps x tasks with steps <= tasks, got shape {A.shape}")
+    return np.asarray([_nanmean(A[i, : i + 1]) for i in range(A.shape[0])])
+
+
+def sem(values: Sequence[float]) -> float:
+    """Standard error of the mean of the non-NaN values: sample std (ddof=1) / sqrt(count); 0.0 for one
+    value (as :func:`mean_std`), NaN for none.  van de Ven & Tolias report it (their ``sqrt(var/(n-1))``)."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    count = int((~np.isnan(arr)).sum())
+    _, std = mean_std(arr)
+    return std / math.sqrt(count) if count else math.nan
+
+
+def summarize_history(history: list[dict], num_tasks: int, classifier: str,
+                      headline: str = "sample_weighted") -> dict:
+    """Scalar metrics of one classifier from a run's per-task evaluation history (``scores`` per task).
+
+    Both accuracy measures are reported, per step (``seen_accuracy``: sample-weighted over the test images
+    of the seen classes; ``task_mean_accuracy``: mean of the per-task accuracies) and as last / average
+    incremental values (``*_sample_weighted``, ``*_task_mean``); ``last_accuracy`` and
+    ``average_incremental_accuracy`` are those of the ``headline`` measure."""
+    if headline not in ACCURACY_MEASURES:
+        raise ValueError(f"headline must be one of {ACCURACY_MEASURES}, got {headline!r}")
     steps = [h["scores"][classifier] for h in history]
     matrix = np.full((num_tasks, num_tasks), np.nan)
     for i, step in enumerate(steps):
@@ -265,17 +298,24 @@ def summarize_history(history: list[dict], num_tasks: int, classifier: str) -> d
         matrix[i, : len(row)] = row
     done = len(steps)
     seen = [s["seen_accuracy"] for s in steps]
+    curves = {"sample_weighted": seen, "task_mean": [float(v) for v in task_mean_accuracy(matrix[:done])]}
     square = matrix[:done, :done] if done else matrix[:0, :0]
     summary = {
         "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix[:done]],
         "seen_accuracy": seen,
+        "task_mean_accuracy": curves["task_mean"],
         "current_accuracy": [s["current_accuracy"] for s in steps],
         "old_accuracy": [s["old_accuracy"] for s in steps],
-        "average_incremental_accuracy": average_incremental_accuracy(seen) if seen else None,
-        "last_accuracy": last_accuracy(seen) if seen else None,
+    }
+    for measure, curve in curves.items():
+        summary[f"average_incremental_accuracy_{measure}"] = average_incremental_accuracy(curve) if curve else None
+        summary[f"last_accuracy_{measure}"] = last_accuracy(curve) if curve else None
+    summary.update({
+        "average_incremental_accuracy": summary[f"average_incremental_accuracy_{headline}"],
+        "last_accuracy": summary[f"last_accuracy_{headline}"],
         "forgetting": forgetting(square) if done else None,
         "backward_transfer": backward_transfer(square) if done else None,
-    }
+    })
     top5 = [s.get("top5_seen_accuracy") for s in steps]
     if done and all(v is not None for v in top5):  # classifiers that rank classes, datasets of >= 10 classes
         summary["top5_seen_accuracy"] = top5

@@ -9,6 +9,7 @@ task's files (through :class:`~cilearn.rundir.RunDir`) and checkpoint (through
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -78,6 +79,8 @@ class Run:
         if height != width:
             raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
                               f"(resize them with data.options.image_size for image folders).")
+        if not cfg.data.normalize:  # raw pixels in [0, 1]: the network, reports and run.json see mean 0, std 1
+            self.scenario = dataclasses.replace(self.scenario, mean=(0.0,) * channels, std=(1.0,) * channels)
         self.model = self.build_model()
         if cfg.model.pretrained:
             from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
@@ -145,7 +148,8 @@ class Run:
     def metrics_dict(self, complete: bool) -> dict:
         classifiers = list(self.history[0]["scores"]) if self.history else [self.primary_classifier]
         primary = self.primary_classifier
-        per_classifier = {name: metrics.summarize_history(self.history, len(self.scenario), name)
+        headline = self.cfg.output.headline_accuracy
+        per_classifier = {name: metrics.summarize_history(self.history, len(self.scenario), name, headline)
                           for name in classifiers}
         if self.scenario.kind == "domain_incremental":  # every experience's test set is scored at every step
             for summary in per_classifier.values():
@@ -162,6 +166,8 @@ class Run:
             "classes_per_step": [len(h["seen_classes"]) for h in self.history],
             "precision": self.precision,
             "classifier": primary,
+            "headline_accuracy": headline,
+            "spread": self.cfg.output.spread,
             **per_classifier.get(primary, {}),
             "classifiers": per_classifier,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
@@ -202,6 +208,8 @@ class Run:
             "timing": self.timing,
             "rng": rng_state(),
         }
+        if next_epoch is None and self.cfg.train.optimizer_state == "keep":  # what the next task starts from
+            state["optimizer_state"] = self.trainer.kept_state(self.model)
         if next_epoch is not None:
             state["trainer"] = self.trainer.state_dict() if next_epoch else None  # None: the stage has not begun
             state["task_rng"] = self.task_rng
@@ -226,6 +234,7 @@ class Run:
             if state["next_epoch"] is None:  # resume after a finished task
                 self.model.load_state_dict(state["model"])
                 self.method.load_state_dict(state["method"])
+                self.trainer.carried = state.get("optimizer_state", {})
                 set_rng_state(state["rng"])
                 return state["task"] + 1, 0, 0
         return state["task"], int(state.get("stage", 0)), state["next_epoch"]  # loaded in run_task
@@ -291,7 +300,7 @@ class Run:
             if self.model.num_classes == 0:
                 for t in self.scenario:
                     if t.new_classes:
-                        self.model.add_classes(len(t.new_classes))
+                        self.model.add_classes(len(t.new_classes), self.scenario.num_classes)
         elif task.new_classes:  # domain streams add no classes after the first experience
             self.model.add_classes(len(task.new_classes))
 

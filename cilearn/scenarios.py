@@ -26,7 +26,7 @@ from .data import DatasetSplits, ImageData
 from .errors import ConfigError
 
 PYCIL_SEED = 1993  # PyCIL's default seed; its CIFAR-100 order is numpy's permutation with this seed
-CLASS_ORDERS = ("seed", "sorted", "pycil", "icarl_script")
+CLASS_ORDERS = ("seed", "sorted", "pycil", "icarl_script", "vandeven")
 
 
 @dataclass
@@ -146,11 +146,22 @@ def icarl_script_order() -> list[int]:
     return [int(c) for c in order]
 
 
+def vandeven_order(num_classes: int, seed: int) -> list[int]:
+    """The class order of van de Ven & Tolias's split MNIST (GMvandeVen/continual-learning, data.py): after
+    ``np.random.seed(seed)`` they relabel digit ``y`` as ``perm[y]`` with ``perm = np.random.permutation(10)``
+    (the identity for seed 0, their "exception"), and task ``k`` holds the new labels ``2k, 2k+1``: the digits
+    ``argsort(perm)[2k:2k+2]``.  (``seed`` orders list ``perm`` itself, the inverse.)"""
+    if seed == 0:
+        return list(range(num_classes))
+    return [int(c) for c in np.argsort(np.random.RandomState(seed).permutation(num_classes))]
+
+
 def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int,
                         order_seed: int | None = None) -> list[int]:
     """Original label of each position: ``seed`` = numpy permutation from ``order_seed`` (default: the
     run ``seed``), ``pycil`` = the permutation with seed 1993, ``icarl_script`` (100 classes) = the first
-    order of the original iCaRL script, ``sorted``, or an explicit list."""
+    order of the original iCaRL script, ``vandeven`` = van de Ven & Tolias's order for the run ``seed``
+    (:func:`vandeven_order`), ``sorted``, or an explicit list."""
     if isinstance(order, str):
         if order == "sorted":
             return list(range(num_classes))
@@ -159,6 +170,8 @@ def resolve_class_order(order: str | Sequence[int], num_classes: int, seed: int,
             return [int(c) for c in np.random.RandomState(draw).permutation(num_classes)]
         if order == "pycil":
             return [int(c) for c in np.random.RandomState(PYCIL_SEED).permutation(num_classes)]
+        if order == "vandeven":
+            return vandeven_order(num_classes, seed)
         if order == "icarl_script":
             if num_classes != 100:
                 raise ConfigError(f"scenario.class_order: 'icarl_script' is the order of iCaRL's CIFAR-100 script "

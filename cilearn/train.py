@@ -77,12 +77,27 @@ class Trainer:
         self.distributed = distributed  # torchrun: this process computes its share of every batch
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        self.carried: dict[str, dict] = {}  # optimizer_state keep: the state a resumed run starts its next task with
 
     def start(self, method: Method, overrides: dict | None = None) -> None:
-        """Fresh optimizer and schedule for a new stage (restored afterwards when resuming)."""
+        """Fresh optimizer and schedule for a new stage (restored afterwards when resuming).  With
+        ``optimizer_state: keep`` the new optimizer takes over the previous one's per-parameter state (Adam's
+        moments and step counts), matched by parameter name; parameters new to it (a grown head) start fresh."""
         self.cfg = stage_config(self.base_cfg, overrides or {})
+        carried = self.kept_state(method.model) if self.cfg.optimizer_state == "keep" else {}
         self.optimizer = make_optimizer(method.parameter_groups(), self.cfg, model=method.model)
+        trained = {p for group in self.optimizer.param_groups for p in group["params"]}
+        for name, parameter in method.model.named_parameters():
+            if name in carried and parameter in trained and _fits(carried[name], parameter):
+                self.optimizer.state[parameter] = carried[name]
         self.scheduler = make_scheduler(self.optimizer, self.cfg)  # stepped once per epoch, or per iteration
+
+    def kept_state(self, model: torch.nn.Module) -> dict[str, dict]:
+        """The optimizer's per-parameter state by parameter name (what ``optimizer_state: keep`` carries over)."""
+        if self.optimizer is None:
+            return dict(self.carried)
+        names = {parameter: name for name, parameter in model.named_parameters()}
+        return {names[p]: state for p, state in self.optimizer.state.items() if p in names}
 
     def steps_per_pass(self, n: int, model: torch.nn.Module) -> int:
         """Batches in one pass over ``n`` samples.  A last batch of one sample breaks BatchNorm in training
@@ -243,6 +258,9 @@ def gather_stream_rows(out: Output, local: int, rows: slice, total: int, dist: D
     both = dist.gather_rows(torch.cat([features, logits], dim=1), rows, total)
     width = features.shape[1]
     return Output(features=both[:, :width], logits=both[:, width:])
+def _fits(state: dict, parameter: torch.Tensor) -> bool:
+    """Whether an optimizer state belongs to a parameter of this shape (a rebuilt layer of another size: no)."""
+    return all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == parameter.shape for v in state.values())
 
 
 def _has_batchnorm(model: torch.nn.Module) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cilearn.data import (
@@ -678,3 +679,25 @@ def test_a_corrupt_image_in_an_archive_is_named_without_pils_buffer(tmp_path):
     message = str(error.value)
     assert "(member train/a/bad.png): cannot decode the image (UnidentifiedImageError: cannot identify image file)" \
         in message and "BytesIO" not in message and "0x" not in message
+
+
+def test_data_normalize_false_feeds_raw_pixels_in_0_1(tmp_path):
+    """data.normalize: false gives the network x / 255 (Mammoth's MNIST: ToTensor only); true standardises."""
+    from cilearn.config import parse_config
+    from cilearn.runner import Run
+
+    def inputs(normalize: bool):
+        raw = {"data": {"name": "digits", "normalize": normalize}, "model": {"name": "mlp", "options": {"hidden": [8]}},
+               "method": {"name": "finetune"}, "scenario": {"classes_per_task": 2},
+               "train": {"progress": False, "num_threads": 1}, "output": {"save_checkpoints": False}}
+        run = Run(parse_config(raw), tmp_path / str(normalize))
+        run.setup()
+        images = torch.as_tensor(run.scenario[0].train.images[:4]).permute(0, 3, 1, 2).contiguous()
+        return images, run.augment.normalize(images), run.scenario
+
+    images, raw_inputs, scenario = inputs(False)
+    assert scenario.mean == (0.0,) and scenario.std == (1.0,)
+    assert torch.allclose(raw_inputs, images.float() / 255)
+    _, standardised, scenario = inputs(True)
+    mean, std = scenario.mean[0], scenario.std[0]
+    assert torch.allclose(standardised, (images.float() / 255 - mean) / std, atol=1e-5)

@@ -212,3 +212,55 @@ def test_aggregate() -> None:
     assert M.aggregate([]) == {}
     single = M.aggregate([{"aia": 0.5}])
     assert single["aia"] == {"mean": 0.5, "std": 0.0, "values": [0.5]}
+
+
+def test_task_mean_accuracy_of_a_hand_built_matrix() -> None:
+    # step 0: task 0 only -> 0.7; step 1: (0.8 + 0.9) / 2 = 0.85; step 2: (0.6 + 0.5 + 0.95) / 3 = 0.68333...
+    assert M.task_mean_accuracy(A_CI) == pytest.approx([0.7, 0.85, 2.05 / 3])
+
+
+def test_task_mean_and_sample_weighted_differ_by_the_test_set_sizes() -> None:
+    """Two tasks of 1 and 3 test images, predictions by hand: the model gets task 0's image wrong and all of task
+    1's right.  Task mean (van de Ven & Tolias, Mammoth): (0 + 1) / 2 = 0.5; sample-weighted: 3 of 4 = 0.75."""
+    y_true = np.array([0, 2, 3, 2])
+    y_pred = np.array([1, 2, 3, 2])
+    rows = [M.per_group_accuracy(y_true[:1], y_pred[:1], [[0, 1]]),
+            M.per_group_accuracy(y_true, y_pred, [[0, 1], [2, 3]])]
+    history = [{"scores": {"head": {"accuracy_row": rows[0], "seen_accuracy": M.accuracy(y_true[:1], y_pred[:1]),
+                                    "current_accuracy": rows[0][0], "old_accuracy": None}}},
+               {"scores": {"head": {"accuracy_row": rows[1], "seen_accuracy": M.accuracy(y_true, y_pred),
+                                    "current_accuracy": rows[1][1], "old_accuracy": rows[1][0]}}}]
+    weighted = M.summarize_history(history, 2, "head")
+    task_mean = M.summarize_history(history, 2, "head", headline="task_mean")
+    assert weighted["seen_accuracy"] == task_mean["seen_accuracy"] == [0.0, 0.75]
+    assert weighted["task_mean_accuracy"] == task_mean["task_mean_accuracy"] == [0.0, 0.5]
+    assert weighted["last_accuracy"] == 0.75 and task_mean["last_accuracy"] == 0.5
+    assert weighted["average_incremental_accuracy"] == pytest.approx((0 + 0.75) / 2)
+    assert task_mean["average_incremental_accuracy"] == pytest.approx((0 + 0.5) / 2)
+    for summary in (weighted, task_mean):  # both measures are always there, whichever is the headline
+        assert summary["last_accuracy_sample_weighted"] == 0.75 and summary["last_accuracy_task_mean"] == 0.5
+    with pytest.raises(ValueError, match="headline"):
+        M.summarize_history(history, 2, "head", headline="per_class")
+
+
+def test_sem_is_std_over_sqrt_n_as_van_de_ven() -> None:
+    values = [0.2, 0.4, 0.9]
+    # their compare_all.py: sqrt(np.var(values) / (n - 1)), np.var the population variance
+    assert M.sem(values) == pytest.approx(math.sqrt(np.var(values) / 2))
+    assert M.sem([0.5]) == 0.0 and math.isnan(M.sem([]))
+
+
+def test_summary_table_shows_the_headline_measure_and_the_chosen_spread() -> None:
+    from cilearn.summary import summary_rows
+
+    def run(seed: int, weighted: float, task_mean: float) -> dict:
+        return {"label": "er", "seed": seed, "classifier": "head", "headline_accuracy": "task_mean", "spread": "sem",
+                "seen_accuracy": [weighted], "task_mean_accuracy": [task_mean], "last_accuracy": task_mean,
+                "average_incremental_accuracy": task_mean, "forgetting": 0.0, "old_accuracy": [None],
+                "last_accuracy_sample_weighted": weighted, "last_accuracy_task_mean": task_mean}
+
+    header, rows = summary_rows([run(0, 0.70, 0.50), run(1, 0.80, 0.70)])
+    cells = dict(zip(header, rows[0]))
+    # task mean 0.5, 0.7: mean 60.0, std 14.14, SEM 14.14 / sqrt(2) = 10.0
+    assert cells["after 1"] == "60.0" and cells["last acc"] == "60.0 ± 10.0"
+    assert cells["last acc (sample-weighted)"] == "75.0 ± 5.0"  # std 7.07 / sqrt(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -82,6 +83,36 @@ def test_mlp_hidden_option() -> None:
     net = build_model("mlp", 1, 8, hidden=[32, 16, 8])
     assert net.feature_dim == 8
     assert net.features(torch.randn(3, 1, 8, 8)).shape == (3, 8)
+
+
+def test_mlp_xavier_uniform_init_is_mammoths() -> None:
+    """Mammoth's xavier (backbone/__init__.py): U(-a, a) with a = sqrt(3) * sqrt(2 / (fan_in + fan_out)), bias 0 —
+    on the hidden layers and on the classifier outputs the network grows."""
+    torch.manual_seed(0)
+    net = build_model("mlp", 1, 28, hidden=[100, 100], init="xavier_uniform")
+    net.add_classes(10)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 100), (100, 100), (100, 10)]
+    for m in linears:
+        a = math.sqrt(3.0) * math.sqrt(2.0 / (m.in_features + m.out_features))
+        w = m.weight.abs().max().item()
+        assert a * 0.95 < w <= a  # uniform over (-a, a): the largest of >= 1000 draws lies within 5 % of a
+        assert torch.count_nonzero(m.bias) == 0
+    # a full head built as 5 chunks of 2 outputs (one per task) takes the bound of Mammoth's one 100 -> 10 layer
+    chunked = build_model("mlp", 1, 28, hidden=[100, 100], init="xavier_uniform")
+    for _ in range(5):
+        chunked.add_classes(2, layer_outputs=10)
+    weights = torch.cat([chunk.weight for chunk in chunked.head.chunks])
+    a = math.sqrt(3.0) * math.sqrt(2.0 / (100 + 10))
+    assert a * 0.95 < weights.abs().max().item() <= a
+    torch.manual_seed(0)
+    default = build_model("mlp", 1, 28, hidden=[100, 100])
+    default.add_classes(10)
+    first = default.backbone.layers[1]
+    assert torch.count_nonzero(first.bias) > 0  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases too
+    assert first.weight.abs().max().item() <= 1 / math.sqrt(784)
+    with pytest.raises(ConfigError, match="init must be one of"):
+        build_model("mlp", 1, 28, init="kaiming")
 
 
 def test_width_and_block_options() -> None:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
+from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, expand_runs, parse_config
+from cilearn.data import ImageData
 from cilearn.errors import ConfigError
+from cilearn.methods import Method, MethodContext, MethodOptions
+from cilearn.models import build_model
 from cilearn.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
+from cilearn.train import Trainer
 
 
 def _net() -> nn.Module:
@@ -222,3 +228,48 @@ def test_optimizer_knobs_in_a_run(tmp_path):
         lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
     assert lrs == pytest.approx([0.005, 0.01, 0.01] * 2)  # the warm-up restarts with every task
     assert result["seen_accuracy"][0] > 0.8
+
+
+def _two_task_adam(state: str):
+    """An MLP trained by the shared loop on two 2-class tasks with Adam; returns the trainer after task 2's start."""
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, 4, hidden=[8])
+    augment = BatchAugment((0.5,), (0.25,))
+    method = Method(MethodOptions(name="finetune"), model, MethodContext(scenario=None, device=torch.device("cpu"),
+                                                                        seed=0, infer=None, augment=augment))
+    cfg = TrainConfig(epochs=1, batch_size=8, optimizer="adam", lr=0.01, weight_decay=0.0, scheduler="constant",
+                      progress=False, channels_last=False, optimizer_state=state)
+    trainer = Trainer(cfg, torch.device("cpu"), augment)
+    images = np.random.RandomState(0).randint(0, 256, (32, 4, 4, 1), dtype=np.uint8)
+    model.add_classes(2)
+    trainer.start(method)
+    trainer.fit(model, method, ImageData(images, np.arange(32) % 2, ["a", "b", "c", "d"]))  # 4 steps
+    first = trainer.optimizer
+    after_task_1 = {name: {k: v.clone() for k, v in first.state[p].items()} for name, p in model.named_parameters()}
+    model.add_classes(2)
+    trainer.start(method)
+    return trainer, model, first, after_task_1
+
+
+def test_optimizer_state_keep_carries_adams_moments_and_step_count_into_the_next_task():
+    trainer, model, first, after_task_1 = _two_task_adam("keep")
+    assert trainer.optimizer is not first  # a new optimizer (the grown head's outputs join it) ...
+    for name, p in model.named_parameters():
+        state = trainer.optimizer.state[p]
+        if name == "head.chunks.1.weight" or name == "head.chunks.1.bias":
+            assert not state  # ... the new outputs start fresh
+            continue
+        assert int(state["step"]) == 4  # ... every other parameter continues task 1's Adam: 4 steps so far
+        assert torch.equal(state["exp_avg"], after_task_1[name]["exp_avg"])
+        assert torch.equal(state["exp_avg_sq"], after_task_1[name]["exp_avg_sq"])
+    # a run resumed after task 1 starts task 2 from the state its checkpoint kept (Trainer.carried)
+    resumed = type(trainer)(trainer.base_cfg, torch.device("cpu"), trainer.augment)
+    resumed.carried = trainer.kept_state(model)
+    resumed.start(Method(MethodOptions(name="finetune"), model, MethodContext(None, torch.device("cpu"), 0, None,
+                                                                            trainer.augment)))
+    assert int(resumed.optimizer.state[model.backbone.layers[1].weight]["step"]) == 4
+
+
+def test_optimizer_state_reset_starts_every_task_fresh():
+    trainer, model, _, _ = _two_task_adam("reset")
+    assert all(not trainer.optimizer.state[p] for p in model.parameters())

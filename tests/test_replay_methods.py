@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from cilearn.augment import BatchAugment
+from cilearn.buffers import ReservoirBuffer
 from cilearn.data import load_dataset
 from cilearn.evaluate import Inference
 from cilearn.methods import Batch, MethodContext, method_class, method_options
@@ -75,9 +76,12 @@ def constant_logits(model, values) -> None:
 
 
 # --- ER ------------------------------------------------------------------------------------------------
-def test_er_trains_every_step_on_the_stream_batch_plus_a_same_size_replay_minibatch(tmp_path):
-    run = make_run(tmp_path, {"name": "er", "buffer_size": 50}, num_tasks=2, epochs=1)
+@pytest.mark.parametrize("outputs", ["all", "seen"])
+def test_er_trains_every_step_on_the_stream_batch_plus_a_same_size_replay_minibatch(tmp_path, outputs):
+    run = make_run(tmp_path, {"name": "er", "buffer_size": 50, "classification_outputs": outputs}, num_tasks=2,
+                   epochs=1)
     method = run.method
+
     seen = []
     original_loss = method.loss
 
@@ -86,12 +90,16 @@ def test_er_trains_every_step_on_the_stream_batch_plus_a_same_size_replay_miniba
                      None if batch.replay is None else batch.replay.labels.clone()))
         value = original_loss(out, batch)
         labels = batch.labels if batch.replay is None else torch.cat([batch.labels, batch.replay.labels])
-        expected = F.cross_entropy(out.logits[:, : method.num_seen], labels)  # one CE over the joint batch
+        covered = out.logits.shape[1] if outputs == "all" else method.num_seen
+        assert covered == 4 or outputs == "seen"
+        expected = F.cross_entropy(out.logits[:, :covered], labels)  # one CE over the joint batch
         assert value.item() == pytest.approx(expected.item(), rel=1e-6)
         return value
 
     method.loss = recording_loss
     run.run_task(run.scenario[0])
+    # all (Mammoth's ER): every class's output from the first task, the CE over all of them; seen: the growing head
+    assert method.model.num_classes == (4 if outputs == "all" else 2)
     first = len(seen)
     assert seen[0][1] is None  # the buffer is empty before the first step
     for n, replayed, rows, _ in seen[1:]:
@@ -205,8 +213,35 @@ def test_the_loop_draws_derpp_a_second_independent_minibatch(scenario, name):
 
 
 # --- ER-ACE --------------------------------------------------------------------------------------------
-def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
+def test_er_ace_follows_the_authors_code_on_a_full_head(scenario):
+    """pclucas14/AML methods/er_ace.py: the stream's softmax keeps the present classes and every output from
+    seen_so_far.max() on; the replay's cross-entropy covers every output.  6 outputs (3 tasks of 2 classes)."""
     method = make_method(scenario, "er_ace", buffer_size=20)
+    start(method, scenario[0])
+    start(method, scenario[1])
+    assert method.model.num_classes == 6
+    bias = torch.tensor([0.5, 2.0, -1.0, 1.5, 0.3, -0.2])
+    constant_logits(method.model, bias)
+    first = stream_batch(method, scenario[0], np.arange(2))
+    first.labels = torch.tensor([0, 1])
+    method.loss(method.forward(first), first)  # the stream has shown labels up to 1
+    stream = stream_batch(method, scenario[1], np.arange(2))
+    stream.labels = torch.tensor([0, 2])  # present: 0 and 2; largest seen so far: 2 -> outputs 2..5 stay too
+    memory = stream_batch(method, scenario[0], np.arange(1))
+    memory.labels = torch.tensor([1])
+    stream.replay = memory
+    loss = method.loss(method.forward(stream), stream)
+    b = bias.tolist()
+    kept = [0, 2, 3, 4, 5]  # 1 is masked: seen, absent from the batch, below the largest label seen
+    log_z = math.log(sum(math.exp(b[c]) for c in kept))
+    stream_ce = (2 * log_z - b[0] - b[2]) / 2
+    replay_ce = math.log(sum(math.exp(v) for v in b)) - b[1]  # every output
+    assert method.largest_seen == 2
+    assert loss.item() == pytest.approx(stream_ce + replay_ce, rel=1e-6)
+
+
+def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
+    method = make_method(scenario, "er_ace", buffer_size=20, classification_outputs="seen")
     start(method, scenario[0])
     start(method, scenario[1])  # 4 classes seen
     bias = torch.tensor([0.5, 2.0, -1.0, 1.5])
@@ -230,7 +265,48 @@ def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
     assert grads[1].item() == 0.0 and grads[3].item() == 0.0 and grads[0].item() != 0.0
 
 
+# --- replay minibatches ------------------------------------------------------------------------------------
+def filled_buffer(size: int, replacement: bool = False) -> ReservoirBuffer:
+    buffer = ReservoirBuffer(size, replacement=replacement)
+    buffer.add(torch.zeros(size, 1, 2, 2, dtype=torch.uint8), torch.arange(size))  # label = slot: samples tell apart
+    return buffer
+
+
+def test_replay_minibatches_are_distinct_samples_by_default():
+    torch.manual_seed(0)
+    buffer = filled_buffer(200)
+    drawn = buffer.sample(128)["labels"]
+    assert len(drawn) == 128 and len(set(drawn.tolist())) == 128
+    # Mammoth's rule (utils/buffer.py get_data): a request above what is stored gets every stored sample once
+    assert sorted(buffer.sample(300)["labels"].tolist()) == list(range(200))
+    # with replacement (cilearn 0.1): 128 independent draws from 200 repeat samples (about 95 distinct)
+    again = filled_buffer(200, replacement=True).sample(128)["labels"]
+    assert len(again) == 128 and len(set(again.tolist())) < 115
+
+
+def test_each_per_step_replay_method_takes_the_replay_sampling_option(scenario):
+    for name in ("er", "der", "derpp", "er_ace", "agem"):
+        assert make_method(scenario, name).replay.replacement is False
+        assert make_method(scenario, name, replay_sampling="with_replacement").replay.replacement is True
+    metric = make_method(scenario, "er", selection="random", replay_sampling="with_replacement")
+    assert metric.replay.replacement is True
+
+
 # --- A-GEM ---------------------------------------------------------------------------------------------
+def test_agem_reference_uses_all_memory_samples_while_the_memory_holds_fewer_than_the_reference_size(scenario):
+    """Issue 23: after task 1 the memory holds buffer_size // tasks = 30 // 3 = 10 samples; Mammoth's A-GEM draws
+    min(minibatch_size, stored) samples without replacement, i.e. all 10 once (cilearn 0.1: 16 draws with
+    replacement, about 8 distinct)."""
+    torch.manual_seed(0)
+    method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=16)
+    start(method, scenario[0])
+    method.end_task(scenario[0], scenario[0].train)
+    stored = method.replay.take(torch.arange(len(method.replay)))["images"]
+    reference = method.replay.sample(method.replay_batch_size)["indices"]
+    assert sorted(reference.tolist()) == list(range(10))
+    assert torch.equal(method.replay.take(reference.sort().values)["images"], stored)
+
+
 def test_agem_projection_rule_by_hand():
     g, ref = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
     projected = project(g, ref)  # g·ref = −1 < 0: g − (−1 / 2)·ref
@@ -240,8 +316,9 @@ def test_agem_projection_rule_by_hand():
     assert project(agreeing, torch.tensor([1.0, 0.0])) is agreeing  # g·ref ≥ 0: unchanged
 
 
-def test_agem_before_step_projects_the_models_gradient(scenario):
-    method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=8)
+@pytest.mark.parametrize("outputs", ["all", "seen"])
+def test_agem_before_step_projects_the_models_gradient(scenario, outputs):
+    method = make_method(scenario, "agem", buffer_size=30, replay_batch_size=8, classification_outputs=outputs)
     start(method, scenario[0])
     method.end_task(scenario[0], scenario[0].train)
     assert len(method.replay) == 30 // 3 and set(method.replay.labels[:10].tolist()) <= {0, 1}
@@ -252,7 +329,10 @@ def test_agem_before_step_projects_the_models_gradient(scenario):
     params = [p for p in method.model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.1)
     # the reference gradient, computed independently
-    ref_loss = F.cross_entropy(method.model(memory.inputs)[:, :4], memory.labels)
+    # Mammoth's A-GEM: the loss over every output of its fixed head (6 here); seen: the 4 classes seen so far
+    covered = 6 if outputs == "all" else 4
+    assert method.model.num_classes == covered
+    ref_loss = F.cross_entropy(method.model(memory.inputs)[:, :covered], memory.labels)
     ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref_loss, params)])
     optimizer.zero_grad()
     method.loss(method.forward(stream), stream).backward()

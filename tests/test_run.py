@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from cilearn.cli import main
@@ -74,3 +75,23 @@ def test_task_incremental_reports_task_aware_and_agnostic_from_one_run(tmp_path)
     aware, agnostic = metrics["classifiers"]["head_task_aware"], metrics["classifiers"]["head"]
     assert aware["last_accuracy"] > agnostic["last_accuracy"]
     assert aware["last_accuracy"] > 0.8  # with the task id, two-way choices stay easy
+
+
+def test_joint_at_end_trains_once_on_all_data_after_the_last_task(tmp_path):
+    """Hsu et al.'s offline / Mammoth's joint: nothing trains before the last task, which trains on every task's
+    data; the default (every_task) trains each task on all data seen so far."""
+    from helpers import make_run
+
+    run = make_run(tmp_path / "at_end", {"name": "joint", "when": "at_end"}, num_tasks=3, epochs=2)
+    before = [p.detach().clone() for p in run.model.backbone.parameters()]
+    run.run_task(run.scenario[0])
+    run.run_task(run.scenario[1])
+    assert all(torch.equal(a, p) for a, p in zip(before, run.model.backbone.parameters()))  # untouched so far
+    run.run_task(run.scenario[2])
+    samples = [h["train_samples"] for h in run.history]
+    assert samples == [0, 0, 2 * sum(len(t.train) for t in run.scenario)]  # 2 epochs over all three tasks
+    every = make_run(tmp_path / "every", {"name": "joint"}, num_tasks=2, epochs=1)
+    for task in every.scenario:
+        every.run_task(task)
+    assert [h["train_samples"] for h in every.history] == [len(every.scenario[0].train),
+                                                           sum(len(t.train) for t in every.scenario)]

@@ -117,3 +117,20 @@ def test_task_incremental_flag_and_channel_stats():
     mean, std = channel_stats(images)
     assert mean[0] == pytest.approx(images.mean() / 255, rel=1e-9)
     assert std[0] == pytest.approx(images.std() / 255, rel=1e-6)
+
+
+def test_vandeven_order_reproduces_their_relabelling():
+    """Their data.py: np.random.seed(seed); perm = np.random.permutation(list(range(10))); digit y gets label
+    perm[y]; task k holds labels 2k, 2k+1.  Seed 1 by hand: perm = [2 9 6 4 0 3 1 7 8 5], so labels 0, 1 are
+    digits 4 and 6 (perm[4] = 0, perm[6] = 1), labels 2, 3 digits 0 and 5, ..."""
+    np.random.seed(1)
+    perm = np.random.permutation(list(range(10)))
+    assert perm.tolist() == [2, 9, 6, 4, 0, 3, 1, 7, 8, 5]
+    order = resolve_class_order("vandeven", 10, seed=1)
+    assert order[:4] == [4, 6, 0, 5]
+    assert all(perm[digit] == label for label, digit in enumerate(order))  # digit order[k] is their label k
+    for seed in (2, 3, 17):
+        np.random.seed(seed)
+        perm = np.random.permutation(list(range(10)))
+        assert [int(perm[d]) for d in resolve_class_order("vandeven", 10, seed=seed)] == list(range(10))
+    assert resolve_class_order("vandeven", 10, seed=0) == list(range(10))  # their seed-0 "exception": no permutation

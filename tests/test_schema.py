@@ -105,7 +105,7 @@ def test_the_resolved_config_lists_every_default(tmp_path):
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert set(written["method"]) == keys(all_methods()["finetune"].Options)
     assert set(written["train"]) == keys(type(cfg.train))
-    assert written["model"]["options"] == {"hidden": [8], "batchnorm": False}
+    assert written["model"]["options"] == {"hidden": [8], "batchnorm": False, "init": "default"}  # every default
 
 
 def test_schema_command(tmp_path, capsys):

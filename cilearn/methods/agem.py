@@ -2,14 +2,16 @@
 
 An episodic memory keeps ``buffer_size // tasks`` samples of every finished task (drawn at random at the
 task's end).  Every step, after the stream batch's gradient ``g`` is computed, the reference gradient
-``g_ref`` of the loss on a minibatch of the memory (``replay_batch_size``, drawn by the loop) is computed
-with the same weights; if the two disagree (``g·g_ref < 0``) the update is projected so that it no longer
-increases the memory's loss to first order::
+``g_ref`` of the loss on a minibatch of the memory (``replay_batch_size`` distinct samples drawn by the loop;
+every memory sample while the memory holds fewer, as Mammoth's A-GEM) is computed with the same weights; if
+the two disagree (``g·g_ref < 0``) the update is projected so that it no longer increases the memory's loss
+to first order::
 
     g̃ = g − (g·g_ref / g_ref·g_ref) · g_ref
 
 otherwise ``g`` is used unchanged.  Gradients are flattened over every parameter the optimizer trains.
-The memory's loss is the classification loss on the classes seen so far.
+Both losses cover every output of a head that has all classes from the first task, as Mammoth's A-GEM
+(``classification_outputs: seen``: a growing head, losses over the classes seen so far).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from ..buffers import TensorStore
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
-from .base import Batch, MethodOptions, Output
-from .components import StoredReplay
+from .base import Batch, Output
+from .components import StepReplayOptions, StoredReplay
 
 
 @dataclasses.dataclass
-class AGEMOptions(MethodOptions):
+class AGEMOptions(StepReplayOptions):
     buffer_size: int = option(200, min=1, help="episodic memory: buffer_size // tasks random samples of each task")
     replay_batch_size: int = option(256, min=1, help="memory samples of each reference gradient (A-GEM's "
                                                      "MNIST and CIFAR setting)")
@@ -51,21 +53,21 @@ class AGEM(StoredReplay):
 
     def __init__(self, options: AGEMOptions, model, context):
         super().__init__(options, model, context)
-        self.replay = TensorStore(options.buffer_size, context.device)
+        self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
         self.replay_batch_size = options.replay_batch_size
         self.reference: Batch | None = None  # this step's memory minibatch, used in before_step
         self.projected = 0  # steps whose gradient was projected (a diagnostic)
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         self.reference = batch.replay
-        return super().loss(out, batch)
+        return self.classification_loss(self.ce_logits(out.logits), batch.labels)
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         reference, self.reference = self.reference, None
         if reference is None:
             return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        reference_loss = self.classification_loss(self.seen_logits(self.model(reference.inputs)), reference.labels)
+        reference_loss = self.classification_loss(self.ce_logits(self.model(reference.inputs)), reference.labels)
         reference_grads = torch.autograd.grad(reference_loss, params, allow_unused=True)
         grad = torch.cat([p.grad.reshape(-1) for p in params])
         ref = torch.cat([(torch.zeros_like(p) if r is None else r).reshape(-1)

@@ -180,9 +180,25 @@ class ExemplarClassifiers:
         self.fitted, self.memory_features = {}, None
 
 
-# --- replay buffers sampled at every step (ER, DER, ER-ACE) ----------------------------------------------
+# --- replay buffers sampled at every step (ER, DER, ER-ACE, A-GEM) ---------------------------------------
 @dataclasses.dataclass
-class BufferOptions(MethodOptions):
+class StepReplayOptions(MethodOptions):
+    replay_sampling: Literal["without_replacement", "with_replacement"] = option(
+        "without_replacement", help="how each step's replay minibatch is drawn from the buffer: distinct samples "
+        "(as Mammoth; a buffer holding fewer than the minibatch gives all it holds) or independent draws with "
+        "replacement (cilearn 0.1)")
+    classification_outputs: Literal["all", "seen"] = option(
+        "all", help="outputs the cross-entropies cover: all (every class has an output from the first task, also "
+                    "the classes not seen yet, as Mammoth's ER, A-GEM and DER and the ER-ACE authors' code) or seen "
+                    "(outputs added per task, losses over the classes seen so far: cilearn 0.1)")
+
+    @property
+    def replacement(self) -> bool:
+        return self.replay_sampling == "with_replacement"
+
+
+@dataclasses.dataclass
+class BufferOptions(StepReplayOptions):
     buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the DER paper's smallest)")
     replay_batch_size: int | None = option(None, min=1, help="samples replayed per step (default: the stream "
                                                              "batch size; the DER paper tunes it per method and "
@@ -199,7 +215,17 @@ def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:
 
 class StoredReplay(Method):
     """A method whose replayed samples live in ``self.replay`` (a buffer or store): they go into its
-    checkpoints and are what the report shows as its exemplars."""
+    checkpoints and are what the report shows as its exemplars.  Its cross-entropies cover the outputs
+    ``classification_outputs`` names (:meth:`ce_logits`); with ``all`` the network has every class's output from
+    the first task (``full_head``; in task-incremental scenarios the outputs still come per task)."""
+
+    def __init__(self, options: StepReplayOptions, model: torch.nn.Module, context):
+        super().__init__(options, model, context)
+        self.full_head = options.classification_outputs == "all" and not context.scenario.task_incremental
+
+    def ce_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits a cross-entropy covers: all outputs, or those of the classes seen so far."""
+        return logits if self.options.classification_outputs == "all" else self.seen_logits(logits)
 
     def exemplars(self) -> dict | None:
         return self.replay.exemplars()
@@ -220,7 +246,7 @@ class BufferMethod(StoredReplay):
 
     def __init__(self, options: BufferOptions, model: torch.nn.Module, context):
         super().__init__(options, model, context)
-        self.replay = ReservoirBuffer(options.buffer_size, context.device)
+        self.replay = ReservoirBuffer(options.buffer_size, context.device, options.replacement)
         self.replay_batch_size = options.replay_batch_size  # None: the loop uses the stream batch size
 
     def forward(self, batch: Batch) -> Output:

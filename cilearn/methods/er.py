@@ -2,8 +2,9 @@
 
 Every step trains on the stream batch **plus** a minibatch drawn uniformly from a fixed-size buffer
 (same size as the stream batch unless ``replay_batch_size`` says otherwise): one cross-entropy over the
-concatenated batch, one forward pass.  After the step the stream batch (un-augmented, as stored) is
-offered to the buffer.
+concatenated batch, one forward pass.  The cross-entropy covers every output of a head that has all classes
+from the first task, as Mammoth's ER (``classification_outputs: seen``: a growing head, the seen classes).
+After the step the stream batch (un-augmented, as stored) is offered to the buffer.
 
 Which samples the buffer holds (``selection``):
 
@@ -63,11 +64,11 @@ class ER(BufferMethod):
     def __init__(self, options: EROptions, model, context):
         super().__init__(options, model, context)  # a reservoir buffer
         if options.selection != "reservoir":  # filled by the metric at each experience's end
-            self.replay = TensorStore(options.buffer_size, context.device)
+            self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         labels = batch.labels if batch.replay is None else torch.cat([batch.labels, batch.replay.labels])
-        return self.classification_loss(self.seen_logits(out.logits), labels)
+        return self.classification_loss(self.ce_logits(out.logits), labels)
 
     def after_step(self, batch: Batch, out: Output) -> None:
         if self.options.selection == "reservoir":

@@ -10,6 +10,12 @@ The reservoir buffer and per-step replay of ER, but the two halves of the batch 
 The loss is their sum, as in the paper.  The mask applies from the first task on (the paper's code runs
 ER-ACE task-free).  In task-incremental scenarios the stream batch's mask is also restricted to each
 sample's own task head.
+
+With ``classification_outputs: all`` (the default) the network has every class's output from the first task
+and the losses follow the authors' code (pclucas14/AML, ``methods/er_ace.py``): the stream batch's softmax
+also keeps the outputs from the largest label the stream has shown so far on (the classes not seen yet, so they
+are pushed down), and the replayed minibatch's cross-entropy covers every output.  ``seen``: a growing head,
+the stream over its present classes only and the replay over the classes seen so far (cilearn 0.1).
 """
 
 from __future__ import annotations
@@ -37,10 +43,17 @@ class ERACE(BufferMethod):
     paper = ("Caccia et al., New Insights on Reducing Abrupt Representation Change in Online Continual "
              "Learning, ICLR 2022")
 
+    def __init__(self, options, model, context):
+        super().__init__(options, model, context)
+        self.largest_seen = -1  # the largest label of the stream so far (the authors' seen_so_far.max())
+
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         n = len(batch)
-        logits = self.seen_logits(out.logits)
+        logits = self.ce_logits(out.logits)
         mask = present_class_mask(batch.labels, logits.shape[1], self.context.distributed)
+        if self.options.classification_outputs == "all":  # the largest label shown so far (of the whole batch)
+            self.largest_seen = max(self.largest_seen, int(mask[0].nonzero().max()))
+            mask = mask | (torch.arange(logits.shape[1], device=logits.device) >= self.largest_seen)
         head = self.head_mask(batch.labels)
         if head is not None:
             mask = mask & head[:, : logits.shape[1]]
@@ -51,3 +64,10 @@ class ERACE(BufferMethod):
 
     def after_step(self, batch: Batch, out: Output) -> None:
         self.replay.add(batch.images, batch.labels, {"task_ids": batch.task_ids})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "largest_seen": self.largest_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.largest_seen = int(state.get("largest_seen", -1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .mlp import xavier_uniform_zero_bias
+
 
 class IncrementalHead(nn.Module):
     """Classifier made of one Linear chunk per task, outputs concatenated; growing keeps old weights.
@@ -83,8 +85,12 @@ class IncrementalNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def add_classes(self, k: int) -> None:
+    def add_classes(self, k: int, layer_outputs: int | None = None) -> None:
+        """Add ``k`` outputs (a chunk).  ``layer_outputs``: the outputs of the whole layer the chunks form (a full
+        head's every class), which the Xavier bound of an MLP initialised as Mammoth's counts."""
         self.head.grow(k)
+        if getattr(self.backbone, "init", "default") == "xavier_uniform":
+            xavier_uniform_zero_bias(self.head.chunks[-1], layer_outputs)
 
     @property
     def num_classes(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from cilearn.errors import ConfigError, did_you_mean, unknown_choice
-from cilearn.models.mlp import MLP
+from cilearn.models.mlp import INITS, MLP
 from cilearn.models.net import IncrementalNet
 from cilearn.models.resnet import BLOCKS, SHORTCUTS, cifar_resnet, imagenet_resnet
 
@@ -254,15 +254,20 @@ for _name, _block, _blocks, _dim in (
 def _make_mlp(in_channels: int, image_size: int, opts: dict[str, Any]) -> nn.Module:
     if not isinstance(opts["batchnorm"], bool):
         raise ConfigError(f"model 'mlp': batchnorm must be true or false, got {opts['batchnorm']!r}")
-    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]), opts["batchnorm"])
+    if opts["init"] not in INITS:
+        raise ConfigError(f"model 'mlp': init must be one of {', '.join(INITS)} (default: PyTorch's; "
+                          f"xavier_uniform: Mammoth's, biases 0), got {opts['init']!r}")
+    return MLP(in_channels * image_size * image_size, _check_hidden("mlp", opts["hidden"]), opts["batchnorm"],
+               opts["init"])
 
 
 _register(
     "mlp",
     _Spec(
         "MLP: flatten, hidden layers of 400 and 400 ReLU units (option hidden), for MNIST / 8x8 digits; "
-        "batchnorm: true makes each layer Linear(bias=False) + BatchNorm1d + ReLU (GDumb's MLP)",
+        "batchnorm: true makes each layer Linear(bias=False) + BatchNorm1d + ReLU (GDumb's MLP); "
+        "init: default or xavier_uniform (Mammoth's)",
         _make_mlp,
-        {"hidden": [400, 400], "batchnorm": False},
+        {"hidden": [400, 400], "batchnorm": False, "init": "default"},
     ),
 )

@@ -8,9 +8,13 @@ import math
 from .. import metrics
 from .runs import RunRecord
 
-SCALARS = ("average_incremental_accuracy", "last_accuracy", "forgetting")
+# last_accuracy / average_incremental_accuracy are the run's headline measure (output.headline_accuracy); both
+# measures' last accuracies follow them (runs made before they existed show "-")
+SCALARS = ("average_incremental_accuracy", "last_accuracy", "forgetting", "last_accuracy_sample_weighted",
+           "last_accuracy_task_mean")
 NAMES = {"average_incremental_accuracy": "avg incr. acc (%)", "last_accuracy": "last acc (%)",
-         "forgetting": "forgetting (%)"}
+         "forgetting": "forgetting (%)", "last_accuracy_sample_weighted": "last acc, sample-weighted (%)",
+         "last_accuracy_task_mean": "last acc, task mean (%)"}
 
 
 def classifiers_of(group: list[RunRecord]) -> list[str]:
