@@ -20,13 +20,12 @@ task) a stored vector is shorter than later outputs: the MSE then covers only th
 when it was stored.
 
 Departures: the stream batch and the first replayed minibatch go through the network in one forward
-pass (the same for networks without BatchNorm); replayed minibatches are drawn with replacement.
+pass (the same for networks without BatchNorm).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 
@@ -39,9 +38,6 @@ from .components import BufferMethod, BufferOptions
 class DEROptions(BufferOptions):
     alpha: float = option(0.2, min=0.0, help="α, weight of the MSE between replayed samples' logits and their "
                                              "stored logits (DER paper, Seq-MNIST, buffer 200)")
-    classification_outputs: Literal["all", "seen"] = option(
-        "all", help="outputs the cross-entropies cover: all (also classes not seen yet, as the paper's code) or "
-                    "only the classes seen so far")
 
 
 @dataclasses.dataclass
@@ -69,7 +65,7 @@ class DER(BufferMethod):
 
     def __init__(self, options: DEROptions, model, context):
         super().__init__(options, model, context)
-        self.full_head = not context.scenario.task_incremental
+        self.full_head = not context.scenario.task_incremental  # a stored logit vector covers every class, always
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         n = len(batch)
@@ -78,9 +74,6 @@ class DER(BufferMethod):
             extras = batch.replay.extras
             loss = loss + self.options.alpha * stored_logit_mse(out.logits[n:], extras["logits"], extras["width"])
         return loss
-
-    def ce_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.options.classification_outputs == "all" else self.seen_logits(logits)
 
     def after_step(self, batch: Batch, out: Output) -> None:
         logits = out.logits[: len(batch)].detach().float()
