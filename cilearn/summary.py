@@ -88,9 +88,9 @@ def write_summary(out: Path, results: list[dict], files: bool = True) -> str:
     groups = group_by_label(results)
     dataset = results[0].get("dataset", "")
     headline, _, spread = _measures(results)
-    measure = ("mean of the per-task accuracies over the tasks seen" if headline == "task_mean"
-               else "on all test images of the classes seen so far")
-    title = f"Accuracy (%), {measure} — {dataset}" + (" (± SEM over seeds)" if spread == "sem" else "")
+    measure = (", mean of the per-task accuracies over the tasks seen" if headline == "task_mean"
+               else " on all test images of the classes seen so far")
+    title = f"Accuracy (%){measure} — {dataset}" + (" (± SEM over seeds)" if spread == "sem" else "")
     table = text_table(header, rows)
     log.info(f"\n{title}\n{table}\nResults in {out}")
     if not files:

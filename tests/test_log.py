@@ -64,7 +64,7 @@ def test_quiet_and_verbose_on_the_command_line(tmp_path, capsys, monkeypatch):
     path.write_text(yaml.safe_dump(CONFIG))
     assert main(["run", str(path), "--out", "normal"]) == 0
     out, err = capsys.readouterr()
-    assert "Accuracy (%) on all classes seen so far" in out and "debug" not in err
+    assert "Accuracy (%) on all test images of the classes seen so far" in out and "debug" not in err
     assert main(["-v", "run", str(path), "--out", "verbose"]) == 0
     out, err = capsys.readouterr()
     assert "debug [cilearn.data.registry]: dataset digits" in err and "Accuracy (%)" in out
