@@ -31,3 +31,22 @@ def make_run(tmp_path, method: dict, num_tasks: int = 5, epochs: int = 1) -> Run
     run = Run(parse_config(raw), tmp_path)
     run.setup()
     return run
+
+
+def installed_plugin(tmp_path, package: str, source: str, entry_points: str) -> dict:
+    """A package "installed" into ``tmp_path/site`` as pip would leave it (the module and a dist-info folder
+    with ``entry_points.txt``); returns the environment of a subprocess that sees it beside cilearn."""
+    import os
+    import textwrap
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    dist = site / f"{package}-0.1.dist-info"
+    dist.mkdir()
+    name = package.replace("_", "-")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    root = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}", "OMP_NUM_THREADS": "1"}

@@ -4,10 +4,8 @@ stages, and methods/datasets/models registered by separately installed packages 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from cilearn.experiment import resume_experiment
 from cilearn.methods import Method, Stage, register
 from cilearn.methods.base import METHOD_HOOKS
 from cilearn.runner import Run
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import installed_plugin, make_run, one_thread  # noqa: F401  (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,21 +285,14 @@ def make(in_channels, image_size, width=8):
 
 
 def test_a_separately_installed_package_registers_a_method_a_dataset_and_a_model(tmp_path):
-    site = tmp_path / "site"
-    (site / "cilearn_plugin_demo").mkdir(parents=True)
-    (site / "cilearn_plugin_demo" / "__init__.py").write_text(PLUGIN)
-    dist = site / "cilearn_plugin_demo-0.1.dist-info"  # what pip writes for an installed package
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cilearn-plugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+    env = installed_plugin(tmp_path, "cilearn_plugin_demo", PLUGIN, """\
         [cilearn.methods]
         half_loss = cilearn_plugin_demo:HalfLoss
         [cilearn.datasets]
         plugin_noise = cilearn_plugin_demo:load
         [cilearn.models]
         plugin_linear = cilearn_plugin_demo:make
-        """))
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+        """)
     listing = subprocess.run([sys.executable, "-m", "cilearn", "list"], capture_output=True, text=True, env=env,
                              timeout=120)
     assert listing.returncode == 0, listing.stderr

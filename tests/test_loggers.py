@@ -275,26 +275,17 @@ class JsonLines(Logger):
 
 
 def test_a_separately_installed_package_registers_a_logger(tmp_path):
-    import os
     import subprocess
     import sys
-    import textwrap
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    site = tmp_path / "site"
-    (site / "cilearn_logger_demo").mkdir(parents=True)
-    (site / "cilearn_logger_demo" / "__init__.py").write_text(PLUGIN_LOGGER)
-    dist = site / "cilearn_logger_demo-0.1.dist-info"  # what pip writes for an installed package
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cilearn-logger-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+    from helpers import installed_plugin
+
+    env = installed_plugin(tmp_path, "cilearn_logger_demo", PLUGIN_LOGGER, """\
         [cilearn.loggers]
         jsonlines = cilearn_logger_demo:JsonLines
-        """))
+        """)
     raw = config("csv", "jsonlines")
     (tmp_path / "config.json").write_text(json.dumps(raw))
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "cilearn", "run", str(tmp_path / "config.json"), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
