@@ -190,10 +190,10 @@ class Trainer:
                     if reduced:  # the network ran in bf16; the losses read fp32
                         out = full_precision(out)
                     loss = method.loss(out, batch)
-                    if mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
-                        other = dataclasses.replace(batch, labels=mix.labels, task_ids=self._task_ids(
-                            mix.labels, task_index))
-                        loss = mix.lam * loss + (1 - mix.lam) * method.loss(out, other)
+                    if batch.mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
+                        mixed = batch.mix.labels  # this process's share under torchrun, like batch.labels
+                        other = dataclasses.replace(batch, labels=mixed, task_ids=self._task_ids(mixed, task_index))
+                        loss = batch.mix.lam * loss + (1 - batch.mix.lam) * method.loss(out, other)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
