@@ -233,13 +233,13 @@ def bench_setup(config: str, overrides: list[str]) -> dict:
     """The network, batch, optimizer and precision the bare step copies from the (overridden) config; also
     checks the config (a bad one fails now, not after the bare-step timing)."""
     from .config import load_runs
-    from .models.registry import model_defaults  # noqa: F401  (registers the built-in models)
     from .runtime import resolve_device, resolve_precision
+    from .schema import to_dict
 
     _, runs = load_runs(config, overrides)
     cfg = runs[0][1]
     precision, note = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
-    return {"model": cfg.model.name, "model_options": dict(cfg.model.options), "batch_size": cfg.train.batch_size,
+    return {"model": cfg.model.name, "model_options": to_dict(cfg.model.options), "batch_size": cfg.train.batch_size,
             "lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
             "precision": precision, "precision_note": note}
 

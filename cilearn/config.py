@@ -9,151 +9,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from .augment import MODES, STEP_OPTIONS, parse_steps
+from .data.registry import DATASETS, dataset_options, is_registered
 from .errors import ConfigError, did_you_mean
-from .schema import build_section, option, to_dict
+from .log import get_logger
+from .loggers import LOGGERS, check_logger_names
+from .methods import METHODS, MethodOptions, method_options
+from .models.registry import MODELS, model_options
+from .schema import build_section, option, section_schema, to_dict
+from .sections import DataConfig, ModelConfig, OutputConfig, ScenarioConfig, TrainConfig
+from .shipped import find_config
+from .streams import STREAMS, stream_options
 
-
-@dataclasses.dataclass
-class DataConfig:
-    name: str = option(help="dataset name (cilearn list)")
-    root: str | None = option(None, help="data folder; default: $CILEARN_DATA or ~/.cache/cilearn/data")
-    download: bool = option(False, help="download official archives when missing")
-    normalize: bool = option(True, help="standardise the inputs by the training set's per-channel mean and std; "
-                                        "false: raw pixels in [0, 1] (Mammoth's MNIST, van de Ven & Tolias)")
-    options: dict = option(default_factory=dict, help="dataset-specific options, e.g. path for image_folder")
-
-
-@dataclasses.dataclass
-class ScenarioConfig:
-    type: Literal["class_incremental", "task_incremental", "domain_incremental"] = option(
-        "class_incremental", help="task_incremental = class split + a head per task with task ids at test")
-    classes_per_task: int | None = option(None, min=1, help="classes added by each task after the first")
-    initial_classes: int | None = option(None, min=1, help="classes in the first task (B0: = classes_per_task)")
-    num_tasks: int | None = option(None, min=1, help="stop after this many tasks")
-    class_order: str | list[int] = option(
-        "seed", help="'seed' (numpy permutation from class_order_seed, default the run seed), 'pycil' (permutation "
-                     "with seed 1993, PyCIL's CIFAR-100 order), 'icarl_script' (first order of iCaRL's CIFAR-100 "
-                     "script), 'vandeven' (van de Ven & Tolias's split-MNIST order for the run seed: argsort of that "
-                     "permutation), 'sorted', or a list of labels")
-    class_order_seed: int | None = option(
-        None, min=0, help="with class_order 'seed': draw the order from this seed, so that seeds: vary only the "
-                          "initialisation and training randomness; default: each run seed draws its own order")
-    options: dict = option(default_factory=dict, help="stream-specific options (domain streams)")
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    name: str = option(help="model name (cilearn list)")
-    options: dict = option(default_factory=dict, help="model options, e.g. width for ResNets")
-    pretrained: str | None = option(
-        None, help="start from a checkpoint: a run directory, a cilearn checkpoint or a state dict")
-    transfer: Literal["full", "linear_probe", "freeze"] = option(
-        "full", help="with pretrained: fine-tune everything, train only the head, or freeze the first freeze_stages")
-    freeze_stages: int = option(0, min=0, help="stages (stem = stage 0) kept frozen when transfer is 'freeze'")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    epochs: int = option(1, min=1, help="epochs per task")
-    iterations: int | None = option(
-        None, min=1, help="a fixed number of gradient steps per task instead of epochs (train.epochs is then "
-                          "ignored; passes over fresh permutations of the data, the last one cut short; milestones "
-                          "and warm-up count iterations)")
-    batch_size: int = option(128, min=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = option(
-        "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
-    optimizer_state: Literal["reset", "keep"] = option(
-        "reset", help="reset: a fresh optimizer for every task (and stage); keep: its state (Adam's moments and "
-                      "step counts, SGD's momentum) carries over from task to task, as one optimizer never reset "
-                      "(Hsu et al. 2018, van de Ven & Tolias 2019); outputs a growing head adds start fresh")
-    lr: float = option(0.1, min=0.0, help="learning rate (> 0)")
-    momentum: float = option(0.9, min=0.0, max=1.0, help="sgd only")
-    nesterov: bool = option(False, help="sgd only: Nesterov momentum (needs momentum > 0)")
-    betas: list[float] = option(default_factory=lambda: [0.9, 0.999], min=0.0, max=1.0,
-                                help="adam/adamw: the two moment decay rates, each in [0, 1)")
-    weight_decay: float = option(5e-4, min=0.0)
-    no_weight_decay: list[Literal["bias", "norm"]] = option(
-        default_factory=list, help="parameters without weight decay: bias (every bias, normalisation shifts "
-                                   "included), norm (normalisation scales); iCaRL's Theano code: [bias]")
-    scheduler: Literal["multistep", "cosine", "warm_restarts", "constant"] = option(
-        "multistep", help="cosine: from lr down to min_lr over the epochs; warm_restarts: cosine cycles of 1, 2, 4, "
-                          "... epochs (SGDR)")
-    min_lr: float = option(0.0, min=0.0, help="the lowest learning rate of the cosine schedules")
-    milestones: list[int] = option(default_factory=list, min=1, help="epochs (iterations with train.iterations) at "
-                                                                     "which multistep multiplies lr by gamma")
-    gamma: float = option(0.2, min=0.0)
-    warmup: float = option(0.0, min=0.0, help="linear warm-up of the lr over this many epochs (iterations with "
-                                              "train.iterations) before the scheduler; 0: none")
-    augment: Literal["auto", "none", "crop", "crop_flip", "flip"] | list[Any] = option(
-        "auto", help="auto: crop+flip for colour images, none for grey digits; or a list of steps, each a name or "
-                     "{name: {option: value}}: crop {padding: 4}, flip, color_jitter {brightness, contrast, "
-                     "saturation}, randaugment {num_ops: 2, magnitude: 9}, cutmix {alpha: 1.0, p: 0.5} (last; "
-                     "methods whose loss is the batch's classification loss only); see cilearn/augment.py")
-    eval_batch_size: int = option(128, min=1, help="batch for evaluation and feature extraction (128: on CPU "
-                                                   "faster than 256 or 1024 for the CIFAR ResNets, and less memory)")
-    fold_batchnorm: bool = option(True, help="evaluation and feature extraction (herding, class means) run a copy "
-                                             "of the network with each BatchNorm folded into its convolution (the "
-                                             "same function; features equal to ~1e-5; timed by cilearn bench)")
-    eval_every: int = option(1, min=0, help="evaluate on test data every N epochs (0: only after each task)")
-    eval_subsample: int = option(
-        2000, min=0, help="the per-epoch evaluation scores a fixed sample of at most this many test images, the "
-                          "same number from each class (and task) seen (0: all of them); the evaluation after "
-                          "each task, which the metrics and the last epoch's log row report, always scores all")
-    checkpoint_every: int = option(0, min=0, help="also checkpoint every N epochs inside a task (0: only per task)")
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
-    channels_last: bool = option(True)
-    num_threads: int | None = option(None, min=1, help="torch CPU threads; default: all cores")
-    precision: Literal["auto", "fp32", "bf16"] = option(
-        "fp32", help="fp32 (the default: the same numbers on every machine); bf16: bfloat16 autocast for the "
-                     "network's forward passes (losses, BatchNorm statistics, herding and class means stay fp32); "
-                     "auto: bf16 where the device computes it natively (CPUs with AVX512-BF16/AMX, GPUs of "
-                     "compute capability 8.0+), else fp32; the run's metrics.json and run.json record what ran")
-    compile: bool = option(False, help="torch.compile the model")
-    deterministic: bool = option(False, help="torch deterministic algorithms (slower on GPU)")
-    progress: bool = option(True, help="progress bars")
-    sync_batchnorm: bool = option(False, help="under torchrun: synchronise BatchNorm statistics across processes "
-                                              "(CUDA only)")
-    dist_timeout: float = option(1800.0, min=1.0, help="under torchrun: seconds a process waits for the others "
-                                                       "before the job stops")
-
-
-@dataclasses.dataclass
-class OutputConfig:
-    save_checkpoints: bool = option(True, help="checkpoint after every task (needed for --resume)")
-    save_features: bool = option(True, help="save test features/predictions per task for reports")
-    max_feature_samples: int = option(2000, min=0, help="test samples whose features are saved per task")
-    loggers: list[str] = option(
-        default_factory=lambda: ["csv"], help="where progress is logged: csv (log.csv, accuracy_matrix.csv), "
-        "tensorboard (RUN_DIR/tensorboard; pip install 'cilearn[tensorboard]'), wandb (RUN_DIR/wandb; "
-        "pip install 'cilearn[wandb]'), mlflow (a local store in RUN_DIR/mlflow, or MLFLOW_TRACKING_URI; pip "
-        "install 'cilearn[mlflow]'), or a logger of an installed package (entry point group cilearn.loggers)")
-    wandb_project: str = option("cilearn", help="the W&B project of loggers: [wandb]")
-    wandb_entity: str | None = option(None, help="the W&B entity (team or user); default: W&B's own default")
-    wandb_group: str | None = option(None, help="the W&B group; default: the config's name (a sweep's runs carry "
-                                                "the sweep's name, an experiment's runs the experiment's)")
-    wandb_tags: list[str] = option(default_factory=list, help="W&B tags of the run")
-    wandb_name: str | None = option(None, help="the W&B run name; default: the run's label (method, /seedN)")
-    mlflow_experiment: str | None = option(None, help="the MLflow experiment of loggers: [mlflow]; default: the "
-                                                      "config's name")
-    headline_accuracy: Literal["sample_weighted", "task_mean"] = option(
-        "sample_weighted", help="the accuracy that last_accuracy, average_incremental_accuracy and the summary "
-        "tables report: sample_weighted (all test images of the classes seen, one pool) or task_mean (the mean "
-        "of the per-task accuracies over the tasks seen, as van de Ven & Tolias, Hsu et al. and Mammoth); "
-        "metrics.json always holds both (*_sample_weighted, *_task_mean)")
-    spread: Literal["std", "sem"] = option(
-        "std", help="the ± of the summary tables over seeds: std (sample standard deviation) or sem (standard "
-                    "error of the mean, std / sqrt(seeds), as van de Ven & Tolias report)")
+__all__ = ["Config", "DataConfig", "ModelConfig", "OutputConfig", "ScenarioConfig", "TrainConfig", "apply_overrides",
+           "expand_runs", "json_schema", "load_runs", "load_yaml", "parse_config", "parse_override", "run_label",
+           "set_value"]
 
 
 @dataclasses.dataclass
 class Config:
     data: DataConfig
     model: ModelConfig
-    method: dict
+    method: MethodOptions = option(help="the method and its options (cilearn list --options)")
     train: TrainConfig = option(default_factory=TrainConfig)
     scenario: ScenarioConfig = option(default_factory=ScenarioConfig)
     output: OutputConfig = option(default_factory=OutputConfig)
@@ -189,8 +70,6 @@ def load_yaml(path: str | Path) -> dict:
     ``configs/quickstart.yaml`` from any folder: :mod:`cilearn.shipped`)."""
     path = Path(path)
     if not path.exists() and not path.is_absolute():
-        from .shipped import find_config
-
         path = find_config(str(path)) or path
     if path.is_dir():
         raise ConfigError(f"config file '{path}' is a folder; give the path to a YAML file, "
@@ -308,8 +187,6 @@ def _drop_late_milestones(raw: dict) -> None:
         return  # the type check of parse_config says what is wrong
     kept = [m for m in train["milestones"] if not isinstance(m, int) or m <= length]
     if kept != train["milestones"]:
-        from .log import get_logger
-
         get_logger(__name__).info(f"train.milestones: {train['milestones']} → {kept} (those after {unit}={length} "
                                   f"dropped; set train.milestones to choose others)")
         train["milestones"] = kept
@@ -358,11 +235,10 @@ def run_label(raw: dict, with_seed: bool) -> str:
 
 
 def parse_config(raw: dict) -> Config:
-    """Validate one single-run raw config (after expansion)."""
-    from .methods import method_options  # late imports: methods and streams import config types
-    from .models.registry import model_defaults
-    from .streams import STREAM_OPTIONS
-
+    """Validate one single-run raw config (after expansion).  Every section is parsed once, into typed
+    dataclasses: the method into its own options class, ``model.options``, ``data.options`` and a domain
+    stream's ``scenario.options`` into the options class of the model, dataset and stream they name (the
+    resolved config lists every default)."""
     for section in ("data", "model"):
         if section not in raw or raw[section] is None:
             raise ConfigError(f"{section}: required section is missing (e.g. {section}: {{name: ...}}).")
@@ -376,24 +252,25 @@ def parse_config(raw: dict) -> Config:
         train = {k: v for k, v in train.items() if k != "bf16"}
         train["precision"] = "bf16" if raw["train"]["bf16"] is True else "fp32"
         raw = {**raw, "train": train}
-    cfg = build_section(Config, raw, "")
-    if not isinstance(cfg.method, dict) or "name" not in cfg.method:
+    method = raw.get("method")
+    if not isinstance(method, dict) or "name" not in method:
         raise ConfigError("method: expected a mapping with a 'name', e.g. method: {name: finetune}.")
-    # The resolved config lists every default: the method's options, the model's, the stream's.
-    cfg.method = to_dict(method_options(cfg.method))  # validates the method's own keys now, before any work
-    defaults, _ = model_defaults(cfg.model.name)
-    cfg.model.options = {**defaults, **cfg.model.options}
-    if cfg.scenario.type == "domain_incremental" and cfg.scenario.options.get("stream") in STREAM_OPTIONS:
-        kind = cfg.scenario.options["stream"]
-        cfg.scenario.options = to_dict(build_section(STREAM_OPTIONS[kind], cfg.scenario.options, "scenario.options"))
+    raw = {**raw, "method": method_options(method)}  # the method's own keys are checked now, before any work
+    cfg = build_section(Config, raw, "")
+    for section, path in ((cfg.model, "model.options"), (cfg.data, "data.options"), (cfg.scenario, "scenario.options")):
+        if not isinstance(section.options, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {section.options!r}.")
+    cfg.model.options = model_options(cfg.model.name, cfg.model.options)
+    if is_registered(cfg.data.name):  # else: a dataset given from Python; Experiment says what is missing
+        cfg.data.options = dataset_options(cfg.data.name, cfg.data.options)
+    if cfg.scenario.type == "domain_incremental" and cfg.scenario.options.get("stream") is not None:
+        cfg.scenario.options = stream_options(cfg.scenario.options)
     if cfg.scenario.type != "domain_incremental" and cfg.scenario.classes_per_task is None:
         raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios.")
     if cfg.scenario.class_order_seed is not None and cfg.scenario.class_order != "seed":
         raise ConfigError(f"scenario.class_order_seed: only used with class_order: seed (this config has "
                           f"class_order: {cfg.scenario.class_order!r}); remove one of them.")
     check_train(cfg.train)
-    from .loggers import check_logger_names
-
     check_logger_names(cfg.output.loggers)
     return cfg
 
@@ -416,8 +293,6 @@ def check_train(train: TrainConfig) -> None:
     if len(set(train.no_weight_decay)) != len(train.no_weight_decay):
         raise ConfigError(f"train.no_weight_decay: {train.no_weight_decay} names a kind twice.")
     if isinstance(train.augment, list):
-        from .augment import parse_steps
-
         parse_steps(train.augment)
 
 
@@ -434,18 +309,15 @@ def json_schema() -> dict:
 
     Built from the same dataclasses that validate configs: every section's keys, types, choices, bounds,
     defaults and help lines; ``method`` (and each entry of ``methods``) is a union of the registered methods'
-    options discriminated by ``name``, ``scenario.options`` one of the domain streams' options discriminated by
-    ``stream``.  cilearn's own checks go further (cross-section rules, dataset and model options)."""
-    from .methods import all_methods
-    from .schema import section_schema
-    from .streams import STREAM_OPTIONS
-
+    options discriminated by ``name``; ``model.options`` and ``data.options`` follow the model's and dataset's
+    ``name`` (``if``/``then``), ``scenario.options`` is one of the domain streams' options discriminated by
+    ``stream``.  cilearn's own checks go further (cross-section rules)."""
     defs: dict = {}
     schema = section_schema(Config, defs)
-    methods = all_methods()
-    for name, cls in sorted(methods.items()):
-        options = section_schema(cls.Options, defs)
-        options["properties"]["name"] = {"const": name, "description": cls.description}
+    methods = METHODS.components()
+    for name, component in sorted(methods.items()):
+        options = section_schema(component.options, defs)
+        options["properties"]["name"] = {"const": name, "description": component.description}
         options["title"] = f"method {name}"
         defs[f"method.{name}"] = options
     one_method = {"anyOf": [
@@ -458,19 +330,33 @@ def json_schema() -> dict:
     schema["properties"]["seeds"] = {"type": "array", "minItems": 1, "uniqueItems": True,
                                      "items": {"type": "integer", "minimum": 0},
                                      "description": "several seeds, one run each (mean ± std in the summary)"}
+    defs.pop("MethodOptions", None)  # replaced by the union above
     schema["required"] = [key for key in schema["required"] if key != "method"]
     schema["oneOf"] = [{"required": ["method"]}, {"required": ["methods"]}]
-    for kind, cls in STREAM_OPTIONS.items():
-        stream = section_schema(cls, defs)
+    for section, registry in (("ModelConfig", MODELS), ("DataConfig", DATASETS)):
+        # options by name: if name is X then options follow X's dataclass (a plugin without one: any mapping)
+        kind = registry.kind
+        rules = []
+        for name, component in registry.components().items():
+            options = section_schema(component.options, defs) if component.options else {"type": "object"}
+            options["title"] = f"{kind} {name} options"
+            defs[f"{kind}.{name}"] = options
+            rules.append({"if": {"properties": {"name": {"const": name}}, "required": ["name"]},
+                          "then": {"properties": {"options": {"$ref": f"#/$defs/{kind}.{name}"}}}})
+        defs[section]["properties"]["options"]["type"] = "object"
+        defs[section]["allOf"] = rules
+    for kind, component in STREAMS.components().items():
+        stream = section_schema(component.options, defs)
         stream["properties"]["stream"] = {"const": kind}
         defs[f"stream.{kind}"] = stream
     defs["ScenarioConfig"]["properties"]["options"] = {
         "anyOf": [{"type": "object", "maxProperties": 0},
-                  {"type": "object", "oneOf": [{"$ref": f"#/$defs/stream.{k}"} for k in STREAM_OPTIONS],
+                  {"type": "object", "oneOf": [{"$ref": f"#/$defs/stream.{k}"} for k in STREAMS.components()],
                    "discriminator": {"propertyName": "stream"}}],
         "description": "domain_incremental streams: stream and its options"}
+    loggers = defs["OutputConfig"]["properties"]["loggers"]
+    loggers["items"] = {"enum": list(LOGGERS.components())}
     augment = defs["TrainConfig"]["properties"]["augment"]  # the list form: each step a name or {name: options}
-    from .augment import MODES, STEP_OPTIONS
     step = {"anyOf": [{"enum": list(STEP_OPTIONS)}] + [
         {"type": "object", "properties": {name: section_schema(cls, defs)}, "required": [name],
          "additionalProperties": False} for name, cls in STEP_OPTIONS.items()]}

@@ -203,20 +203,6 @@ class Distributed:
             dist.barrier()
 
 
-def check_method(method, distributed: Distributed | None, batch_size: int) -> None:
-    """A method replaying a minibatch every step splits it and the stream batch evenly over the processes:
-    both sizes must divide by their number (otherwise a share's loss would weigh its replayed rows wrongly)."""
-    if distributed is None or method.replay is None:
-        return
-    world = distributed.world
-    replay = getattr(method, "replay_batch_size", None) or batch_size
-    for key, size in (("train.batch_size", batch_size), ("method.replay_batch_size", replay)):
-        if size % world:
-            raise ConfigError(f"{key}: {size} does not divide by the {world} processes of this torchrun job; method "
-                              f"'{type(method).name}' splits its stream batch and its replayed minibatch evenly "
-                              f"over them: use a multiple of {world}.")
-
-
 def check_config(train_cfg, device: torch.device) -> None:
     if train_cfg.sync_batchnorm and world_size() > 1 and device.type != "cuda":
         raise ConfigError("train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; on CPU set it to false "

@@ -254,7 +254,7 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             raise ConfigError(message if str(out) in message else f"{out / 'config.yaml'}: {message}") from None
         _check_data(out / "config.yaml", data)
         write_summary(out, [Run(cfg, out, data=data).execute(resume=True)], files=False)
-        return collect(out, [cfg.method.get("label") or cfg.method["name"]])
+        return collect(out, [cfg.method.label or cfg.method.name])
     raise CheckpointError(f"--resume: '{out}' is not a cilearn run directory (no config.yaml or "
                           f"experiment.yaml); give a folder that a previous 'cilearn run' wrote.")
 

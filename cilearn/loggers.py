@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING
 from .distributed import is_main
 from .errors import ConfigError, unknown_choice
 from .log import get_logger
+from .plugins import first_line
+from .registry import Component, Registry
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -74,24 +76,14 @@ class Logger:
 def logger_kinds() -> dict[str, type[Logger]]:
     """Every logger by name: cilearn's own and those of installed packages (``cilearn.loggers`` entry points;
     cilearn's own names win)."""
-    from .plugins import plugins
-
-    own = {"csv": CsvLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MlflowLogger}
-    for name, kind in plugins("cilearn.loggers").items():
-        if name not in own:
-            if not (isinstance(kind, type) and issubclass(kind, Logger)):
-                raise ConfigError(f"the cilearn.loggers plugin '{name}' is not a cilearn.loggers.Logger subclass "
-                                  f"({kind!r}); fix or uninstall the package that registers it.")
-            own[name] = kind
-    return own
+    return {name: component.factory for name, component in LOGGERS.components().items()}
 
 
 def check_logger_names(names: list[str]) -> None:
     """When the config is read: each logger known and listed once."""
-    kinds = logger_kinds()
     for index, name in enumerate(names):
-        if name not in kinds:
-            raise unknown_choice("logger", name, kinds, f"output.loggers[{index}]")
+        if name not in LOGGERS:
+            raise unknown_choice("logger", name, LOGGERS.components(), f"output.loggers[{index}]")
         if names.count(name) > 1:
             raise ConfigError(f"output.loggers: '{name}' is listed twice.")
 
@@ -364,7 +356,7 @@ class MlflowLogger(Logger):
             client.update_run(self.run_id, status="RUNNING")
             return
         self.run_id = client.create_run(experiment_id, run_name=run.label,
-                                        tags={"cilearn.method": run.cfg.method["name"]}).info.run_id
+                                        tags={"cilearn.method": run.cfg.method.name}).info.run_id
         id_file.write_text(self.run_id)
         from mlflow.entities import Param
 
@@ -400,3 +392,21 @@ class MlflowLogger(Logger):
             self._log({f"final/{key}": finite(metrics.get(key)) for key in _SUMMARY_KEYS}, len(run.log_rows))
         self.client.set_terminated(self.run_id, "FINISHED" if metrics is not None else "FAILED")
         self.client = self.run_id = None
+
+
+def _plugin(name: str, kind: object) -> Component:
+    if not (isinstance(kind, type) and issubclass(kind, Logger)):
+        raise ConfigError(f"the cilearn.loggers plugin '{name}' is not a cilearn.loggers.Logger subclass "
+                          f"({kind!r}); fix or uninstall the package that registers it.")
+    return Component(name, kind, None, first_line(kind, f"logger from a plugin ({name})"))
+
+
+# The in-tree loggers take their settings from output.* keys (output.wandb_project, output.mlflow_experiment, ...).
+LOGGERS = Registry("logger", "output.loggers", "cilearn.loggers", adapt=_plugin)
+LOGGERS.add("csv", CsvLogger, None, "log.csv and accuracy_matrix.csv in the run folder")
+LOGGERS.add("tensorboard", TensorBoardLogger, None, "TensorBoard event files in RUN_DIR/tensorboard "
+            "(pip install 'cilearn[tensorboard]')")
+LOGGERS.add("wandb", WandbLogger, None, "Weights & Biases, offline files in RUN_DIR/wandb unless WANDB_MODE says "
+            "otherwise (pip install 'cilearn[wandb]'); settings: output.wandb_*")
+LOGGERS.add("mlflow", MlflowLogger, None, "MLflow: a local store in RUN_DIR/mlflow, or MLFLOW_TRACKING_URI (pip "
+            "install 'cilearn[mlflow]'); settings: output.mlflow_experiment")

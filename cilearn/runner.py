@@ -9,7 +9,6 @@ task's files (through :class:`~cilearn.rundir.RunDir`) and checkpoint (through
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -19,24 +18,21 @@ import numpy as np
 import torch
 
 from . import metrics
+from .assembly import fresh_model, method_from, model_from, scenario_from
 from .augment import BatchAugment
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore
 from .config import Config
 from .data import DatasetSplits
-from .data.memo import load_splits
 from .distributed import Distributed, is_main
 from .distributed import check_config as check_distributed_config
-from .distributed import check_method as check_distributed_method
-from .errors import ConfigError, TrainingDiverged
+from .errors import TrainingDiverged
 from .evaluate import Evaluator, Inference
 from .log import get_logger
 from .loggers import make_loggers
 from .meter import PhaseMeter
-from .methods import MethodContext, install_head, method_class, method_options
-from .models import build_model
+from .methods import MethodContext
 from .rundir import RunDir, check_fresh, write_npz
 from .runtime import configure_torch, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
-from .scenarios import build_scenario
 from .train import EpochResult, Trainer
 
 log = get_logger(__name__)
@@ -54,7 +50,7 @@ class Run:
         self.data = data  # the dataset given from Python (Experiment(data=...)); None: cfg.data names it
         self.dir = Path(run_dir)
         self.files = RunDir(self.dir)
-        self.label = label or cfg.method.get("label") or cfg.method["name"]
+        self.label = label or cfg.method.label or cfg.method.name
         self.history: list[dict] = []
         self.log_rows: list[list] = []
         self.task_rng: dict | None = None  # the random state as the current task began
@@ -73,44 +69,17 @@ class Run:
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
         self.precision = self.resolved_precision()
         with self.meter.phase("data"):
-            splits = self.data if self.data is not None else load_splits(cfg.data)
-            self.scenario = build_scenario(cfg.scenario, splits, cfg.seed)
-        height, width, channels = self.scenario.image_shape
-        if height != width:
-            raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
-                              f"(resize them with data.options.image_size for image folders).")
-        if not cfg.data.normalize:  # raw pixels in [0, 1]: the network, reports and run.json see mean 0, std 1
-            self.scenario = dataclasses.replace(self.scenario, mean=(0.0,) * channels, std=(1.0,) * channels)
-        self.model = self.build_model()
-        if cfg.model.pretrained:
-            from .transfer import apply_transfer  # start from a checkpoint: linear probe, freeze or full
-            apply_transfer(self.model, cfg.model)
-        elif cfg.model.transfer != "full" or cfg.model.freeze_stages:
-            raise ConfigError("model.transfer / model.freeze_stages need model.pretrained (a checkpoint to start "
-                              "from).")
-        if cfg.train.sync_batchnorm and self.distributed is not None:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if cfg.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.train.compile:
-            self.model.backbone.compile()  # in place: parameter names (checkpoints) stay as they are
-        self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std, channels,
-                                              cfg.train.channels_last)
+            self.scenario = scenario_from(cfg, self.data)
+        self.model = model_from(cfg, self.scenario, self.device, self.distributed)
+        self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std,
+                                              self.scenario.image_shape[2], cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
                                    self.precision, fold_batchnorm=cfg.train.fold_batchnorm,
                                    distributed=self.distributed)
-        options = method_options(cfg.method)
-        install_head(self.model, options)  # a method's own classifier head (cosine, ...), before anything uses it
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
                                 infer=self.inference, augment=self.augment, build_model=self.build_model,
                                 distributed=self.distributed)
-        self.method = method_class(options.name)(options, self.model, context)
-        self.method.check(self.scenario)
-        if self.augment.mixes and not self.method.mixes_labels:
-            raise ConfigError(f"train.augment: cutmix trains on a mix of two labels, which only methods whose "
-                              f"objective is the batch's classification loss take (finetune, joint, iid, gdumb); "
-                              f"method {options.name} has other terms or keeps labels. Remove cutmix.")
-        check_distributed_method(self.method, self.distributed, cfg.train.batch_size)
+        self.method = method_from(cfg, self.model, context, self.augment, cfg.train.batch_size)
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed,
                                    quick_limit=cfg.train.eval_subsample)
@@ -134,8 +103,7 @@ class Run:
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised network of this run's architecture, on its device (no classes yet)."""
-        height, _, channels = self.scenario.image_shape
-        return build_model(self.cfg.model.name, channels, height, **self.cfg.model.options).to(self.device)
+        return fresh_model(self.cfg, self.scenario, self.device)
 
     @property
     def primary_classifier(self) -> str:
@@ -158,8 +126,8 @@ class Run:
         return {
             "complete": complete,
             "dataset": self.scenario.dataset_name,
-            "method": self.cfg.method["name"],
-            "label": self.cfg.method.get("label") or self.cfg.method["name"],  # no /seed<k>: seeds group by it
+            "method": self.cfg.method.name,
+            "label": self.cfg.method.label or self.cfg.method.name,  # no /seed<k>: seeds group by it
             "seed": self.cfg.seed,
             "num_tasks": len(self.scenario),
             "tasks_done": len(self.history),
@@ -188,7 +156,7 @@ class Run:
             "class_names": list(scenario.class_names), "class_order": [int(c) for c in scenario.class_order],
             "image_shape": list(scenario.image_shape), "mean": list(scenario.mean), "std": list(scenario.std),
             "augment": cfg.train.augment, "precision": self.precision,
-            "model": cfg.model.name, "method": cfg.method["name"], "label": self.label,
+            "model": cfg.model.name, "method": cfg.method.name, "label": self.label,
             "seed": cfg.seed, "tasks": [{"name": t.name, "new_classes": [int(c) for c in t.new_classes]}
                                         for t in scenario]})
         images, labels = first_task_samples(self.scenario, SAMPLE_IMAGES)

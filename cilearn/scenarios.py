@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import DatasetSplits, ImageData
+from .data import DatasetSplits, ImageData, load_dataset
 from .errors import ConfigError
+from .schema import build_section
+from .sections import ScenarioConfig
+from .streams import stream_experiences, stream_options
 
 PYCIL_SEED = 1993  # PyCIL's default seed; its CIFAR-100 order is numpy's permutation with this seed
 CLASS_ORDERS = ("seed", "sorted", "pycil", "icarl_script", "vandeven")
@@ -286,16 +289,41 @@ def concat(datasets: Sequence[ImageData]) -> ImageData:
 
 
 def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:
-    """Scenario described by a :class:`~cilearn.config.ScenarioConfig`."""
+    """Scenario described by a :class:`~cilearn.config.ScenarioConfig` (its ``options`` parsed: a domain stream's
+    options dataclass, or empty for class splits)."""
     if cfg.type in ("class_incremental", "task_incremental"):
-        unknown = set(cfg.options)
+        unknown = set(cfg.options) if isinstance(cfg.options, dict) else {cfg.options.stream}
         if unknown:
             raise ConfigError(f"scenario.options: {sorted(unknown)} are not used by {cfg.type} scenarios.")
         return class_incremental(splits, cfg.classes_per_task, cfg.initial_classes, cfg.class_order, seed,
                                  task_incremental=cfg.type == "task_incremental", num_tasks=cfg.num_tasks,
                                  class_order_seed=cfg.class_order_seed)
-    from .streams import build_stream  # domain/time-incremental streams
-    return build_stream(cfg, splits, seed)
+    return domain_incremental(cfg, splits, seed)
+
+
+def domain_incremental(cfg, splits: DatasetSplits, seed: int) -> Scenario:
+    """A fixed label space whose inputs change: the experiences of the stream ``cfg.options`` names
+    (:mod:`cilearn.streams`); every task sees every label, the first one adds them all."""
+    for key in ("classes_per_task", "initial_classes"):
+        if getattr(cfg, key) is not None:
+            raise ConfigError(f"scenario.{key}: not used by domain_incremental streams (the label space is fixed); "
+                              f"remove it.")
+    options = cfg.options if not isinstance(cfg.options, dict) else stream_options(cfg.options)
+    experiences, class_names = stream_experiences(options, splits, seed)
+    if cfg.num_tasks is not None:
+        experiences = experiences[: cfg.num_tasks]
+    everything = list(range(len(class_names)))
+    tasks = []
+    for index, (train, test, name) in enumerate(experiences):
+        if len(train) == 0 or len(test) == 0:
+            raise ConfigError(f"experience {index + 1} ({name}) has no {'training' if len(train) == 0 else 'test'} "
+                              f"images; check the data.")
+        tasks.append(Task(index=index, new_classes=everything if index == 0 else [], seen_classes=everything,
+                          train=train, test=test, name=name))
+    mean, std = channel_stats(splits.train.images)
+    return Scenario(tasks=tasks, class_names=class_names, class_order=everything, kind="domain_incremental",
+                    mean=mean, std=std, dataset_name=f"{splits.display_name} ({options.stream} stream)",
+                    extra={"stream": options.stream})
 
 
 def create(data, type: str = "class_incremental", seed: int = 0, **options) -> Scenario:
@@ -309,10 +337,6 @@ def create(data, type: str = "class_incremental", seed: int = 0, **options) -> S
         create("digits", type="domain_incremental", options={"stream": "rotated", "experiences": 3})
 
     ``seed`` draws the class order (``class_order: seed``) and the random parts of domain streams."""
-    from .config import ScenarioConfig
-    from .data import DatasetSplits, load_dataset
-    from .schema import build_section
-
     cfg = build_section(ScenarioConfig, {"type": type, **options}, "scenario")
     if cfg.type != "domain_incremental" and cfg.classes_per_task is None:
         raise ConfigError("scenario.classes_per_task: required for class- and task-incremental scenarios, e.g. "

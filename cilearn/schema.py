@@ -78,6 +78,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise wrong
         return dict(value)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # parsed already (a method's options, of a subclass of the field's type)
+            return value
         return build_section(tp, value, path)
     if tp is bool:
         if isinstance(value, bool):

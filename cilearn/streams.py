@@ -1,7 +1,7 @@
 """Domain- (time-) incremental streams: a fixed label space whose input distribution changes.
 
-``build_stream(cfg, splits, seed)`` builds a :class:`~cilearn.scenarios.Scenario` of kind
-``domain_incremental`` from ``scenario.options``:
+``stream_experiences(options, splits, seed)`` gives the experiences of a ``domain_incremental``
+:class:`~cilearn.scenarios.Scenario` (assembled by :func:`cilearn.scenarios.build_scenario`) from ``scenario.options``:
 
 - ``{stream: rotated, num_tasks: 5, angles: [0, 36, ...]}``: experience ``t`` is the whole dataset
   (train and test) rotated by ``angles[t]`` degrees (bilinear, zero fill);
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,10 +35,8 @@ import torch.nn.functional as F
 
 from .data import DatasetSplits, ImageData
 from .errors import ConfigError
-from .scenarios import Scenario, Task, channel_stats
-from .schema import build_section, option
-
-STREAMS = ("rotated", "permuted", "superclass", "buckets")
+from .registry import Registry
+from .schema import option
 
 
 @dataclasses.dataclass
@@ -71,8 +69,6 @@ class BucketsOptions:
     num_tasks: int | None = option(None, min=1, help="use only the first buckets")
 
 
-STREAM_OPTIONS = {"rotated": RotatedOptions, "permuted": PermutedOptions, "superclass": SuperclassOptions,
-                  "buckets": BucketsOptions}
 
 
 # --- image transforms ---------------------------------------------------------------------------------
@@ -200,43 +196,30 @@ def _buckets(opts: BucketsOptions, splits: DatasetSplits, seed: int):
             for b in range(count)]
 
 
-def build_stream(cfg, splits: DatasetSplits, seed: int) -> Scenario:
-    """The domain-incremental scenario described by ``cfg.options`` (a :class:`ScenarioConfig`)."""
-    if cfg.type != "domain_incremental":
-        raise ConfigError(f"scenario.type: build_stream builds domain_incremental streams, not {cfg.type}.")
-    for key in ("classes_per_task", "initial_classes"):
-        if getattr(cfg, key) is not None:
-            raise ConfigError(f"scenario.{key}: not used by domain_incremental streams (the label space is fixed); "
-                              f"remove it.")
-    options = dict(cfg.options or {})
-    kind = options.get("stream")
-    if kind not in STREAM_OPTIONS:
-        from .schema import unknown_choice
-        if kind is None:
-            raise ConfigError(f"scenario.options.stream: required for domain_incremental scenarios; one of "
-                              f"{', '.join(STREAMS)} (e.g. options: {{stream: rotated, num_tasks: 5}}).")
-        raise unknown_choice("stream", str(kind), STREAMS, "scenario.options.stream")
-    opts = build_section(STREAM_OPTIONS[kind], options, "scenario.options")
-    class_names = list(splits.class_names)
-    if kind == "rotated":
-        experiences = _rotated(opts, splits, seed)
-    elif kind == "permuted":
-        experiences = _permuted(opts, splits, seed)
-    elif kind == "superclass":
-        experiences, class_names = _superclass(opts, splits, seed)
-    else:
-        experiences = _buckets(opts, splits, seed)
-    if cfg.num_tasks is not None:
-        experiences = experiences[: cfg.num_tasks]
-    everything = list(range(len(class_names)))
-    tasks = []
-    for index, (train, test, name) in enumerate(experiences):
-        if len(train) == 0 or len(test) == 0:
-            raise ConfigError(f"experience {index + 1} ({name}) has no {'training' if len(train) == 0 else 'test'} "
-                              f"images; check the data.")
-        tasks.append(Task(index=index, new_classes=everything if index == 0 else [], seen_classes=everything,
-                          train=train, test=test, name=name))
-    mean, std = channel_stats(splits.train.images)
-    return Scenario(tasks=tasks, class_names=class_names, class_order=everything, kind="domain_incremental",
-                    mean=mean, std=std, dataset_name=f"{splits.display_name} ({kind} stream)",
-                    extra={"stream": kind})
+# Each stream: (options, splits, seed) -> ([(train, test, name) per experience], label names)
+STREAMS = Registry("stream", "scenario.options.stream")
+STREAMS.add("rotated", lambda o, splits, seed: (_rotated(o, splits, seed), list(splits.class_names)), RotatedOptions,
+            "every experience the whole dataset rotated by its angle (bilinear, zero fill)")
+STREAMS.add("permuted", lambda o, splits, seed: (_permuted(o, splits, seed), list(splits.class_names)),
+            PermutedOptions, "every experience one fixed pixel permutation, drawn from the run seed")
+STREAMS.add("superclass", _superclass, SuperclassOptions,
+            "CIFAR-100's 20 superclasses as labels; experience t brings the t-th fine class of each")
+STREAMS.add("buckets", lambda o, splits, seed: (_buckets(o, splits, seed), list(splits.class_names)),
+            BucketsOptions, "one experience per time bucket of a dataset with buckets (e.g. clear)")
+STREAM_OPTIONS = {name: component.options for name, component in STREAMS.components().items()}
+
+
+def stream_options(values: dict | None) -> Any:
+    """``scenario.options`` of a domain-incremental scenario parsed into its stream's options dataclass."""
+    values = dict(values or {})
+    kind = values.get("stream")
+    if kind is None:
+        raise ConfigError(f"scenario.options.stream: required for domain_incremental scenarios; one of "
+                          f"{', '.join(STREAMS.components())} (e.g. options: {{stream: rotated, num_tasks: 5}}).")
+    return STREAMS.parse_options(str(kind), values, "scenario.options")
+
+
+def stream_experiences(options: Any, splits: DatasetSplits, seed: int
+                       ) -> tuple[list[tuple[ImageData, ImageData, str]], list[str]]:
+    """The experiences ``(train, test, name)`` of the stream ``options`` describes, and its label names."""
+    return STREAMS.get(options.stream).factory(options, splits, seed)

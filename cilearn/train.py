@@ -19,7 +19,6 @@ import torch
 from tqdm import tqdm
 
 from .augment import BatchAugment, nchw_view
-from .config import TrainConfig
 from .data import ImageData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingDiverged
@@ -27,6 +26,7 @@ from .log import progress_disabled
 from .methods import Batch, Method, Output
 from .optim import make_optimizer, make_scheduler
 from .runtime import autocast
+from .sections import TrainConfig
 
 
 @dataclass

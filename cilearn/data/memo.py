@@ -7,6 +7,7 @@ import json
 import os
 from contextlib import contextmanager
 
+from ..schema import to_dict
 from .registry import load_dataset
 
 _SPLITS_CACHE: dict | None = None  # a dict only inside shared_datasets()
@@ -27,12 +28,12 @@ def load_splits(data_cfg):
     cache = _SPLITS_CACHE
     try:
         key = (data_cfg.name, data_cfg.root, data_cfg.download,
-               json.dumps(data_cfg.options, sort_keys=True), os.environ.get("CILEARN_DATA", ""))
+               json.dumps(to_dict(data_cfg.options), sort_keys=True), os.environ.get("CILEARN_DATA", ""))
     except (TypeError, ValueError):  # options that are not plain data (an injected opener): no caching
         key = None
     if cache is not None and key is not None and key in cache:
         return cache[key]
-    splits = load_dataset(data_cfg.name, data_cfg.root, download=data_cfg.download, **data_cfg.options)
+    splits = load_dataset(data_cfg.name, data_cfg.root, data_cfg.download, data_cfg.options)
     if cache is not None:
         cache.clear()  # one dataset at a time: memory stays bounded
         if key is not None:

@@ -320,7 +320,7 @@ def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
             cfg = read_config(run.dir)
             info = read_run_info(run.dir)
             h, _, c = info["image_shape"]
-            if target_layer(build_model(cfg.model.name, c, h, **cfg.model.options)) is None:
+            if target_layer(build_model(cfg.model.name, c, h, cfg.model.options)) is None:
                 section.notes.append(f"{label}: model '{cfg.model.name}' is not convolutional; Grad-CAM skipped.")
                 continue
             steps = (choose_steps(options.cam_steps, run.tasks_done) if options.cam_steps

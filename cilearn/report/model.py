@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..assembly import model_with_head
 from ..augment import BatchAugment, to_tensor_images
 from ..checkpoints import load_checkpoint
 from ..config import Config, load_yaml, parse_config
@@ -65,9 +66,6 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
                                ) -> tuple[torch.nn.Module, Config, RunInfo]:
     """Model, config and run info from a checkpoint inside a run directory (``RUN/checkpoints/x.pt``
     unless ``run_dir`` is given).  The model is on the CPU, in eval mode."""
-    from ..methods import install_head, method_options
-    from ..models import build_model
-
     checkpoint_path = Path(checkpoint_path)
     run_dir = Path(run_dir) if run_dir is not None else checkpoint_path.resolve().parent.parent
     if not checkpoint_path.is_file():
@@ -82,8 +80,7 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
     if not isinstance(state, dict) or "model" not in state or "head_sizes" not in state:
         raise ReportError(f"'{checkpoint_path}' is not a cilearn run checkpoint (no model/head_sizes).")
     height, _, channels = info["image_shape"]
-    model = build_model(cfg.model.name, channels, height, **cfg.model.options)
-    install_head(model, method_options(cfg.method))  # the head the run's method trained (cosine, ...)
+    model = model_with_head(cfg, channels, height)  # the head the run's method trained (cosine, ...)
     for size in state["head_sizes"]:
         model.add_classes(int(size))
     try:
