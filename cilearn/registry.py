@@ -57,6 +57,10 @@ class Registry:
         self._components[name] = component
         return component
 
+    def remove(self, name: str) -> None:
+        """Forget a component (tests, and a notebook replacing its own)."""
+        self._components.pop(name, None)
+
     def _read_plugins(self) -> None:
         if self._plugins_read:
             return

@@ -98,9 +98,9 @@ def test_bad_user_datasets_get_one_clear_message(digits):
         from_torch([(sizes[0], 0), (sizes[0], 1)], [(sizes[0], 0)], class_names=["only"])
 
 
-def test_a_registered_dataset_is_usable_by_name_in_a_config(tmp_path, digits, monkeypatch):
-    monkeypatch.setattr(cilearn.data.registry, "_REGISTERED", {})  # this test's registrations end with it
+def test_a_registered_dataset_is_usable_by_name_in_a_config(tmp_path, digits, request):
     register_dataset("api_test_digits", digits)
+    request.addfinalizer(lambda: cilearn.data.registry.DATASETS.remove("api_test_digits"))  # ends with this test
     names = [name for name, _ in cilearn.data.list_datasets()]
     assert "api_test_digits" in names
     config = {**TINY, "data": {"name": "api_test_digits"}}
@@ -249,9 +249,8 @@ def test_running_the_same_script_twice_makes_a_new_version_folder(tmp_path):
         experiment.run(tmp_path / "runs/version_0")
     with pytest.raises(ConfigError, match="not both"):
         experiment.run(tmp_path / "a", root=tmp_path / "b")
-    bad = Experiment.from_dict({**TINY, "data": {"name": "digits", "options": {"nope": 1}}})
-    with pytest.raises(DataError, match="has no option 'nope'"):  # found while the data loads: no empty folder
-        bad.run(root=tmp_path / "runs")
+    with pytest.raises(ConfigError, match="data.options: unknown key 'nope'"):  # found when parsed: no empty folder
+        Experiment.from_dict({**TINY, "data": {"name": "digits", "options": {"nope": 1}}})
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1", "version_7",
                                                                      "version_8"]
 

@@ -141,8 +141,9 @@ def test_parse_config_defaults_and_round_trip():
     cfg = parse_config(expand_runs(dict(BASE))[0])
     assert isinstance(cfg, Config)
     assert cfg.train.epochs == 1 and cfg.train.checkpoint_every == 0 and cfg.seed == 0
-    assert cfg.method["name"] == "finetune"  # with every option's default listed
-    assert set(cfg.method) == {f.name for f in dataclasses.fields(METHODS["finetune"].Options)}
+    assert cfg.method.name == "finetune"  # parsed into the method's own options, every default listed
+    assert type(cfg.method) is METHODS.get("finetune").options
+    assert set(cfg.to_dict()["method"]) == {f.name for f in dataclasses.fields(METHODS.get("finetune").options)}
     assert cfg.scenario.classes_per_task == 2
     again = parse_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))  # what config.yaml holds
     assert again == cfg

@@ -176,7 +176,7 @@ def test_replay_methods_on_two_processes_match_one(tmp_path):
 
 
 def test_replay_batches_must_divide_by_the_processes():
-    from cilearn.distributed import check_method
+    from cilearn.assembly import check_distributed_method as check_method
     from cilearn.errors import ConfigError
 
     method = type("Stub", (), {"name": "derpp", "replay": object(), "replay_batch_size": 15})()

@@ -254,7 +254,7 @@ CASES = [
          ("method: unknown key 'memory'", "Did you mean 'memory_size'?"), needs=("icarl",)),
     # --- combinations that cannot work (found before anything is written)
     Case("unknown dataset", lambda c: c.run({"data.name": "digit"}), ("unknown dataset 'digit'", "'digits'")),
-    Case("unknown dataset option", lambda c: c.run({"data.options": {"size": 3}}), ("has no option 'size'",)),
+    Case("unknown dataset option", lambda c: c.run({"data.options": {"size": 3}}), ("unknown key 'size'",)),
     Case("unknown model", lambda c: c.run({"model.name": "mpl"}), ("unknown model 'mpl'", "'mlp'")),
     Case("unknown model option", lambda c: c.run({"model.options": {"hiden": [3]}}), ("'hiden'", "'hidden'")),
     Case("classes per task do not divide",

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from cilearn.cli import main
-from cilearn.methods import METHODS
+from cilearn.methods import METHODS, register
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS, EPOCHS = 5, 6
@@ -369,7 +369,7 @@ def test_killed_before_the_config_was_written_can_start_again(tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(out)]) == 2  # now it holds a run: never overwritten
 
 
-def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypatch, capsys):
+def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypatch, request, capsys):
     """begin_task/training_data run again when a run resumes inside a task; they get the random state
     they had the first time (a method may subsample its data with np.random, say)."""
     from cilearn.methods import Method
@@ -386,7 +386,8 @@ def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypat
             keep = np.sort(np.random.permutation(len(task.train))[: len(task.train) // 2 + int(10 * self.noise)])
             return task.train.subset(keep)
 
-    monkeypatch.setitem(METHODS, Subsample.name, Subsample)
+    register(Subsample)
+    request.addfinalizer(lambda: METHODS.remove(Subsample.name))
     raw = config({"name": Subsample.name})
     raw["scenario"]["num_tasks"] = 3
     cfg = tmp_path / "c.yaml"

@@ -13,7 +13,8 @@ import yaml
 from cilearn.cli import main
 from cilearn.config import Config, expand_runs, json_schema, load_yaml, parse_config
 from cilearn.methods import all_methods
-from cilearn.models.registry import model_defaults
+from cilearn.models.registry import model_options
+from cilearn.schema import to_dict
 from cilearn.streams import STREAM_OPTIONS
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (test extra) checks configs against the schema")
@@ -92,8 +93,8 @@ def test_the_resolved_config_lists_every_default(tmp_path):
         assert set(resolved[section]) == keys(type(getattr(cfg, section))), section
     assert set(resolved["method"]) == keys(all_methods()["icarl"].Options)
     assert resolved["method"]["memory_size"] == 2000 and resolved["method"]["label"] is None
-    defaults, required = model_defaults("resnet20")
-    assert resolved["model"]["options"] == {**defaults, "width": 2} and required == []
+    defaults = to_dict(model_options("resnet20"))
+    assert resolved["model"]["options"] == {**defaults, "width": 2}
     assert set(resolved["scenario"]["options"]) == keys(STREAM_OPTIONS["permuted"])
     assert parse_config(copy.deepcopy(resolved)).to_dict() == resolved  # resolving again changes nothing
     # ... and what a run writes is that: config.yaml of a real run

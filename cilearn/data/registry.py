@@ -110,7 +110,7 @@ _add("clear", lambda root, download, o: load_clear(_from_root(root, o.path), tes
                                                    image_size=o.image_size, workers=o.workers), ClearOptions,
      "CLEAR-10-style time buckets <path>/<bucket>/<class>/*.jpg (+ <bucket>/test/ or test_path, else a seeded "
      "test_fraction split); for scenario stream 'buckets'")
-BUILTIN = tuple(DATASETS.components())
+BUILTIN = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar10_jpeg", "image_folder", "clear")
 
 
 def _key(name: Any) -> str:
