@@ -15,8 +15,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from .data.registry import DATASETS
 from .errors import CilearnError, did_you_mean
 from .log import NORMAL, QUIET, VERBOSE, setup_logging
+from .loggers import LOGGERS
+from .loggers import SETTINGS as LOGGER_SETTINGS
+from .methods import METHODS
+from .models.registry import MODELS
+from .schema import describe
+from .sections import OutputConfig
+from .streams import STREAMS
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
@@ -53,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", help="run these seeds (same as seeds: [...] in the config)")
 
     sub.add_parser("configs", help="list the configs shipped with cilearn (run one by name: cilearn run NAME)")
-    lst = sub.add_parser("list", help="list datasets, models and methods")
-    lst.add_argument("--options", action="store_true", help="also show every method's options")
+    lst = sub.add_parser("list", help="list datasets, models, methods, streams and loggers")
+    lst.add_argument("--options", action="store_true", help="also show the options of each")
     schema = sub.add_parser("schema", help="print the JSON Schema of config files (for editors that check YAML)")
     schema.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
     for module in EXTRA_COMMANDS:
@@ -115,22 +123,29 @@ def interrupted_message(run_dir: Path | None) -> str:
 
 
 def cmd_list(args) -> int:
-    from .data import list_datasets
-    from .methods import METHODS, list_methods
-    from .models import list_models
-    from .schema import describe
-
-    for title, rows in (("datasets", list_datasets()), ("models", list_models()), ("methods", list_methods())):
+    """Every registered component by kind; with --options each one's options (type, default, help)."""
+    methods = dict(sorted(METHODS.components().items()))
+    output = {row[0]: row for row in describe(OutputConfig)}
+    for title, components in (("datasets", DATASETS.components()), ("models", MODELS.components()),
+                              ("methods", methods), ("streams (scenario.options.stream)", STREAMS.components()),
+                              ("loggers (output.loggers)", LOGGERS.components())):
         print(f"{title}:")
-        width = max(len(name) for name, _ in rows)
-        for name, text in rows:
-            print(f"  {name:<{width}}  {text}")
-            if args.options and title == "methods":
-                if METHODS[name].paper:
-                    print(f"  {'':<{width}}    paper: {METHODS[name].paper}")
-                for option, kind, default, help_text in describe(METHODS[name].Options):
-                    if option != "name":
-                        print(f"  {'':<{width}}    {option} ({kind}, default {default!r}) {help_text}")
+        width = max(len(name) for name in components)
+        for name, component in components.items():
+            print(f"  {name:<{width}}  {component.description}")
+            if not args.options:
+                continue
+            if component.paper:
+                print(f"  {'':<{width}}    paper: {component.paper}")
+            if component.options is not None:
+                rows = describe(component.options)
+            elif component.plugin:
+                rows = [("options", "a mapping", {}, "passed to the plugin as written (it declares no Options)")]
+            else:
+                rows = [(f"output.{key}", *output[key][1:]) for key in LOGGER_SETTINGS.get(name, ())]
+            for option, kind, default, help_text in rows:
+                if option not in ("name", "stream"):
+                    print(f"  {'':<{width}}    {option} ({kind}, default {default!r}) {help_text}")
     return 0
 
 

@@ -341,8 +341,10 @@ def json_schema() -> dict:
             options = section_schema(component.options, defs) if component.options else {"type": "object"}
             options["title"] = f"{kind} {name} options"
             defs[f"{kind}.{name}"] = options
-            rules.append({"if": {"properties": {"name": {"const": name}}, "required": ["name"]},
-                          "then": {"properties": {"options": {"$ref": f"#/$defs/{kind}.{name}"}}}})
+            then: dict = {"properties": {"options": {"$ref": f"#/$defs/{kind}.{name}"}}}
+            if options.get("required"):  # e.g. image_folder's path: the options must be given
+                then["required"] = ["options"]
+            rules.append({"if": {"properties": {"name": {"const": name}}, "required": ["name"]}, "then": then})
         defs[section]["properties"]["options"]["type"] = "object"
         defs[section]["allOf"] = rules
     for kind, component in STREAMS.components().items():

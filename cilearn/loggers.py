@@ -401,7 +401,9 @@ def _plugin(name: str, kind: object) -> Component:
     return Component(name, kind, None, first_line(kind, f"logger from a plugin ({name})"))
 
 
-# The in-tree loggers take their settings from output.* keys (output.wandb_project, output.mlflow_experiment, ...).
+# The in-tree loggers take their settings from these output.* keys (cilearn list --options shows them).
+SETTINGS = {"wandb": ("wandb_project", "wandb_entity", "wandb_group", "wandb_tags", "wandb_name"),
+            "mlflow": ("mlflow_experiment",)}
 LOGGERS = Registry("logger", "output.loggers", "cilearn.loggers", adapt=_plugin)
 LOGGERS.add("csv", CsvLogger, None, "log.csv and accuracy_matrix.csv in the run folder")
 LOGGERS.add("tensorboard", TensorBoardLogger, None, "TensorBoard event files in RUN_DIR/tensorboard "

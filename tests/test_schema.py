@@ -59,6 +59,12 @@ def test_every_shipped_config_and_its_resolved_runs_validate(validator, path):
     ({"seeds": [1, 1]}, "seeds: [1, 1] has non-unique elements"),
     ({"scenario": {"type": "class_incremental"}}, "scenario: 'classes_per_task' is a required property"),
     ({"scenario": {"type": "domain_incremental", "options": {"stream": "rotated", "angle": [0]}}}, "scenario.options"),
+    ({"model": {"name": "mlp", "options": {"hiden": [8]}}}, "model.options: Additional properties"),
+    ({"model": {"name": "resnet20", "options": {"shortcut": "C"}}}, "model.options.shortcut: 'C' is not one of"),
+    ({"model": {"name": "resnet20", "options": {"hidden": [8]}}}, "model.options: Additional properties"),
+    ({"data": {"name": "digits", "options": {"test_fraction": 2}}}, "data.options.test_fraction: 2 is greater"),
+    ({"data": {"name": "image_folder"}}, "data: 'options' is a required property"),
+    ({"output": {"loggers": ["csv", "tensorbord"]}}, "output.loggers.1: 'tensorbord' is not one of"),
 ])
 def test_a_wrong_key_type_or_value_fails(validator, change, where):
     raw = {**copy.deepcopy(GOOD), **change}

@@ -35,18 +35,20 @@ BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStr
 def _component(name: str, cls: Any) -> Component:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise ConfigError(f"the cilearn.methods plugin '{name}' is {cls!r}, not a cilearn Method subclass.")
-    return Component(name, cls, cls.Options, cls.description)
+    return Component(name, cls, cls.Options, cls.description, getattr(cls, "paper", ""))
 
 
 METHODS = Registry("method", "method.name", "cilearn.methods", adapt=_component)
-for _cls in BUILTIN:
-    METHODS.add(_cls.name, _cls, _cls.Options, _cls.description)
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Add a method class to the registry (usable as a decorator by plugins)."""
-    METHODS.add(cls.name, cls, cls.Options, cls.description)
+    METHODS.add(cls.name, cls, cls.Options, cls.description, getattr(cls, "paper", ""))
     return cls
+
+
+for _cls in BUILTIN:
+    register(_cls)
 
 
 def all_methods() -> dict[str, type[Method]]:
