@@ -310,8 +310,8 @@ class Run:
         """One training stage of ``task`` on the shared loop; returns the data it trained on."""
         cfg, stage = self.cfg, stages[index]
         self.method.begin_stage(stage)
-        data = stage.data if stage.data is not None else self.method.training_data(task)
-        self.trainer.start(self.method, stage.overrides)
+        data = stage.training_data(self.method, task)
+        self.trainer.start(self.method, stage)
         start_epoch = 0
         if state is not None:
             with self.checkpoints.must_fit():

@@ -23,7 +23,7 @@ from .data import ImageData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingDiverged
 from .log import progress_disabled
-from .methods import Batch, Method, Output
+from .methods import Batch, Method, Output, Stage
 from .optim import make_optimizer, make_scheduler
 from .runtime import autocast
 from .sections import TrainConfig
@@ -75,17 +75,21 @@ class Trainer:
         self.device, self.augment = device, augment
         self.class_task = class_task
         self.distributed = distributed  # torchrun: this process computes its share of every batch
+        self.stage = Stage()  # the stage start() prepared
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.carried: dict[str, dict] = {}  # optimizer_state keep: the state a resumed run starts its next task with
 
-    def start(self, method: Method, overrides: dict | None = None) -> None:
-        """Fresh optimizer and schedule for a new stage (restored afterwards when resuming).  With
-        ``optimizer_state: keep`` the new optimizer takes over the previous one's per-parameter state (Adam's
-        moments and step counts), matched by parameter name; parameters new to it (a grown head) start fresh."""
-        self.cfg = stage_config(self.base_cfg, overrides or {})
+    def start(self, method: Method, stage: Stage | dict | None = None) -> None:
+        """Fresh optimizer and schedule for a new stage (restored afterwards when resuming): the stage's train
+        settings, over what it trains (:meth:`Stage.parameter_groups`); a plain dict is the train overrides of
+        a stage that trains what the method's ``parameter_groups()`` gives.  With ``optimizer_state: keep``
+        the new optimizer takes over the previous one's per-parameter state (Adam's moments and step counts),
+        matched by parameter name; parameters new to it (a grown head) start fresh."""
+        self.stage = stage if isinstance(stage, Stage) else Stage(overrides=stage or {})
+        self.cfg = stage_config(self.base_cfg, self.stage.train_overrides())
         carried = self.kept_state(method.model) if self.cfg.optimizer_state == "keep" else {}
-        self.optimizer = make_optimizer(method.parameter_groups(), self.cfg, model=method.model)
+        self.optimizer = make_optimizer(self.stage.parameter_groups(method), self.cfg, model=method.model)
         trained = {p for group in self.optimizer.param_groups for p in group["params"]}
         for name, parameter in method.model.named_parameters():
             if name in carried and parameter in trained and _fits(carried[name], parameter):
@@ -149,6 +153,14 @@ class Trainer:
     def fit(self, model: torch.nn.Module, method: Method, data: ImageData, start_epoch: int = 0,
             on_epoch_end: Callable[[EpochResult], None] | None = None, desc: str = "",
             task_index: int = 0) -> None:
+        """Train the stage :meth:`start` prepared, from ``start_epoch``; a stage that trains only part of the
+        model has the rest fixed while it runs (:class:`FixedPart`)."""
+        with FixedPart(model, self.optimizer, self.stage) as fixed:
+            self._epochs(model, method, data, start_epoch, on_epoch_end, desc, task_index, fixed)
+
+    def _epochs(self, model: torch.nn.Module, method: Method, data: ImageData, start_epoch: int,
+                on_epoch_end: Callable[[EpochResult], None] | None, desc: str, task_index: int,
+                fixed: FixedPart) -> None:
         cfg, device = self.cfg, self.device
         images = nchw_view(data.images, device)
         labels = torch.as_tensor(data.labels, device=device)
@@ -157,6 +169,7 @@ class Trainer:
         plan = self.plan(n, model)
         per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        forward, objective = self.stage.forward or method.forward, self.stage.loss or method.loss
         reduced = self.precision == "bf16"
         gathers = type(method).after_step is not Method.after_step  # under torchrun: after_step sees the whole batch
         num_seen = method.num_seen
@@ -170,6 +183,7 @@ class Trainer:
             bar.set_description(f"{desc} epoch {epoch + 1}/{len(plan)}", refresh=False)
             started = time.perf_counter()
             model.train()
+            fixed.hold_modes()
             method.begin_epoch(epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -186,14 +200,14 @@ class Trainer:
                 if dist is not None:  # the whole batch is drawn and augmented alike everywhere; compute a share
                     batch = local_share(whole, dist)
                 with autocast(self.precision, device):
-                    out = method.forward(batch)
+                    out = forward(batch)
                     if reduced:  # the network ran in bf16; the losses read fp32
                         out = full_precision(out)
-                    loss = method.loss(out, batch)
+                    loss = objective(out, batch)
                     if batch.mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
                         mixed = batch.mix.labels  # this process's share under torchrun, like batch.labels
                         other = dataclasses.replace(batch, labels=mixed, task_ids=self._task_ids(mixed, task_index))
-                        loss = batch.mix.lam * loss + (1 - batch.mix.lam) * method.loss(out, other)
+                        loss = batch.mix.lam * loss + (1 - batch.mix.lam) * objective(out, other)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
@@ -233,6 +247,48 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(result)
         bar.close()
+
+
+class FixedPart:
+    """What a stage that trains only some parameters (:attr:`Stage.trains`) does to the rest of the model
+    while it runs (a ``with`` block): their ``requires_grad`` is off (no gradient, no graph through them), and
+    with ``frozen_in_eval`` the largest submodules holding none of the trained parameters run in eval mode
+    (:meth:`hold_modes`, every epoch after ``model.train()``).  Leaving the block undoes both: the parameters
+    train again, the modules are back in training mode.  Parameters that were already frozen stay so; a stage
+    that trains everything changes nothing."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: Stage) -> None:
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        partial = stage.trains_part
+        self.fixed_parameters = [p for p in model.parameters() if p.requires_grad and id(p) not in trained] \
+            if partial else []
+        self.eval_modules = untrained_modules(model, trained) if partial and stage.frozen_in_eval else []
+
+    def __enter__(self) -> FixedPart:
+        for parameter in self.fixed_parameters:
+            parameter.requires_grad_(False)
+        return self
+
+    def hold_modes(self) -> None:
+        for module in self.eval_modules:
+            module.eval()
+
+    def __exit__(self, *exc) -> None:
+        for parameter in self.fixed_parameters:
+            parameter.requires_grad_(True)
+        for module in self.eval_modules:
+            module.train()
+
+
+def untrained_modules(module: torch.nn.Module, trained: set[int]) -> list[torch.nn.Module]:
+    """The largest submodules of ``module`` (itself included) that hold state (parameters or buffers) but
+    none of the ``trained`` parameters (ids).  A module without state (an activation, dropout) goes with its
+    parent."""
+    parameter_ids = [id(p) for p in module.parameters()]
+    if not any(i in trained for i in parameter_ids):
+        has_state = parameter_ids or next(module.buffers(), None) is not None
+        return [module] if has_state else []
+    return [found for child in module.children() for found in untrained_modules(child, trained)]
 
 
 def local_share(whole: Batch, dist: Distributed) -> Batch:

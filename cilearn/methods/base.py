@@ -16,7 +16,8 @@ Per epoch / task / run:
 - ``begin_epoch(epoch)`` / ``end_epoch(epoch)``;
 - ``training_data(task)``: what the loop trains on (the task's data plus a memory, say);
 - ``stages(task)``: the training stages of a task, run one after the other by the same loop and
-  checkpointed like any epoch (default: one stage; BiC adds a bias-correction stage);
+  checkpointed like any epoch (default: one stage; BiC adds a bias-correction stage).  A :class:`Stage`
+  declares its schedule, data, what it trains (the rest fixed, in eval mode) and its objective;
 - ``parameter_groups()``: what the optimizer trains (a method may ask for its own groups);
 - ``make_head(options, in_features)`` (class method): the classifier head the method needs instead of the
   linear one (a cosine classifier, say), installed before the first task and when a run is rebuilt;
@@ -32,6 +33,7 @@ batch as ``batch.replay``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -86,15 +88,98 @@ class Output:
     logits: torch.Tensor
 
 
+# What a stage trains (:attr:`Stage.trains`): "all", a submodule's path in the model ("head", "head.chunks.2"),
+# modules and parameters (one or a list), or a function returning one of these when the stage starts.
+Trainable = (str | torch.nn.Module | torch.nn.Parameter | Iterable[torch.nn.Module | torch.nn.Parameter]
+             | Callable[[], Any])
+
+
 @dataclasses.dataclass
 class Stage:
-    """A training stage of a task: the shared loop runs it with ``overrides`` applied to the train
-    config (e.g. ``{"epochs": 2, "lr": 0.01, "milestones": []}``) on ``data`` (None: the method's
-    ``training_data``).  Between stages the run is checkpointed."""
+    """A training stage of a task, run by the shared loop; between stages the run is checkpointed.
+
+    A stage declares what differs from the method's ordinary training, and the loop applies it, so that the
+    method's hooks need not ask which stage runs:
+
+    - ``name``: shown in ``log.csv`` and the progress lines;
+    - ``epochs``, ``lr``: the stage's own number of epochs and learning rate (None: the run's ``train``
+      values); ``overrides``: any other ``train`` settings of the stage (e.g. ``{"milestones": [],
+      "scheduler": "constant"}``; ``epochs`` and ``lr`` may also be given here, as before, but not twice).  A
+      stage that sets ``epochs`` counts epochs even when the run counts ``train.iterations``;
+    - ``data``: what the stage trains on — an :class:`ImageData`, or a function returning one, called when
+      the stage starts (after ``begin_stage``), for data that depends on what earlier stages did; None: the
+      method's ``training_data(task)``;
+    - ``trains``: what the optimizer trains.  ``"all"`` (the default): the method's ``parameter_groups()``,
+      and the loop changes nothing else.  Otherwise the stage trains only these parameters, in one group, in
+      the order given: a submodule's path in the model (``"head"``, ``"head.chunks.2"``), modules or
+      parameters (one or a list; a module stands for its parameters), or a function returning one of these,
+      called when the stage starts.  While the stage runs, every other parameter of the model is fixed:
+      ``requires_grad`` is off (no gradient, no graph through a frozen backbone) and restored afterwards.
+      Parameters the model itself keeps frozen (``requires_grad`` False: a linear probe's backbone) stay so;
+    - ``frozen_in_eval`` (with ``trains`` other than ``"all"``): the modules that hold none of the trained
+      parameters run in eval mode every epoch (BatchNorm normalises with, and keeps, its running statistics;
+      dropout is off), and go back to training mode when the stage ends; False: they stay in training mode;
+    - ``forward``, ``loss``: the stage's own ``forward(batch) -> Output`` and ``loss(out, batch)``, when its
+      objective differs from the method's (None: the method's hooks).
+
+    E.g. BiC's bias correction: ``Stage("bias", epochs=200, data=held_out, trains=[alpha, beta],
+    loss=cross_entropy)``; the method's ``begin_stage`` still receives every stage (``self.stage``)."""
 
     name: str = "train"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data: ImageData | None = None
+    data: ImageData | Callable[[], ImageData] | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    trains: Trainable = "all"
+    frozen_in_eval: bool = True
+    forward: Callable[["Batch"], "Output"] | None = None
+    loss: Callable[["Output", "Batch"], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "lr"):
+            if getattr(self, key) is not None and key in self.overrides:
+                raise ValueError(f"stage {self.name!r}: {key} is given twice (as a field and in overrides)")
+
+    def train_overrides(self) -> dict[str, Any]:
+        """The ``train`` settings this stage changes: ``overrides`` with ``epochs`` and ``lr`` when set."""
+        typed = {key: getattr(self, key) for key in ("epochs", "lr") if getattr(self, key) is not None}
+        return {**self.overrides, **typed} if typed else self.overrides
+
+    def training_data(self, method: "Method", task: Task) -> ImageData:
+        """What the stage trains on: its ``data`` (called when a function), else the method's."""
+        if self.data is None:
+            return method.training_data(task)
+        return self.data() if callable(self.data) else self.data
+
+    def parameter_groups(self, method: "Method") -> list[dict]:
+        """The optimizer's parameter groups: the method's, or the one group of what the stage ``trains``."""
+        if not self.trains_part:
+            return method.parameter_groups()
+        return [{"params": self._selected_parameters(method.model)}]
+
+    def _selected_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters ``trains`` names, each once, in the order given."""
+        selection = self.trains
+        if callable(selection) and not isinstance(selection, torch.nn.Module):
+            selection = selection()
+        if isinstance(selection, str):
+            try:
+                selection = model.get_submodule(selection)
+            except AttributeError as error:
+                raise ValueError(f"stage {self.name!r} trains {self.trains!r}: the model has no such "
+                                 f"submodule ({error})") from None
+        if isinstance(selection, (torch.nn.Module, torch.nn.Parameter)):
+            selection = [selection]
+        parameters: dict[int, torch.nn.Parameter] = {}
+        for item in selection:
+            for parameter in item.parameters() if isinstance(item, torch.nn.Module) else [item]:
+                parameters.setdefault(id(parameter), parameter)
+        return list(parameters.values())
+
+    @property
+    def trains_part(self) -> bool:
+        """Whether the stage trains only part of the model (the loop then fixes the rest)."""
+        return not (isinstance(self.trains, str) and self.trains == "all")
 
 
 @dataclasses.dataclass

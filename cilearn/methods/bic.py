@@ -155,42 +155,31 @@ class BiC(Rehearsal):
     def stages(self, task: Task) -> list[Stage]:
         if task.index == 0 or len(self.heldout) == 0:
             return [Stage()]
-        bias = {"epochs": self.options.bias_epochs, "milestones": [], "scheduler": "constant", "weight_decay": 0.0}
-        if self.options.bias_lr is not None:
-            bias["lr"] = self.options.bias_lr
-        return [Stage(), Stage("bias", bias)]
+        # only this task's correction trains, on the held-out set; the network is fixed (BatchNorm statistics too)
+        head = self.model.head
+        bias = Stage("bias", epochs=self.options.bias_epochs, lr=self.options.bias_lr,
+                     overrides={"milestones": [], "scheduler": "constant", "weight_decay": 0.0},
+                     data=self.heldout.as_data(task.train.class_names),
+                     trains=[head.alpha[task.index], head.beta[task.index]], loss=self.bias_loss)
+        return [Stage(), bias]
 
     def training_data(self, task: Task) -> ImageData:
-        if self.stage.name == "bias":
-            return self.heldout.as_data(task.train.class_names)
         if len(self.memory) == 0:
             return self.train_part
         return concat([self.train_part, self.memory.as_data(task.train.class_names)])
 
     def parameter_groups(self) -> list[dict]:
         head = self.model.head
-        if self.stage.name == "bias":
-            return [{"params": [head.alpha[self.task.index], head.beta[self.task.index]]}]
         correction = {id(p) for p in [*head.alpha, *head.beta]}
         return [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in correction]}]
 
-    def begin_epoch(self, epoch: int) -> None:
-        if self.stage.name == "bias":  # the network is fixed, its BatchNorm statistics too
-            self.model.eval()
-
-    def forward(self, batch: Batch) -> Output:
-        if self.stage.name != "bias":
-            return super().forward(batch)
-        with torch.no_grad():  # only the correction trains: no graph through the network
-            features = self.model.features(batch.inputs)
-            raw = self.model.head.raw(features)
-        return Output(features, self.model.head.correct(raw))
-
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
-        if self.stage.name == "bias":
-            return torch.nn.functional.cross_entropy(out.logits, batch.labels)
         teacher = self.teacher.logits(batch.inputs) if self.teacher else None
         return balanced_distillation(out.logits, batch.labels, teacher, self.options.temperature)
+
+    def bias_loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        """The bias stage's objective: cross-entropy of the corrected logits on the held-out set."""
+        return torch.nn.functional.cross_entropy(out.logits, batch.labels)
 
     def update_memory(self, task: Task, data: ImageData) -> None:
         """The training exemplars get what the held-out part leaves of each class's share, chosen from

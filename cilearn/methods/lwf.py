@@ -69,20 +69,12 @@ class LwF(Method):
 
     def stages(self, task: Task) -> list[Stage]:
         if self.options.warmup_epochs and self.teacher:
-            warmup = {"epochs": self.options.warmup_epochs, "milestones": [], "scheduler": "constant"}
-            if self.options.warmup_lr is not None:
-                warmup["lr"] = self.options.warmup_lr
-            return [Stage("warmup", warmup), Stage()]
+            # only the new classes' outputs train; the backbone is fixed (its BatchNorm statistics too)
+            warmup = Stage("warmup", epochs=self.options.warmup_epochs, lr=self.options.warmup_lr,
+                           overrides={"milestones": [], "scheduler": "constant"},
+                           trains=self.model.head.chunks[task.index])
+            return [warmup, Stage()]
         return [Stage()]
-
-    def parameter_groups(self) -> list[dict]:
-        if self.stage.name == "warmup":  # only the new classes' outputs
-            return [{"params": list(self.model.head.chunks[self.task.index].parameters())}]
-        return super().parameter_groups()
-
-    def begin_epoch(self, epoch: int) -> None:
-        if self.stage.name == "warmup":  # the frozen backbone keeps its BatchNorm statistics too
-            self.model.backbone.eval()
 
     def forward(self, batch: Batch) -> Output:
         return forward_teacher_first(self, batch)

@@ -146,32 +146,24 @@ class PODNet(CosineRehearsal):
     def stages(self, task: Task) -> list[Stage]:
         if task.index == 0 or not self.options.finetune_epochs:
             return [Stage()]
-        finetune = {"epochs": self.options.finetune_epochs, "lr": self.options.finetune_lr, "milestones": [],
-                    "scheduler": "constant"}
-        return [Stage(), Stage("finetune", finetune)]
+        # only the classifier trains (η too with finetune_scale), on the memory; the backbone is fixed (its
+        # BatchNorm statistics too); the plain forward and the NCA loss alone: nothing to distil
+        head = self.model.head
+        finetune = Stage("finetune", epochs=self.options.finetune_epochs, lr=self.options.finetune_lr,
+                         overrides={"milestones": [], "scheduler": "constant"}, data=self.balanced_data,
+                         trains=[p for p in head.parameters() if self.options.finetune_scale or p is not head.scale],
+                         forward=super().forward, loss=self.classifier_loss)
+        return [Stage(), finetune]
 
-    def begin_stage(self, stage: Stage) -> None:
-        super().begin_stage(stage)
-        if stage.name == "finetune" and not self.memory_has(self.task.new_classes):
-            self.update_memory(self.task, self.task.train)  # with the network stage 1 trained
+    def balanced_data(self) -> ImageData:
+        """The fine-tuning stage's data: the memory, given the new classes' exemplars first (selected with
+        the network stage 1 trained)."""
+        if not self.memory_has(self.task.new_classes):
+            self.update_memory(self.task, self.task.train)
+        return self.memory.as_data(self.task.train.class_names)
 
     def memory_has(self, classes) -> bool:
         return bool(np.isin(classes, self.memory.labels).all())
-
-    def training_data(self, task: Task) -> ImageData:
-        if self.stage.name == "finetune":
-            return self.memory.as_data(task.train.class_names)
-        return super().training_data(task)
-
-    def parameter_groups(self) -> list[dict]:
-        if self.stage.name == "finetune":
-            head = self.model.head
-            return [{"params": [p for p in head.parameters() if self.options.finetune_scale or p is not head.scale]}]
-        return super().parameter_groups()
-
-    def begin_epoch(self, epoch: int) -> None:
-        if self.stage.name == "finetune":  # the backbone is fixed, its BatchNorm statistics too
-            self.model.backbone.eval()
 
     def end_task(self, task: Task, train_data) -> None:
         if not self.memory_has(task.new_classes):
@@ -182,20 +174,20 @@ class PODNet(CosineRehearsal):
     _stages: list[torch.Tensor] | None = None  # the stage outputs of the step's forward, for its loss
 
     def forward(self, batch: Batch) -> Output:
-        if self.stage.name == "finetune":  # only the classifier trains: no graph through the backbone
-            with torch.no_grad():
-                features = self.model.features(batch.inputs)
-            return Output(features, self.model.head(features))
         if not self.teacher:
             return super().forward(batch)
         features, self._stages = self.model.features(batch.inputs, return_stages=True)
         return Output(features, self.model.head(features))
 
-    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+    def classifier_loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        """The local similarity classifier's NCA loss (the whole loss of the first task and of the fine-tuning)."""
         head = self.model.head
-        loss = nca_loss(head.similarities(out.features), batch.labels, head.scale, self.options.nca_margin,
+        return nca_loss(head.similarities(out.features), batch.labels, head.scale, self.options.nca_margin,
                         self.options.nca_hinge)
-        if self.stage.name == "finetune" or not self.teacher:
+
+    def loss(self, out: Output, batch: Batch) -> torch.Tensor:
+        loss = self.classifier_loss(out, batch)
+        if not self.teacher:
             return loss
         with torch.no_grad():
             teacher_features, teacher_stages = self.teacher.model.features(batch.inputs, return_stages=True)
