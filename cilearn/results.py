@@ -62,6 +62,7 @@ class RunResult:
 
     @property
     def display_name(self) -> str:
+        """``<label> (seed <k>)``, for titles and messages."""
         return f"{self.label} (seed {self.seed})"
 
     @property

@@ -19,7 +19,7 @@ from ..log import count
 from ..results import RunResult
 from ..rundir import atomic_write_text
 from . import ReportError, plots, tables
-from .runs import choose_steps, discover_runs, group_runs, predictions, safe_name
+from .runs import choose_steps, discover_runs, group_runs, read_predictions, safe_name
 
 OWN_SUFFIXES = (".png", ".csv", ".md", ".html")
 
@@ -171,7 +171,7 @@ def confusion_section(groups, out: Path, options: ReportOptions) -> Section:
         names = class_names(run)
         panels = []
         for step in choose_steps(options.steps, run.tasks_done):
-            data = predictions(run, step)
+            data = read_predictions(run, step)
             key = f"pred_{run.headline_classifier}"
             if key not in data:
                 key = next(k for k in data if k.startswith("pred_"))

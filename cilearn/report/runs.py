@@ -13,7 +13,7 @@ from ..rundir import RunDir
 from . import ReportError
 
 
-def predictions(run: RunResult, task: int) -> dict[str, np.ndarray]:
+def read_predictions(run: RunResult, task: int) -> dict[str, np.ndarray]:
     """The test labels, predictions and feature sample the run saved after ``task``."""
     data = run.files.read_npz(run.files.predictions(task))
     if data is None:

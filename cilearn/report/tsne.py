@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..results import RunResult
-from .runs import predictions
+from .runs import read_predictions
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_embedding(run: RunResult, task: int, classes: list[int], max_points: int
                   exemplars: bool = True) -> Embedding:
     """Test features saved after ``task`` (``predictions/task_XX.npz``) of ``classes``; with ``exemplars``
     the stored samples of ``exemplars/task_XX.npz`` are embedded with them (their saved features)."""
-    data = predictions(run, task)
+    data = read_predictions(run, task)
     if "features" not in data or "feature_index" not in data:
         return Embedding(task, np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), classes,
                          "no features were saved (output.save_features or max_feature_samples is 0)")
