@@ -116,7 +116,9 @@ def cmd_run(args) -> int:
 
 def interrupted_message(run_dir: Path | None) -> str:
     """What Ctrl-C leaves behind, naming the real run folder."""
-    if run_dir is not None and any((run_dir / name).is_file() for name in ("config.yaml", "experiment.yaml")):
+    from .rundir import RunDir  # here, not at the top: cilearn --help does not import numpy
+
+    if run_dir is not None and RunDir(run_dir).is_resumable():
         return (f"interrupted: finished tasks are saved; continue with: cilearn run --resume "
                 f"{shlex.quote(str(run_dir))}")
     return "interrupted before the run started; nothing was written."

@@ -126,7 +126,7 @@ class Experiment:
                 del checked  # each run builds its own again (the dataset is cached)
                 with RunLock(out):
                     check_fresh(out)  # another process may have started in the same folder meanwhile
-                    write_yaml(out / "experiment.yaml", self.config)
+                    write_yaml(RunDir(out).experiment, self.config)
                     run_children(out, self.runs, resume=False, data=self.data)
         return collect(out, [label for label, _ in self.runs])
 
@@ -194,7 +194,7 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 def collect(out: Path, labels: list[str]) -> ExperimentResult:
     """The result of a finished experiment: its runs in config order."""
-    if len(labels) == 1 and not (out / "experiment.yaml").is_file():
+    if len(labels) == 1 and not RunDir(out).is_experiment():
         return ExperimentResult(out, [RunResult.load(out)])
     return ExperimentResult(out, [RunResult.load(out / label) for label in labels])
 
@@ -227,20 +227,21 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
     if not out.is_dir():
         raise CheckpointError(f"--resume: '{out}' does not exist or is not a folder; give a run directory that "
                               f"a previous 'cilearn run' wrote.")
-    if (out / "experiment.yaml").is_file():
+    files = RunDir(out)
+    if files.is_experiment():
         with RunLock(out):
-            raw = load_yaml(out / "experiment.yaml")
+            raw = load_yaml(files.experiment)
             raws = expand_runs(raw)
             many = len({r["seed"] for r in raws}) > 1
             runs = [(run_label(r, many), parse_config(r)) for r in raws]
-            if (out / "summary.json").is_file() and all(
+            if files.summary_json.is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
                 say(f"'{out}' is already complete ({count(len(runs), 'run')}); nothing to resume.")
             else:
-                _check_data(out / "experiment.yaml", data)
+                _check_data(files.experiment, data)
                 run_children(out, runs, resume=True, data=data)
         return collect(out, experiment_labels(out))
-    if (out / "config.yaml").is_file():
+    if files.config.is_file():
         metrics = read_metrics(out)
         if metrics and metrics.get("complete"):
             say(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
@@ -248,11 +249,11 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             return collect(out, [metrics.get("label", "")])
         from .summary import write_summary
         try:
-            cfg = parse_config(load_yaml(out / "config.yaml"))
+            cfg = parse_config(load_yaml(files.config))
         except ConfigError as exc:
             message = str(exc)
-            raise ConfigError(message if str(out) in message else f"{out / 'config.yaml'}: {message}") from None
-        _check_data(out / "config.yaml", data)
+            raise ConfigError(message if str(out) in message else f"{files.config}: {message}") from None
+        _check_data(files.config, data)
         write_summary(out, [Run(cfg, out, data=data).execute(resume=True)], files=False)
         return collect(out, [cfg.method.label or cfg.method.name])
     raise CheckpointError(f"--resume: '{out}' is not a cilearn run directory (no config.yaml or "
@@ -268,7 +269,7 @@ def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool,
         if done and done.get("complete"):
             results.append(done)
             continue
-        results.append(Run(cfg, child, label, data=data).execute(resume=resume and (child / "config.yaml").exists()))
+        results.append(Run(cfg, child, label, data=data).execute(resume=resume and RunDir(child).config.exists()))
     from .summary import write_summary
     write_summary(out, results)
     return results

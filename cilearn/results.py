@@ -29,7 +29,8 @@ SCALAR_KEYS = ("average_incremental_accuracy", "last_accuracy", "forgetting", "b
 
 @dataclass(frozen=True)
 class RunResult:
-    """One run (a method and a seed): its folder and its ``metrics.json``."""
+    """One run (a method and a seed), finished or stopped after some task: its folder and its ``metrics.json``.
+    The Python API, the report and the sweep all read runs through this class."""
 
     path: Path
     metrics: dict
@@ -43,16 +44,45 @@ class RunResult:
         return cls(Path(path), metrics)
 
     @property
+    def files(self) -> RunDir:
+        """The run's folder: where each of its files lies."""
+        return RunDir(self.path)
+
+    @property
     def label(self) -> str:
-        return str(self.metrics.get("label") or self.metrics.get("method", ""))
+        """The method's label: runs of one label are the seeds of one method.  Runs of cilearn before its
+        reports wrote ``<label>/seed<k>`` into metrics.json; the suffix is left out."""
+        label = str(self.metrics.get("label") or self.metrics.get("method") or "run")
+        suffix = f"/seed{self.seed}"
+        return label[: -len(suffix)] if self.seed is not None and label.endswith(suffix) else label
 
     @property
     def seed(self) -> int | None:
         return self.metrics.get("seed")
 
     @property
+    def display_name(self) -> str:
+        """``<label> (seed <k>)``, for titles and messages."""
+        return f"{self.label} (seed {self.seed})"
+
+    @property
     def complete(self) -> bool:
         return bool(self.metrics.get("complete"))
+
+    @property
+    def tasks_done(self) -> int:
+        """How many tasks have been evaluated."""
+        return len(self.metrics.get("seen_accuracy") or [])
+
+    @property
+    def classes_per_step(self) -> list[int]:
+        """The number of classes seen after each task."""
+        return list(self.metrics.get("classes_per_step") or [])
+
+    @property
+    def headline_classifier(self) -> str:
+        """The classifier (``head``, ``nme``, ...) whose metrics are the run's headline ones."""
+        return str(self.metrics.get("classifier") or "head")
 
     @property
     def accuracy_matrix(self) -> np.ndarray:
@@ -82,6 +112,18 @@ class RunResult:
         if name not in found:
             raise KeyError(f"run '{self.label}' has no classifier {name!r}; it has {', '.join(found) or 'none'}.")
         return found[name]
+
+    def has_checkpoints(self) -> bool:
+        """Every evaluated task left its checkpoint (not so with ``output.save_checkpoints: false``)."""
+        return all(self.files.task_checkpoint(t).is_file() for t in range(self.tasks_done))
+
+    def has_predictions(self) -> bool:
+        """Every evaluated task left its test predictions (not so with ``output.save_features: false``)."""
+        return self.tasks_done > 0 and all(self.files.predictions(t).is_file() for t in range(self.tasks_done))
+
+    def log(self) -> dict[str, np.ndarray] | None:
+        """The per-epoch log as float columns (NaN where empty), or None when there is none."""
+        return self.files.read_log()
 
     def record(self) -> dict:
         """One flat dict: label, seed, method, dataset, classifier, the scalar metrics and the per-step curve."""
@@ -234,7 +276,7 @@ def experiment_labels(path: Path) -> list[str]:
     """The run folders of an experiment folder, in the order of its config (methods, then seeds)."""
     from .config import expand_runs, load_yaml, run_label
 
-    raws = expand_runs(load_yaml(path / "experiment.yaml"))
+    raws = expand_runs(load_yaml(RunDir(path).experiment))
     many = len({r["seed"] for r in raws}) > 1
     return [run_label(r, many) for r in raws]
 
@@ -262,7 +304,7 @@ def load_result(path: str | Path) -> ExperimentResult:
         if not runs:
             raise CheckpointError(f"sweep folder '{path}' holds no run that finished a task yet.")
         return ExperimentResult(path, runs)
-    if (path / "experiment.yaml").is_file():
+    if RunDir(path).is_experiment():
         runs = [RunResult.load(path / label) for label in experiment_labels(path)
                 if RunDir(path / label).read_metrics() is not None]
         if not runs:

@@ -18,6 +18,9 @@ transfer learning all go through it.  One run's folder::
 
 Several methods or seeds: a parent folder with ``experiment.yaml``, one child run folder per run
 (``<label>`` or ``<label>/seed<k>``), ``summary.json`` and ``summary.md``.
+
+A finished run as data (its metrics, label, seed, accuracy matrix) is :class:`cilearn.results.RunResult`, which
+reads its files through :class:`RunDir`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -195,11 +199,23 @@ def _leftover(name: str) -> bool:
     return name == ".lock" or (name.startswith(".config.yaml.") and name.endswith(".tmp"))
 
 
+def _float_or_nan(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 class RunDir:
-    """The layout of one run folder (see the module docstring)."""
+    """The layout of one run folder, or of the parent folder of several runs (see the module docstring)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run folder a task or epoch checkpoint lies in."""
+        return cls(Path(checkpoint).resolve().parent.parent)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -216,6 +232,10 @@ class RunDir:
     samples = property(lambda self: self.path / "samples.npz")
     checkpoints = property(lambda self: self.path / "checkpoints")
     epoch_checkpoint = property(lambda self: self.path / "checkpoints" / "epoch.pt")
+    # the parent folder of several runs
+    experiment = property(lambda self: self.path / "experiment.yaml")
+    summary_json = property(lambda self: self.path / "summary.json")
+    summary_md = property(lambda self: self.path / "summary.md")
 
     def task_checkpoint(self, task: int) -> Path:
         return self.checkpoints / f"task_{task:02d}.pt"
@@ -232,15 +252,51 @@ class RunDir:
         return self.path / "exemplars" / f"task_{task:02d}.npz"
 
     def is_run(self) -> bool:
+        """A run that finished a task: it has metrics and a config."""
         return self.metrics.is_file() and self.config.is_file()
 
+    def is_experiment(self) -> bool:
+        """The parent folder of several runs."""
+        return self.experiment.is_file()
+
+    def is_resumable(self) -> bool:
+        """A run or an experiment that wrote its config: ``cilearn run --resume`` continues it."""
+        return self.config.is_file() or self.is_experiment()
+
+    def runs_below(self) -> list[RunDir]:
+        """The runs (see :meth:`is_run`) one and two levels down (``<label>``, ``<label>/seed<k>``), in that
+        order, each level sorted."""
+        found = [RunDir(p.parent) for pattern in ("*/metrics.json", "*/*/metrics.json")
+                 for p in sorted(self.path.glob(pattern))]
+        return [run for run in found if run.is_run()]
+
+    def runs_with_checkpoints(self) -> list[str]:
+        """The names of the child run folders that hold a finished task's checkpoint."""
+        return sorted(child.name for child in self.path.iterdir()
+                      if child.is_dir() and RunDir(child).task_checkpoints())
+
     # --- reading ---
+    def load_metrics(self) -> Any:
+        """``metrics.json`` as parsed; OSError when it cannot be read, ValueError when it is no JSON."""
+        return json.loads(self.metrics.read_text())
+
     def read_metrics(self) -> dict | None:
+        """``metrics.json``, or None when it is missing, unreadable or not an object."""
         try:
-            metrics = json.loads(self.metrics.read_text())
+            metrics = self.load_metrics()
         except (OSError, ValueError):
             return None
         return metrics if isinstance(metrics, dict) else None
+
+    def read_log(self) -> dict[str, np.ndarray] | None:
+        """``log.csv`` as float columns (NaN where empty), or None when there is none or it has no rows."""
+        if not self.log.is_file():
+            return None
+        with open(self.log, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            return None
+        return {key: np.array([_float_or_nan(row.get(key)) for row in rows]) for key in rows[0]}
 
     def read_info(self) -> dict | None:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import metrics
 from .log import get_logger
-from .rundir import atomic_write_text, write_json
+from .rundir import RunDir, atomic_write_text, write_json
 
 log = get_logger(__name__)
 
@@ -95,12 +95,12 @@ def write_summary(out: Path, results: list[dict], files: bool = True) -> str:
     log.info(f"\n{title}\n{table}\nResults in {out}")
     if not files:
         return table
-    write_json(out / "summary.json", {
+    write_json(RunDir(out).summary_json, {
         "headline_accuracy": headline,
         "runs": [{"label": r["label"], "seed": r["seed"],
                   **{k: r.get(k) for k in SCALARS + tuple(f"last_accuracy_{m}" for m in metrics.ACCURACY_MEASURES)}}
                  for r in results],
         "aggregate": {label: metrics.aggregate(runs) for label, runs in groups.items()},
     })
-    atomic_write_text(out / "summary.md", f"# {title}\n\n" + markdown_table(header, rows))
+    atomic_write_text(RunDir(out).summary_md, f"# {title}\n\n" + markdown_table(header, rows))
     return table

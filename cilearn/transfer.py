@@ -45,7 +45,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         tasks = RunDir(path).task_checkpoints()  # last task first
         if tasks:
             return tasks[0]
-        runs = sorted(p.parent.parent.name for p in path.glob("*/checkpoints/task_*.pt"))
+        runs = RunDir(path).runs_with_checkpoints()
         hint = (f" It holds the runs {', '.join(runs)}: point model.pretrained at one of them, e.g. "
                 f"{path / runs[0]}." if runs else " Was the run saved with output.save_checkpoints: true?")
         raise CheckpointError(f"model.pretrained: '{path}' has no checkpoints/task_XX.pt.{hint}")

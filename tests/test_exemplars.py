@@ -564,7 +564,7 @@ def test_report_shows_collage_and_synthetic_exemplars(tmp_path):
     expected = {"collage": ({"collage"}, "collages"),
                 "di_add": ({"real", "synthetic"}, "real images and synthetic images")}
     for run in discover_runs([tmp_path / "exp"]):
-        memory = read_memory(run.dir, 1)
+        memory = read_memory(run.path, 1)
         kinds, description = expected[run.label]
         assert set(memory.kinds().tolist()) == kinds and memory.description() == description
         embedding = run_embedding(run, 1, [0, 1], 100)

@@ -16,9 +16,10 @@ import numpy as np
 from .. import metrics
 from ..errors import CilearnError
 from ..log import count
-from ..rundir import RunDir, atomic_write_text
+from ..results import RunResult
+from ..rundir import atomic_write_text
 from . import ReportError, plots, tables
-from .runs import RunRecord, choose_steps, discover_runs, group_runs, safe_name
+from .runs import choose_steps, discover_runs, group_runs, read_predictions, safe_name
 
 OWN_SUFFIXES = (".png", ".csv", ".md", ".html")
 
@@ -76,9 +77,9 @@ def mean_std_curves(curves: list[list], length: int) -> tuple[np.ndarray, np.nda
     return np.asarray(agg["mean"], dtype=float), np.asarray(agg["std"], dtype=float)
 
 
-def class_names(run: RunRecord) -> list[str] | None:
+def class_names(run: RunResult) -> list[str] | None:
     """Class names in the run's (remapped) label order (from its run.json), or None."""
-    info = RunDir(run.dir).read_info()
+    info = run.files.read_info()
     return list(info["class_names"]) if info and "class_names" in info else None
 
 
@@ -113,7 +114,7 @@ def accuracy_section(groups, out: Path) -> Section:
         for name in tables.classifiers_of(group):
             curves = [tables.classifier_metrics(r, name).get("seen_accuracy") for r in group]
             mean, std = mean_std_curves(curves, length)
-            primary = name == group[0].classifier
+            primary = name == group[0].headline_classifier
             series.append({"method": label, "label": f"{label} — {name} (n={len(group)})", "x": x, "mean": mean,
                            "std": std, "linestyle": "-" if primary else "--"})
     datasets = sorted({str(r.metrics.get("dataset")) for g in groups.values() for r in g})
@@ -127,7 +128,7 @@ def old_new_section(groups, out: Path) -> Section:
     series = []
     for label, group in groups.items():
         length = max(r.tasks_done for r in group)
-        per = [tables.classifier_metrics(r, group[0].classifier) for r in group]
+        per = [tables.classifier_metrics(r, group[0].headline_classifier) for r in group]
         old_mean, old_std = mean_std_curves([m.get("old_accuracy") for m in per], length)
         new_mean, new_std = mean_std_curves([m.get("current_accuracy") for m in per], length)
         series.append({"label": label, "steps": np.arange(1, length + 1), "old_mean": old_mean, "old_std": old_std,
@@ -144,7 +145,7 @@ def matrix_section(groups, out: Path) -> Section:
         t = max(r.tasks_done for r in group)
         matrices = []
         for run in group:
-            rows = tables.classifier_metrics(run, run.classifier).get("accuracy_matrix") or []
+            rows = tables.classifier_metrics(run, run.headline_classifier).get("accuracy_matrix") or []
             m = np.full((t, t), np.nan)
             for i, row in enumerate(rows[:t]):
                 m[i, : len(row[:t])] = _padded(row[:t], len(row[:t]))
@@ -170,8 +171,8 @@ def confusion_section(groups, out: Path, options: ReportOptions) -> Section:
         names = class_names(run)
         panels = []
         for step in choose_steps(options.steps, run.tasks_done):
-            data = run.predictions(step)
-            key = f"pred_{run.classifier}"
+            data = read_predictions(run, step)
+            key = f"pred_{run.headline_classifier}"
             if key not in data:
                 key = next(k for k in data if k.startswith("pred_"))
             labels, predicted = data["labels"], data[key]
@@ -198,7 +199,7 @@ def curves_section(groups, out: Path) -> Section:
     return section
 
 
-def tsne_figure(run: RunRecord, label: str, steps: list[int], options: ReportOptions, path: Path) -> Path:
+def tsne_figure(run: RunResult, label: str, steps: list[int], options: ReportOptions, path: Path) -> Path:
     from .tsne import first_task_classes, run_embedding
 
     classes = first_task_classes(run, options.tsne_classes)
@@ -238,7 +239,7 @@ def exemplar_section(groups, out: Path, options: ReportOptions) -> Section:
                       "selection order (first = most representative for herding).")
     for label, group in groups.items():
         run = group[0]
-        memory = read_memory(run.dir, run.tasks_done - 1)
+        memory = read_memory(run.path, run.tasks_done - 1)
         if memory is None:
             section.notes.append(f"{label}: no exemplar memory (the method keeps none).")
             continue
@@ -264,11 +265,11 @@ def default_cam_steps(tasks_done: int, limit: int = 12) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, tasks_done - 1, limit)})
 
 
-def first_task_images(run: RunRecord, count: int) -> tuple[np.ndarray, np.ndarray]:
+def first_task_images(run: RunResult, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The fixed first-task test images the run saved (``samples.npz``), up to ``count``."""
-    samples = RunDir(run.dir).read_npz(RunDir(run.dir).samples)
+    samples = run.files.read_npz(run.files.samples)
     if samples is None:
-        raise ReportError(f"'{RunDir(run.dir).samples}' is missing (runs of cilearn 0.1 lack it).")
+        raise ReportError(f"'{run.files.samples}' is missing (runs of cilearn 0.1 lack it).")
     return samples["images"][:count], samples["labels"][:count]
 
 
@@ -317,8 +318,8 @@ def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
             section.notes.append(f"{label}: no checkpoints (output.save_checkpoints: false); skipped.")
             continue
         try:
-            cfg = read_config(run.dir)
-            info = read_run_info(run.dir)
+            cfg = read_config(run.path)
+            info = read_run_info(run.path)
             h, _, c = info["image_shape"]
             if target_layer(build_model(cfg.model.name, c, h, cfg.model.options)) is None:
                 section.notes.append(f"{label}: model '{cfg.model.name}' is not convolutional; Grad-CAM skipped.")
@@ -326,7 +327,7 @@ def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
             steps = (choose_steps(options.cam_steps, run.tasks_done) if options.cam_steps
                      else default_cam_steps(run.tasks_done))
             images, labels = first_task_images(run, options.cam_images)
-            columns, layer = gradcam_columns(run.dir, steps, images, labels, options.cam_target)
+            columns, layer = gradcam_columns(run.path, steps, images, labels, options.cam_target)
         except CilearnError as exc:
             section.notes.append(f"{label}: Grad-CAM skipped: {exc}")
             continue
@@ -390,7 +391,7 @@ def make_report(paths: list[str | Path], out: str | Path, options: ReportOptions
     datasets = sorted({str(r.metrics.get("dataset")) for r in runs})
     meta = [f"{count(len(runs), 'run')} of {count(len(groups), 'method')} on {', '.join(datasets)}; generated "
             f"{datetime.now().strftime('%Y-%m-%d %H:%M')} by cilearn report (nothing retrained).",
-            "Runs: " + "; ".join(f"{r.name}: {r.dir}" + ("" if r.metrics.get("complete") else
+            "Runs: " + "; ".join(f"{r.display_name}: {r.path}" + ("" if r.metrics.get("complete") else
                                  f" (incomplete: {r.tasks_done}/{r.metrics.get('num_tasks')} tasks)") for r in runs)]
     title = options.title or f"cilearn report — {', '.join(groups)} on {', '.join(datasets)}"
     path = out / "report.html"

@@ -159,7 +159,7 @@ def _tsne_runs(args, out: Path, options) -> None:
     for label, group in group_runs(discover_runs([args.run_dir])).items():
         for run in group:
             if not run.has_predictions():
-                log.warning(f"{run.name}: no saved features (output.save_features: false); skipped.")
+                log.warning(f"{run.display_name}: no saved features (output.save_features: false); skipped.")
                 continue
             steps = choose_steps(args.steps, run.tasks_done)
             path = tsne_figure(run, label, steps, options, out / f"tsne_{safe_name(label)}_seed{run.seed}.png")

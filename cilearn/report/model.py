@@ -48,7 +48,7 @@ class RunInfo:
 
 
 def read_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise ReportError(f"'{path}' is missing: '{run_dir}' is not a cilearn run directory.")
     return parse_config(load_yaml(path))
@@ -67,11 +67,12 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
     """Model, config and run info from a checkpoint inside a run directory (``RUN/checkpoints/x.pt``
     unless ``run_dir`` is given).  The model is on the CPU, in eval mode."""
     checkpoint_path = Path(checkpoint_path)
-    run_dir = Path(run_dir) if run_dir is not None else checkpoint_path.resolve().parent.parent
+    files = RunDir(run_dir) if run_dir is not None else RunDir.of_checkpoint(checkpoint_path)
+    run_dir = files.path
     if not checkpoint_path.is_file():
         raise ReportError(f"checkpoint '{checkpoint_path}' does not exist (the run may have been made with "
                           f"output.save_checkpoints: false).")
-    if not (run_dir / "config.yaml").is_file():
+    if not files.config.is_file():
         raise ReportError(f"no config.yaml next to checkpoint '{checkpoint_path}' (looked in '{run_dir}'); "
                           f"give a checkpoint inside a run directory, e.g. RUN/checkpoints/task_00.pt.")
     cfg = read_config(run_dir)
@@ -86,7 +87,7 @@ def load_model_from_checkpoint(checkpoint_path: str | Path, run_dir: str | Path 
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise ReportError(f"'{checkpoint_path}' does not match the model in '{run_dir / 'config.yaml'}': "
+        raise ReportError(f"'{checkpoint_path}' does not match the model in '{files.config}': "
                           f"{str(exc).splitlines()[0]}") from None
     model.eval()
     normalizer = BatchAugment.from_mode(info.get("augment", cfg.train.augment), info["mean"], info["std"], channels)
@@ -97,9 +98,8 @@ def load_run_model(run_dir: str | Path, task_index: int) -> tuple[torch.nn.Modul
     """The model of ``run_dir`` after task ``task_index`` (0-based), rebuilt from its config and
     ``checkpoints/task_XX.pt``: ``(model in eval mode on the CPU, config, run info)``."""
     run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / f"task_{task_index:02d}.pt"
     try:
-        return load_model_from_checkpoint(path, run_dir)
+        return load_model_from_checkpoint(RunDir(run_dir).task_checkpoint(task_index), run_dir)
     except ReportError:
         raise
     except CilearnError as exc:  # the dataset moved, a config no longer validates, ...

@@ -6,7 +6,7 @@ import html
 import math
 
 from .. import metrics
-from .runs import RunRecord
+from ..results import RunResult
 
 # last_accuracy / average_incremental_accuracy are the run's headline measure (output.headline_accuracy); both
 # measures' last accuracies follow them (runs made before they existed show "-")
@@ -17,9 +17,9 @@ NAMES = {"average_incremental_accuracy": "avg incr. acc (%)", "last_accuracy": "
          "last_accuracy_task_mean": "last acc, task mean (%)"}
 
 
-def classifiers_of(group: list[RunRecord]) -> list[str]:
+def classifiers_of(group: list[RunResult]) -> list[str]:
     """Classifiers every run of the group reports, the primary one first."""
-    primary = group[0].classifier
+    primary = group[0].headline_classifier
     common = None
     for run in group:
         names = list((run.metrics.get("classifiers") or {primary: {}}).keys())
@@ -28,7 +28,7 @@ def classifiers_of(group: list[RunRecord]) -> list[str]:
     return sorted(common, key=lambda n: (n != primary, common.index(n)))
 
 
-def classifier_metrics(run: RunRecord, classifier: str) -> dict:
+def classifier_metrics(run: RunResult, classifier: str) -> dict:
     per = (run.metrics.get("classifiers") or {}).get(classifier)
     return per if per is not None else run.metrics
 
@@ -37,7 +37,7 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def results(groups: dict[str, list[RunRecord]]) -> list[dict]:
+def results(groups: dict[str, list[RunResult]]) -> list[dict]:
     """One dict per (method, classifier): seeds, and ``<scalar>_mean`` / ``<scalar>_std`` (fractions;
     sample std over seeds, 0 for one seed) via :func:`cilearn.metrics.aggregate`."""
     rows = []
@@ -45,7 +45,7 @@ def results(groups: dict[str, list[RunRecord]]) -> list[dict]:
         for classifier in classifiers_of(group):
             values = [{k: _number(classifier_metrics(r, classifier).get(k)) for k in SCALARS} for r in group]
             agg = metrics.aggregate(values)
-            row = {"method": label, "classifier": classifier, "primary": classifier == group[0].classifier,
+            row = {"method": label, "classifier": classifier, "primary": classifier == group[0].headline_classifier,
                    "seeds": " ".join(str(r.seed) for r in group), "n_seeds": len(group),
                    "complete": all(r.metrics.get("complete") for r in group)}
             for key in SCALARS:
@@ -55,7 +55,7 @@ def results(groups: dict[str, list[RunRecord]]) -> list[dict]:
     return rows
 
 
-def run_rows(groups: dict[str, list[RunRecord]]) -> list[dict]:
+def run_rows(groups: dict[str, list[RunResult]]) -> list[dict]:
     rows = []
     for label, group in groups.items():
         for run in group:
@@ -63,7 +63,7 @@ def run_rows(groups: dict[str, list[RunRecord]]) -> list[dict]:
                 m = classifier_metrics(run, classifier)
                 rows.append({"method": label, "seed": run.seed, "classifier": classifier,
                              "tasks_done": run.tasks_done, "complete": bool(run.metrics.get("complete")),
-                             **{k: _number(m.get(k)) for k in SCALARS}, "run_dir": str(run.dir)})
+                             **{k: _number(m.get(k)) for k in SCALARS}, "run_dir": str(run.path)})
     return rows
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .runs import RunRecord
+from ..results import RunResult
+from .runs import read_predictions
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Embedding:
     exemplar_kinds: np.ndarray | None = None  # (m,) what each exemplar is: "real", "collage", "synthetic"
 
 
-def first_task_classes(run: RunRecord, limit: int) -> list[int]:
+def first_task_classes(run: RunResult, limit: int) -> list[int]:
     """Remapped labels of the first task are 0..k-1 (scenarios relabel by class order)."""
     first = run.classes_per_step[0] if run.classes_per_step else 0
     return list(range(min(first, limit)))
@@ -42,11 +43,11 @@ def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
                     learning_rate="auto").fit_transform(features.astype(np.float64))
 
 
-def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int = 500,
+def run_embedding(run: RunResult, task: int, classes: list[int], max_points: int = 500,
                   exemplars: bool = True) -> Embedding:
     """Test features saved after ``task`` (``predictions/task_XX.npz``) of ``classes``; with ``exemplars``
     the stored samples of ``exemplars/task_XX.npz`` are embedded with them (their saved features)."""
-    data = run.predictions(task)
+    data = read_predictions(run, task)
     if "features" not in data or "feature_index" not in data:
         return Embedding(task, np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), classes,
                          "no features were saved (output.save_features or max_feature_samples is 0)")
@@ -60,7 +61,7 @@ def run_embedding(run: RunRecord, task: int, classes: list[int], max_points: int
     if exemplars:
         from .model import read_memory
 
-        memory = read_memory(run.dir, task)  # saved with its features under the same model
+        memory = read_memory(run.path, task)  # saved with its features under the same model
         if memory is not None and memory.features is not None:
             chosen = np.flatnonzero(np.isin(memory.labels, classes))
             ex_features, ex_labels, ex_kinds = memory.features[chosen], memory.labels[chosen], memory.kinds()[chosen]

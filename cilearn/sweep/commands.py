@@ -119,8 +119,10 @@ def load(args):
 
 def check_existing_runs(sweep, out: Path) -> None:
     """A run folder already in the sweep folder must hold the run the sweep now describes."""
+    from ..rundir import RunDir
+
     for run in sweep.runs:
-        stored = out / run.name / "config.yaml"
+        stored = RunDir(out / run.name).config
         if not stored.is_file():
             continue
         try:
@@ -177,6 +179,7 @@ def cmd_sweep(args) -> int:
 def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
     from tqdm import tqdm
 
+    from ..results import RunResult
     from ..rundir import RunLock, write_yaml
     from .execute import Job, Outcome, run_state, summarize
 
@@ -198,7 +201,7 @@ def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
             elif outcome.status == "skipped":
                 detail = "already finished"
             else:
-                m = json.loads((out / outcome.name / "metrics.json").read_text())
+                m = RunResult.load(out / outcome.name).metrics
                 detail = (f"{outcome.seconds:.1f} s, last acc {m['last_accuracy']:.1%}, avg incr. acc "
                           f"{m['average_incremental_accuracy']:.1%} ({m['classifier']})"
                           + (", resumed" if outcome.resumed else ""))

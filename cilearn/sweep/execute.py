@@ -11,7 +11,6 @@ worker, so a Ray task that Ray retries after losing a node resumes the run from 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from ..errors import CilearnError, ConfigError
 from ..log import get_logger
+from ..results import RunResult
+from ..rundir import RunDir
 
 log = get_logger(__name__)
 
@@ -53,13 +54,11 @@ class Outcome:
 
 def run_state(run_dir: Path) -> str:
     """``complete``, ``started`` (has a config.yaml: resume it) or ``new``."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        metrics = None
-    if isinstance(metrics, dict) and metrics.get("complete"):
+    files = RunDir(run_dir)
+    metrics = files.read_metrics()
+    if metrics is not None and metrics.get("complete"):
         return "complete"
-    return "started" if (run_dir / "config.yaml").is_file() else "new"
+    return "started" if files.config.is_file() else "new"
 
 
 def run_one(job: Job, started: Callable[[subprocess.Popen], None] | None = None) -> Outcome:
@@ -209,7 +208,7 @@ def summarize(out: Path, run_dirs: list[Path], title: str, html: bool) -> None:
     that finished, in the order of the expansion."""
     from ..summary import write_summary
 
-    results = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
+    results = [RunResult.load(d).metrics for d in run_dirs]
     if not results:
         log.warning("no run finished: no summary.")
         return
