@@ -67,7 +67,10 @@ class Recorder:
 
     # --- the loop's calls ---
     def resumed(self, source: str | Path, task: int, stage: int, epoch: int) -> None:
-        """A run resumes from the checkpoint ``source`` at (task, stage, epoch) (its record is loaded)."""
+        """A run resumes from the checkpoint ``source`` at (task, stage, epoch), its record loaded from it."""
+        # metrics.json as of the checkpoint: a kill may have come between writing the checkpoint and it, or a
+        # newer, unreadable checkpoint was skipped
+        self.write(complete=False)
         tasks = len(self.scenario)
         if task >= tasks:  # the last task's checkpoint: only the final files were missing
             say(f"[{self.label}] '{source}' holds all {tasks} tasks: writing the final results")

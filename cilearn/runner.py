@@ -157,9 +157,6 @@ class Run:
                 self.method.load_state_dict(state["method"])
                 self.trainer.carried = state.get("optimizer_state", {})
                 set_rng_state(state["rng"])
-        # metrics.json as of the checkpoint (a kill may have come between writing it and the checkpoint, or a
-        # newer, unreadable checkpoint was skipped)
-        self.recorder.write(complete=False)
         task, stage, epoch = resume_point(state)
         self.recorder.resumed(self.checkpoints.resumed_from or "the checkpoint rank 0 read", task, stage, epoch)
         return task, state if stage or epoch else None  # inside the task: loaded in run_task
