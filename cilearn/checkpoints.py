@@ -1,12 +1,14 @@
 """Checkpoints: the file format, safe loading, and finding the one to resume from.
 
 A checkpoint is a ``torch.save``d dict of tensors and plain values only — loaded with
-``weights_only=True``, so a checkpoint can never run code.  Its keys (format 2):
+``weights_only=True``, so a checkpoint can never run code.  Its keys (format 3):
 
 ``task`` (0-based), ``stage`` (index of the task's training stage) and ``next_epoch`` (None: the task
 is finished), ``head_sizes``, ``model``, ``method`` (the method's ``state_dict()``), ``history`` (the
-evaluation of every finished task), ``log_rows``, ``timing``, ``rng`` (every generator); inside a task
-also ``trainer`` (optimizer and schedule) and ``task_rng`` (the random state as the task began).
+evaluation of every finished task), ``log_rows`` (one dict per epoch, the fields of
+:class:`~cilearn.events.EpochRow`), ``timing``, ``rng`` (every generator); inside a task also ``trainer``
+(optimizer and schedule), ``task_rng`` (the random state as the task began) and ``train_samples``.
+Format 2 differs only in ``log_rows``: lists of ``log.csv``'s cells; such checkpoints still resume.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .rundir import RunDir, atomic_write_bytes
 
 log = get_logger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+READABLE_FORMATS = (2, 3)
 KEYS = ("task", "next_epoch", "head_sizes", "model", "method", "history", "log_rows", "timing", "rng")
 
 
@@ -33,6 +36,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def resume_point(state: dict) -> tuple[int, int, int]:
+    """Where a checkpoint resumes: (task, stage, epoch); the next task's start after a finished task."""
+    if state["next_epoch"] is None:
+        return state["task"] + 1, 0, 0
+    return state["task"], int(state.get("stage", 0)), int(state["next_epoch"])
 
 
 class UnsafeCheckpoint(CheckpointError):
@@ -180,9 +190,10 @@ class CheckpointStore:
         except CheckpointError as exc:
             skipped.append(exc)
             return None
-        if "format" in state and state["format"] != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint '{path}' has format {state['format']}; this cilearn reads format "
-                                  f"{CHECKPOINT_FORMAT}. Resume it with the cilearn version that wrote it.")
+        if "format" in state and state["format"] not in READABLE_FORMATS:
+            raise CheckpointError(f"checkpoint '{path}' has format {state['format']}; this cilearn reads formats "
+                                  f"{' and '.join(map(str, READABLE_FORMATS))}. Resume it with the cilearn version "
+                                  f"that wrote it.")
         missing = [key for key in ("format",) + KEYS if key not in state]
         if missing or (state["next_epoch"] is not None and "trainer" not in state):
             skipped.append(CheckpointError(f"checkpoint '{path}' is incomplete (no {', '.join(missing) or 'trainer'} "

@@ -212,6 +212,18 @@ class Evaluator:
             arrays["features"] = features[torch.as_tensor(keep, device=features.device)].cpu().numpy().astype(np.float32)
         return scores, arrays
 
+    def exemplar_arrays(self, stored: dict | None) -> dict[str, np.ndarray] | None:
+        """A method's stored samples (``Method.exemplars()``) with their features under the current model, for
+        the report's exemplar grids and t-SNE (nothing is recomputed there); None when it stores none."""
+        if not stored or not len(stored["labels"]):
+            return None
+        features = stored.get("features")  # a method may give them, computed under the current model
+        arrays = {key: np.asarray(value) for key, value in stored.items() if key != "features"}
+        if features is None:
+            features = self.inference(arrays["images"])[0]
+        arrays["features"] = torch.as_tensor(features).cpu().numpy().astype(np.float32)
+        return arrays
+
 
 def balanced_sample(groups: np.ndarray, limit: int, seed: int) -> np.ndarray | None:
     """Sorted indices of at most ``limit`` samples, ``limit // number of groups`` (at least 1) from each

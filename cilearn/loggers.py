@@ -1,9 +1,11 @@
 """Where a run reports besides the console: ``output.loggers: [csv, tensorboard, wandb]`` (default ``[csv]``).
 
-A logger is a small object the :class:`~cilearn.runner.Run` calls at four points, never inside the per-step
-loop: :meth:`Logger.start` (the run folder is ready; also after a resume), :meth:`Logger.epoch_end` (every
-training epoch), :meth:`Logger.task_end` (after each task's evaluation) and :meth:`Logger.run_end` (at the
-end, or when the run stops on an error or Ctrl-C).  Each hook receives the run and reads what it needs.
+A logger is a small object that a run's :class:`~cilearn.recorder.Recorder` calls at four points, never inside
+the per-step loop, each time with an event (:mod:`cilearn.events`): :meth:`Logger.on_run_start`
+(:class:`RunStarted`: the run folder is ready; also after a resume), :meth:`Logger.on_epoch_end`
+(:class:`EpochEnded`, every training epoch), :meth:`Logger.on_task_end` (:class:`TaskEnded`, after each task's
+evaluation) and :meth:`Logger.on_run_end` (:class:`RunEnded`, at the end, or when the run stops on an error or
+Ctrl-C).  Loggers see these events, never the run itself.
 
 - ``csv``: ``log.csv`` (a row per epoch) and ``accuracy_matrix.csv`` in the run folder (``metrics.json`` is
   always written: resuming and the summaries need it);
@@ -27,6 +29,8 @@ end, or when the run stops on an error or Ctrl-C).  Each hook receives the run a
   ``pip install 'cilearn[mlflow]'`` (mlflow-skinny);
 - a logger of an installed package: a :class:`Logger` subclass registered in the ``cilearn.loggers``
   entry-point group (see :mod:`cilearn.plugins`), made with no arguments and named in ``output.loggers``.
+  A logger written for cilearn 0.2's hooks ``start(run)``, ``epoch_end(run, row)``, ``task_end(run, metrics)``
+  and ``run_end(run, metrics)`` still runs (see :func:`event_logger`).
 
 In a torchrun job only rank 0 logs.
 """
@@ -39,38 +43,116 @@ import netrc
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from .distributed import is_main
 from .errors import ConfigError, unknown_choice
+from .events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
 from .log import get_logger
 from .plugins import first_line
 from .registry import Component, Registry
 
-if TYPE_CHECKING:
-    from .runner import Run
-
 log = get_logger(__name__)
 
-LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _SUMMARY_KEYS = ("last_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer")
 
 
 class Logger:
-    """The hooks a run calls; every one is optional (the base class does nothing)."""
+    """The hooks a run calls, each with an event; every one is optional (the base class does nothing).
 
-    def start(self, run: Run) -> None:
-        """The run folder holds its config; ``run.log_rows`` already has the epochs of a resumed run."""
+    A run calls :meth:`on_run_start` once per process (again when it resumes), :meth:`on_epoch_end` after
+    every training epoch, :meth:`on_task_end` after each task's evaluation and :meth:`on_run_end` at the end
+    (also when it stops on an error).  Every event has ``rows``: the :class:`~cilearn.events.EpochRow` of every
+    epoch since the run began (a resumed run's earlier ones included), so ``len(event.rows)`` is an x axis that
+    a resumed run continues.  The events, field by field::
 
-    def epoch_end(self, run: Run, row: dict) -> None:
-        """One epoch ended; ``row``: the ``log.csv`` columns (test accuracies NaN when not evaluated)."""
+        RunStarted(label, method, config, files, rows, metrics)  # files: the run folder (RunDir)
+        EpochEnded(row, rows)  # row: task, epoch, lr, train_loss, train_accuracy, test_accuracy_current,
+                               #      test_accuracy_seen (NaN when not evaluated), stage, seconds
+        TaskEnded(task, metrics, rows)  # metrics: metrics.json as of now; last_epoch: the task's last row,
+                                        # its test accuracies from this evaluation
+        RunEnded(metrics, rows)  # metrics: the final metrics.json, or None when the run stopped
+    """
 
-    def task_end(self, run: Run, metrics: dict) -> None:
-        """A task was evaluated; ``metrics``: the run's ``metrics.json`` as of now."""
+    def on_run_start(self, event: RunStarted) -> None:
+        """The run folder holds its config; a resumed run's ``event.rows`` and ``event.metrics`` are those of
+        its checkpoint."""
 
-    def run_end(self, run: Run, metrics: dict | None) -> None:
-        """The run finished (``metrics``: the final ones) or stopped (``None``)."""
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        """A training epoch ended (``event.row``)."""
+
+    def on_task_end(self, event: TaskEnded) -> None:
+        """A task was evaluated; ``event.metrics``: the run's ``metrics.json`` as of now."""
+
+    def on_run_end(self, event: RunEnded) -> None:
+        """The run finished (``event.metrics``: the final ones) or stopped (None)."""
+
+    # cilearn 0.2's hooks, which received the run: still called for a logger that overrides them (and none of
+    # the hooks above), through event_logger; here so that such a logger's super() calls keep working.
+    def start(self, run) -> None:
+        """Deprecated: use :meth:`on_run_start`."""
+
+    def epoch_end(self, run, row: dict) -> None:
+        """Deprecated: use :meth:`on_epoch_end`."""
+
+    def task_end(self, run, metrics: dict) -> None:
+        """Deprecated: use :meth:`on_task_end`."""
+
+    def run_end(self, run, metrics: dict | None) -> None:
+        """Deprecated: use :meth:`on_run_end`."""
+
+
+_LEGACY_HOOKS = ("start", "epoch_end", "task_end", "run_end")
+_EVENT_HOOKS = ("on_run_start", "on_epoch_end", "on_task_end", "on_run_end")
+
+
+def event_logger(logger: Logger) -> Logger:
+    """``logger`` itself, or, for a logger written for cilearn 0.2's hooks (``start(run)``, ``epoch_end(run,
+    row)``, ``task_end(run, metrics)``, ``run_end(run, metrics)``, and none of the event hooks), an adapter
+    that calls those with a stand-in for the run: :class:`LegacyRunView`."""
+    kind = type(logger)
+    legacy = any(getattr(kind, name) is not getattr(Logger, name) for name in _LEGACY_HOOKS)
+    modern = any(getattr(kind, name) is not getattr(Logger, name) for name in _EVENT_HOOKS)
+    return LegacyLogger(logger) if legacy and not modern else logger
+
+
+class LegacyRunView:
+    """What cilearn 0.2's logger hooks read from the run: ``files`` (the run folder), ``dir`` (its path),
+    ``cfg``, ``label`` and ``log_rows`` (``log.csv``'s rows as lists of its cells)."""
+
+    def __init__(self, started: RunStarted):
+        self.files, self.dir, self.cfg, self.label = started.files, started.files.path, started.config, started.label
+        self.rows: Sequence[EpochRow] = started.rows
+
+    @property
+    def log_rows(self) -> list[list]:
+        return [row.cells() for row in self.rows]
+
+
+class LegacyLogger(Logger):
+    """A logger with cilearn 0.2's hooks, called from the events (see :func:`event_logger`)."""
+
+    def __init__(self, logger: Logger):
+        self.logger, self.run = logger, None
+
+    def _call(self, hook: str, rows: Sequence[EpochRow], *args) -> None:
+        if self.run is not None:
+            self.run.rows = rows
+            getattr(self.logger, hook)(self.run, *args)
+
+    def on_run_start(self, event: RunStarted) -> None:
+        self.run = LegacyRunView(event)
+        self._call("start", event.rows)
+
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self._call("epoch_end", event.rows, event.row.as_dict())
+
+    def on_task_end(self, event: TaskEnded) -> None:
+        self._call("task_end", event.rows, event.metrics)
+
+    def on_run_end(self, event: RunEnded) -> None:
+        self._call("run_end", event.rows, event.metrics)
 
 
 def logger_kinds() -> dict[str, type[Logger]]:
@@ -133,15 +215,20 @@ def task_scalars(metrics: dict) -> dict[str, float]:
     return {key: value for key, value in scalars.items() if value is not None}
 
 
-def last_epoch_accuracies(run: Run, metrics: dict) -> dict[str, float]:
-    """The test accuracies of the task's last epoch: its log row gets them from the evaluation after the task,
-    after :meth:`Logger.epoch_end` saw the row (NaN then), so task_end logs them at that epoch's step."""
-    if not run.log_rows or int(run.log_rows[-1][0]) != int(metrics["tasks_done"]) - 1:
-        return {}
-    from .runner import LOG_COLUMNS
+def epoch_scalars(row: EpochRow) -> dict[str, float]:
+    """An epoch's ``epoch/...`` scalars (the test accuracies when it was evaluated) and its task (1-based)."""
+    values = {f"epoch/{key}": finite(getattr(row, key)) for key in
+              ("train_loss", "train_accuracy", "lr", "test_accuracy_current", "test_accuracy_seen")}
+    return {**{key: value for key, value in values.items() if value is not None}, "epoch/task": row.task + 1}
 
-    row = dict(zip(LOG_COLUMNS, run.log_rows[-1]))
-    values = {f"epoch/{key}": finite(row[key]) for key in ("test_accuracy_current", "test_accuracy_seen")}
+
+def last_epoch_accuracies(event: TaskEnded) -> dict[str, float]:
+    """The test accuracies of the task's last epoch: its row gets them from the evaluation after the task,
+    after :meth:`Logger.on_epoch_end` saw the row (NaN then), so on_task_end logs them at that epoch's step."""
+    last = event.last_epoch
+    if last is None:
+        return {}
+    values = {f"epoch/{key}": finite(getattr(last, key)) for key in ("test_accuracy_current", "test_accuracy_seen")}
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -179,26 +266,27 @@ class CsvLogger(Logger):
 
     def __init__(self) -> None:
         self._written = 0.0
+        self.files = None
 
-    def _write_log(self, run: Run) -> None:
-        from .runner import LOG_COLUMNS
-
-        run.files.write_log(LOG_COLUMNS, run.log_rows)
+    def _write_log(self, rows: Sequence[EpochRow]) -> None:
+        self.files.write_log(LOG_COLUMNS, [row.cells() for row in rows])
         self._written = time.monotonic()
 
-    def start(self, run: Run) -> None:  # a resumed run: the files as of its checkpoint (a new one has none yet)
-        if run.log_rows:
-            self._write_log(run)
-        if run.history:
-            run.files.write_matrix(run.metrics_dict(False).get("accuracy_matrix", []), len(run.scenario))
+    def on_run_start(self, event: RunStarted) -> None:  # a resumed run: the files as of its checkpoint
+        self.files = event.files
+        if event.rows:
+            self._write_log(event.rows)
+        if event.metrics is not None and event.metrics["tasks_done"]:
+            self.files.write_matrix(event.metrics.get("accuracy_matrix", []), event.metrics["num_tasks"])
 
-    def epoch_end(self, run: Run, row: dict) -> None:
-        if time.monotonic() - self._written >= self.every:
-            self._write_log(run)
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        if self.files is not None and time.monotonic() - self._written >= self.every:
+            self._write_log(event.rows)
 
-    def task_end(self, run: Run, metrics: dict) -> None:
-        self._write_log(run)
-        run.files.write_matrix(metrics.get("accuracy_matrix", []), len(run.scenario))
+    def on_task_end(self, event: TaskEnded) -> None:
+        if self.files is not None:
+            self._write_log(event.rows)
+            self.files.write_matrix(event.metrics.get("accuracy_matrix", []), event.metrics["num_tasks"])
 
 
 # --------------------------------------------------------------------------------------------- tensorboard
@@ -207,32 +295,31 @@ class TensorBoardLogger(Logger):
 
     def __init__(self) -> None:
         self.writer = None
+        self.config: dict = {}
 
-    def start(self, run: Run) -> None:
+    def on_run_start(self, event: RunStarted) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # A resumed run repeats the epochs after its checkpoint: purge_step hides what the killed process logged
         # from there on, so every curve shows one value per step.  That is why every scalar, per-task ones
         # included, has one x axis: epochs since the run began.
-        done = len(run.log_rows)
-        self.writer = SummaryWriter(log_dir=str(run.files / "tensorboard"), purge_step=done + 1)
+        done = len(event.rows)
+        self.config = event.config.to_dict()
+        self.writer = SummaryWriter(log_dir=str(event.files / "tensorboard"), purge_step=done + 1)
         if not done:
             import yaml
 
-            text = yaml.safe_dump(run.cfg.to_dict(), sort_keys=False)
+            text = yaml.safe_dump(self.config, sort_keys=False)
             self.writer.add_text("config", "```yaml\n" + text + "```", 0)
 
-    def epoch_end(self, run: Run, row: dict) -> None:
-        step = len(run.log_rows)  # epochs since the run began, over tasks and stages
-        for key in ("train_loss", "train_accuracy", "lr", "test_accuracy_current", "test_accuracy_seen"):
-            value = finite(row.get(key))
-            if value is not None:
-                self.writer.add_scalar(f"epoch/{key}", value, step)
-        self.writer.add_scalar("epoch/task", row["task"] + 1, step)
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        step = len(event.rows)  # epochs since the run began, over tasks and stages
+        for tag, value in epoch_scalars(event.row).items():
+            self.writer.add_scalar(tag, value, step)
 
-    def task_end(self, run: Run, metrics: dict) -> None:
-        step = len(run.log_rows)  # the task's last epoch (see start)
-        for tag, value in last_epoch_accuracies(run, metrics).items():
+    def on_task_end(self, event: TaskEnded) -> None:
+        step, metrics = len(event.rows), event.metrics  # the task's last epoch (see on_run_start)
+        for tag, value in last_epoch_accuracies(event).items():
             self.writer.add_scalar(tag, value, step)
         self.writer.add_scalar("task/tasks_done", int(metrics["tasks_done"]), step)
         for tag, value in task_scalars(metrics).items():
@@ -240,18 +327,19 @@ class TensorBoardLogger(Logger):
         self.writer.add_text("accuracy_matrix", matrix_markdown(metrics.get("accuracy_matrix", [])), step)
         self.writer.flush()
 
-    def run_end(self, run: Run, metrics: dict | None) -> None:
+    def on_run_end(self, event: RunEnded) -> None:
         if self.writer is None:
             return
+        metrics = event.metrics
         if metrics is not None and metrics.get("complete"):
             from torch.utils.tensorboard.summary import hparams
 
             final = {f"final/{key}": finite(metrics.get(key)) for key in _SUMMARY_KEYS}
             final = {key: value for key, value in final.items() if value is not None}
-            for summary in hparams(flat_config(run.cfg.to_dict()), final):
+            for summary in hparams(flat_config(self.config), final):
                 self.writer.file_writer.add_summary(summary)
             for key, value in final.items():
-                self.writer.add_scalar(key, value, len(run.log_rows))
+                self.writer.add_scalar(key, value, len(event.rows))
         self.writer.close()
         self.writer = None
 
@@ -277,10 +365,10 @@ class WandbLogger(Logger):
     def __init__(self) -> None:
         self.run = None
 
-    def start(self, run: Run) -> None:
+    def on_run_start(self, event: RunStarted) -> None:
         import wandb
 
-        folder = run.files / "wandb"
+        folder = event.files / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "cilearn-run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
@@ -292,42 +380,41 @@ class WandbLogger(Logger):
                                   save_code=False, console="off", silent=True)
         # Absolute: W&B's service is a separate process started once per Python process; a relative folder
         # would be resolved against the working directory of the run that started it, not this one's.
-        output = run.cfg.output
+        config, output = event.config, event.config.output
         self.run = wandb.init(project=output.wandb_project, entity=output.wandb_entity,
-                              group=output.wandb_group or run.cfg.name, tags=list(output.wandb_tags) or None,
-                              name=output.wandb_name or run.label, id=run_id, resume="allow",
-                              dir=str(run.files.path.resolve()), config=run.cfg.to_dict(), mode=mode, settings=settings)
+                              group=output.wandb_group or config.name, tags=list(output.wandb_tags) or None,
+                              name=output.wandb_name or event.label, id=run_id, resume="allow",
+                              dir=str(event.files.path.resolve()), config=config.to_dict(), mode=mode,
+                              settings=settings)
         self.run.define_metric("epoch")
         self.run.define_metric("epoch/*", step_metric="epoch")
         self.run.define_metric("task")
         self.run.define_metric("task/*", step_metric="task")
-        if offline and not run.log_rows:
-            log.info(f"[{run.label}] W&B logs offline into '{folder}' (upload with: wandb sync {folder}/offline-run-*)")
+        if offline and not event.rows:
+            log.info(f"[{event.label}] W&B logs offline into '{folder}' (upload with: wandb sync "
+                     f"{folder}/offline-run-*)")
 
-    def epoch_end(self, run: Run, row: dict) -> None:
-        values = {f"epoch/{key}": finite(row.get(key)) for key in
-                  ("train_loss", "train_accuracy", "lr", "test_accuracy_current", "test_accuracy_seen")}
-        self.run.log({"epoch": len(run.log_rows), "epoch/task": row["task"] + 1,
-                      **{key: value for key, value in values.items() if value is not None}})
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self.run.log({"epoch": len(event.rows), **epoch_scalars(event.row)})
 
-    def task_end(self, run: Run, metrics: dict) -> None:
+    def on_task_end(self, event: TaskEnded) -> None:
         import wandb
 
-        matrix = metrics.get("accuracy_matrix", [])
-        width = len(run.scenario)
+        metrics = event.metrics
+        matrix, width = metrics.get("accuracy_matrix", []), metrics["num_tasks"]
         table = wandb.Table(columns=["after task"] + [f"task {j + 1}" for j in range(width)],
                             data=[[i + 1] + list(row) + [None] * (width - len(row)) for i, row in enumerate(matrix)])
-        last = last_epoch_accuracies(run, metrics)
+        last = last_epoch_accuracies(event)
         if last:
-            self.run.log({"epoch": len(run.log_rows), **last})
+            self.run.log({"epoch": len(event.rows), **last})
         self.run.log({"task": int(metrics["tasks_done"]), **task_scalars(metrics), "accuracy_matrix": table})
 
-    def run_end(self, run: Run, metrics: dict | None) -> None:
+    def on_run_end(self, event: RunEnded) -> None:
         if self.run is None:
             return
-        if metrics is not None:
-            self.run.summary.update({key: metrics.get(key) for key in _SUMMARY_KEYS if key in metrics})
-        self.run.finish(exit_code=0 if metrics is not None else 1)
+        if event.metrics is not None:
+            self.run.summary.update({key: event.metrics.get(key) for key in _SUMMARY_KEYS if key in event.metrics})
+        self.run.finish(exit_code=0 if event.metrics is not None else 1)
         self.run = None
 
 
@@ -340,31 +427,31 @@ class MlflowLogger(Logger):
         self.client = None
         self.run_id: str | None = None
 
-    def start(self, run: Run) -> None:
+    def on_run_start(self, event: RunStarted) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.files.path.resolve() / "mlflow").as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (event.files.path.resolve() / "mlflow").as_uri()
         if uri.startswith("file:"):  # MLflow 3 refuses file stores unless asked (they are in maintenance mode)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = client = MlflowClient(tracking_uri=uri)
-        name = run.cfg.output.mlflow_experiment or run.cfg.name or "cilearn"
+        name = event.config.output.mlflow_experiment or event.config.name or "cilearn"
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
-        id_file = run.files / "mlflow-run-id"
+        id_file = event.files / "mlflow-run-id"
         if id_file.is_file():  # a resumed run continues its MLflow run
             self.run_id = id_file.read_text().strip()
             client.update_run(self.run_id, status="RUNNING")
             return
-        self.run_id = client.create_run(experiment_id, run_name=run.label,
-                                        tags={"cilearn.method": run.cfg.method.name}).info.run_id
+        self.run_id = client.create_run(experiment_id, run_name=event.label,
+                                        tags={"cilearn.method": event.method}).info.run_id
         id_file.write_text(self.run_id)
         from mlflow.entities import Param
 
-        params = [Param(key, str(value)[:6000]) for key, value in flat_config(run.cfg.to_dict()).items()]
+        params = [Param(key, str(value)[:6000]) for key, value in flat_config(event.config.to_dict()).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
             client.log_batch(self.run_id, params=params[start:start + 100])
-        if not run.log_rows:
-            log.info(f"[{run.label}] MLflow logs into {uri} (experiment '{name}')")
+        if not event.rows:
+            log.info(f"[{event.label}] MLflow logs into {uri} (experiment '{name}')")
 
     def _log(self, values: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -374,23 +461,21 @@ class MlflowLogger(Logger):
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def epoch_end(self, run: Run, row: dict) -> None:
-        values = {f"epoch/{key}": finite(row.get(key)) for key in
-                  ("train_loss", "train_accuracy", "lr", "test_accuracy_current", "test_accuracy_seen")}
-        self._log({**values, "epoch/task": row["task"] + 1}, len(run.log_rows))
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self._log(epoch_scalars(event.row), len(event.rows))
 
-    def task_end(self, run: Run, metrics: dict) -> None:
-        step = len(run.log_rows)
-        self._log({**last_epoch_accuracies(run, metrics), "task/tasks_done": int(metrics["tasks_done"]),
-                   **task_scalars(metrics)}, step)
+    def on_task_end(self, event: TaskEnded) -> None:
+        metrics = event.metrics
+        self._log({**last_epoch_accuracies(event), "task/tasks_done": int(metrics["tasks_done"]),
+                   **task_scalars(metrics)}, len(event.rows))
         self.client.log_text(self.run_id, matrix_markdown(metrics.get("accuracy_matrix", [])), "accuracy_matrix.md")
 
-    def run_end(self, run: Run, metrics: dict | None) -> None:
+    def on_run_end(self, event: RunEnded) -> None:
         if self.client is None or self.run_id is None:
             return
-        if metrics is not None and metrics.get("complete"):
-            self._log({f"final/{key}": finite(metrics.get(key)) for key in _SUMMARY_KEYS}, len(run.log_rows))
-        self.client.set_terminated(self.run_id, "FINISHED" if metrics is not None else "FAILED")
+        if event.metrics is not None and event.metrics.get("complete"):
+            self._log({f"final/{key}": finite(event.metrics.get(key)) for key in _SUMMARY_KEYS}, len(event.rows))
+        self.client.set_terminated(self.run_id, "FINISHED" if event.metrics is not None else "FAILED")
         self.client = self.run_id = None
 
 

@@ -34,7 +34,8 @@ API_MODULES = [
     "cilearn.methods", "cilearn.methods.components", "cilearn.distill", "cilearn.buffers", "cilearn.memory",
     "cilearn.exemplars", "cilearn.exemplars.collage", "cilearn.exemplars.deepinversion",
     "cilearn.classifiers", "cilearn.losses", "cilearn.train", "cilearn.evaluate", "cilearn.metrics",
-    "cilearn.runner", "cilearn.loggers", "cilearn.rundir", "cilearn.checkpoints", "cilearn.transfer",
+    "cilearn.runner", "cilearn.recorder", "cilearn.events", "cilearn.loggers", "cilearn.rundir", "cilearn.checkpoints",
+    "cilearn.transfer",
     "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.sweep.spec",
     "cilearn.sweep.execute", "cilearn.log", "cilearn.errors",
 ]

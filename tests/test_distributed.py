@@ -117,8 +117,8 @@ import os, signal, sys, threading
 from cilearn import runner
 if os.environ.get("RANK") == "1":
     original = runner.Run.evaluate_task
-    def evaluate_then_die(self, task, before):
-        original(self, task, before)
+    def evaluate_then_die(self, task):
+        original(self, task)
         if task.index == 1:
             os.kill(os.getpid(), signal.SIGKILL)  # rank 1 dies after its second task
     runner.Run.evaluate_task = evaluate_then_die

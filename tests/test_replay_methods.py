@@ -399,10 +399,10 @@ def test_gdumb_clips_the_gradient_norm(scenario):
 def test_gdumb_run_trains_only_on_the_memory(tmp_path):
     run = make_run(tmp_path, {"name": "gdumb", "buffer_size": 30, "epochs": 2}, num_tasks=2, epochs=1)
     run.execute()
-    rows = run.log_rows
-    assert [(r[0], r[1], r[7]) for r in rows] == [(0, 1, "memory"), (0, 2, "memory"), (1, 1, "memory"),
-                                                 (1, 2, "memory")]
-    assert run.history[-1]["train_samples"] == 2 * 30  # two epochs over the 30 stored samples, no stream
+    rows = run.recorder.rows
+    assert [(r.task, r.epoch, r.stage) for r in rows] == [(0, 1, "memory"), (0, 2, "memory"), (1, 1, "memory"),
+                                                          (1, 2, "memory")]
+    assert run.recorder.history[-1]["train_samples"] == 2 * 30  # two epochs over the 30 stored samples, no stream
 
 
 def test_gdumbs_mlp_is_linear_without_bias_batchnorm_relu_blocks():

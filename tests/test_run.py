@@ -88,10 +88,10 @@ def test_joint_at_end_trains_once_on_all_data_after_the_last_task(tmp_path):
     run.run_task(run.scenario[1])
     assert all(torch.equal(a, p) for a, p in zip(before, run.model.backbone.parameters()))  # untouched so far
     run.run_task(run.scenario[2])
-    samples = [h["train_samples"] for h in run.history]
+    samples = [h["train_samples"] for h in run.recorder.history]
     assert samples == [0, 0, 2 * sum(len(t.train) for t in run.scenario)]  # 2 epochs over all three tasks
     every = make_run(tmp_path / "every", {"name": "joint"}, num_tasks=2, epochs=1)
     for task in every.scenario:
         every.run_task(task)
-    assert [h["train_samples"] for h in every.history] == [len(every.scenario[0].train),
+    assert [h["train_samples"] for h in every.recorder.history] == [len(every.scenario[0].train),
                                                            sum(len(t.train) for t in every.scenario)]
