@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 - autouse fixture
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 

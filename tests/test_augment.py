@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import digits_config
 
 from cilearn.augment import BatchAugment, to_tensor_images
 
@@ -226,11 +227,10 @@ def digits_run(tmp_path, method: dict, augment, **train):
     from cilearn.config import parse_config
     from cilearn.runner import Run
 
-    raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
-           "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": method,
-           "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "scheduler": "constant", "progress": False,
-                     "eval_every": 0, "augment": augment, "precision": "fp32", **train},
-           "output": {"save_checkpoints": False, "save_features": False}, "seed": 0}
+    raw = digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}}, method=method,
+                        train={"epochs": 1, "batch_size": 16, "scheduler": "constant", "eval_every": 0,
+                               "augment": augment, "precision": "fp32", **train},
+                        output={"save_checkpoints": False, "save_features": False}, seed=0)
     return Run(parse_config(raw), tmp_path)
 
 

@@ -26,7 +26,7 @@ from cilearn.errors import ConfigError
 from cilearn.experiment import resume_experiment
 from cilearn.methods import all_methods, method_options
 from cilearn.runner import Run
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import digits_config
 
 OPTIONS = {  # small settings for a fast digits run; everything else stays at the method's defaults
     "icarl": {"memory_size": 30},
@@ -43,14 +43,14 @@ DOMAIN_ONLY = {"iid"}  # methods for a fixed label space (domain streams)
 
 
 def config(name: str) -> dict:
-    scenario = ({"type": "domain_incremental", "num_tasks": 3, "options": {"stream": "rotated"}}
-                if name in DOMAIN_ONLY else {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 3})
-    return {"data": {"name": "digits"}, "scenario": scenario,
-            "model": {"name": "mlp", "options": {"hidden": [24]}},
-            "method": {"name": name, **OPTIONS.get(name, {})},
-            "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "scheduler": "multistep", "milestones": [2],
-                      "progress": False, "eval_every": 1, "checkpoint_every": 1},
-            "output": {"max_feature_samples": 30}, "seed": 1}
+    raw = digits_config(scenario={"num_tasks": 3}, model={"options": {"hidden": [24]}},
+                        method={"name": name, **OPTIONS.get(name, {})},
+                        train={"epochs": 3, "scheduler": "multistep", "milestones": [2], "eval_every": 1,
+                               "checkpoint_every": 1},
+                        output={"max_feature_samples": 30}, seed=1)
+    if name in DOMAIN_ONLY:  # a fixed label space: the whole scenario section differs
+        raw["scenario"] = {"type": "domain_incremental", "num_tasks": 3, "options": {"stream": "rotated"}}
+    return raw
 
 
 def outcome(folder) -> dict:

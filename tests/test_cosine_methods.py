@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 
-import helpers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.config import parse_config
 from cilearn.errors import ConfigError
@@ -22,10 +21,6 @@ from cilearn.methods.podnet import nca_loss, pod_spatial
 from cilearn.models import build_model
 from cilearn.models.heads import CosineHead
 from cilearn.runner import Run
-
-
-def make_run(tmp_path, method: dict, num_tasks: int = 2, epochs: int = 1) -> Run:
-    return helpers.make_run(tmp_path, {"memory_size": 40, **method}, num_tasks, epochs)
 
 
 def start_task(run: Run, task) -> list:
@@ -68,7 +63,7 @@ def test_margin_ranking_loss_by_hand():
 
 def test_lucir_lambda_adapts_to_the_ratio_of_old_to_new_classes(tmp_path):
     assert adaptive_lambda(5.0, 8, 2) == pytest.approx(10.0)
-    run = make_run(tmp_path, {"name": "lucir", "lambda_base": 5.0}, num_tasks=3)
+    run = make_run(tmp_path, {"name": "lucir", "memory_size": 40, "lambda_base": 5.0}, num_tasks=3)
     run.run_task(run.scenario[0])
     run.run_task(run.scenario[1])
     start_task(run, run.scenario[2])
@@ -76,7 +71,7 @@ def test_lucir_lambda_adapts_to_the_ratio_of_old_to_new_classes(tmp_path):
 
 
 def test_lucir_imprints_new_weights_and_keeps_old_ones_fixed(tmp_path):
-    run = make_run(tmp_path, {"name": "lucir"}, epochs=2)
+    run = make_run(tmp_path, {"name": "lucir", "memory_size": 40}, num_tasks=2, epochs=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     head = run.model.head
@@ -178,7 +173,7 @@ def test_stage_outputs_come_with_the_same_features(name, options):
 
 
 def test_podnet_finetunes_only_the_classifier_on_the_balanced_memory(tmp_path):
-    run = make_run(tmp_path, {"name": "podnet", "proxies": 2, "finetune_epochs": 2})
+    run = make_run(tmp_path, {"name": "podnet", "memory_size": 40, "proxies": 2, "finetune_epochs": 2}, num_tasks=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     stages = start_task(run, task)
@@ -194,7 +189,8 @@ def test_podnet_finetunes_only_the_classifier_on_the_balanced_memory(tmp_path):
 
 
 def test_podnet_finetune_scale_trains_eta_on_request(tmp_path):
-    run = make_run(tmp_path, {"name": "podnet", "proxies": 2, "finetune_epochs": 1, "finetune_scale": True})
+    run = make_run(tmp_path, {"name": "podnet", "memory_size": 40, "proxies": 2, "finetune_epochs": 1,
+                               "finetune_scale": True}, num_tasks=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     stages = start_task(run, task)
@@ -205,7 +201,7 @@ def test_podnet_finetune_scale_trains_eta_on_request(tmp_path):
 
 
 def test_podnet_imprints_proxies_from_kmeans_of_the_new_classes(tmp_path):
-    run = make_run(tmp_path, {"name": "podnet", "proxies": 3, "finetune_epochs": 0})
+    run = make_run(tmp_path, {"name": "podnet", "memory_size": 40, "proxies": 3, "finetune_epochs": 0}, num_tasks=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     old_norm = run.model.head.chunks[0].weight.norm(dim=1).mean()
@@ -225,7 +221,7 @@ def test_podnet_needs_the_backbones_stage_outputs(tmp_path, monkeypatch):
     from cilearn.models.mlp import MLP
     monkeypatch.delattr(MLP, "forward_stages")
     with pytest.raises(ConfigError, match="forward_stages"):
-        make_run(tmp_path, {"name": "podnet"})
+        make_run(tmp_path, {"name": "podnet", "memory_size": 40}, num_tasks=2)
 
 
 # --- reports rebuild the method's head -------------------------------------------------------------------

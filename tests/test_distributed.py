@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import digits_config
 
 from cilearn.distributed import Distributed
 
@@ -26,12 +27,10 @@ TOLERANCE = 1e-4
 
 
 def config(method: dict, tasks: int = 3) -> dict:
-    return {"data": {"name": "digits"},
-            "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": tasks},
-            "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": method,
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False,
-                      "num_threads": 1, "dist_timeout": 120, "precision": "fp32"},  # compared: pinned
-            "output": {"max_feature_samples": 40}, "seed": 2}
+    return digits_config(scenario={"num_tasks": tasks}, method=method,
+                         train={"epochs": 2, "scheduler": "constant", "num_threads": 1, "dist_timeout": 120,
+                                "precision": "fp32"},  # compared: pinned
+                         output={"max_feature_samples": 40}, seed=2)
 
 
 def env(**extra) -> dict:

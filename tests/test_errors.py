@@ -17,20 +17,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import digits_config
 
 from cilearn.cli import main
 from cilearn.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GOOD = {
-    "data": {"name": "digits"},
-    "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
-    "model": {"name": "mlp", "options": {"hidden": [32]}},
-    "method": {"name": "finetune"},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "num_threads": 1, "progress": False},
-    "output": {"max_feature_samples": 20},
-}
+GOOD = digits_config(scenario={"num_tasks": 2}, train={"epochs": 1, "num_threads": 1},
+                     output={"max_feature_samples": 20})
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

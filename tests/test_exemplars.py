@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_run, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from helpers import digits_config, make_run
 
 from cilearn.cli import main
 from cilearn.config import load_runs
@@ -383,25 +383,12 @@ def test_add_mode_alternates_real_and_synthetic_within_the_budget(trained_net):
     assert kind.tolist() == [0, 2, 2, 2]
 
 
-def resnet_run(tmp_path, method: dict, num_tasks: int = 3):
-    """A set-up run on digits with a small ResNet (DeepInversion needs BatchNorm layers)."""
-    from cilearn.config import parse_config
-    from cilearn.runner import Run
-
-    raw = {"data": {"name": "digits"},
-           "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": num_tasks},
-           "model": {"name": "resnet20", "options": {"width": 0.5}}, "method": method,
-           "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False,
-                     "eval_every": 0},
-           "output": {"save_checkpoints": False, "save_features": False}, "seed": 0}
-    run = Run(parse_config(raw), tmp_path)
-    run.setup()
-    return run
+SMALL_RESNET = {"name": "resnet20", "options": {"width": 0.5}}  # DeepInversion needs BatchNorm layers
 
 
 def test_deepinversion_memory_in_a_run_respects_the_budget(tmp_path):
-    run = resnet_run(tmp_path, {"name": "icarl", "memory_size": 12, "exemplars": "deepinversion",
-                                "deepinversion": {"iterations": 3, "adaptive": True}})
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 12, "exemplars": "deepinversion",
+                              "deepinversion": {"iterations": 3, "adaptive": True}}, num_tasks=3, model=SMALL_RESNET)
     memory = run.method.memory
     for task in run.scenario:
         run.run_task(task)
@@ -461,17 +448,12 @@ def test_study_configs_parse():
 
 
 # --- resume: a run killed during synthesis ends with the same images ---------------------------------------
-RESUME_CONFIG = {
-    "data": {"name": "digits"},
-    "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 3},
-    "model": {"name": "resnet20", "options": {"width": 0.5}},
-    "method": {"name": "icarl", "memory_size": 40, "exemplars": "deepinversion",
-               "deepinversion": {"iterations": 60, "adaptive": True, "init": "random_images", "flip": True}},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "num_threads": 1,
-              "checkpoint_every": 1, "progress": False},
-    "output": {"max_feature_samples": 30},
-    "seed": 4,
-}
+RESUME_CONFIG = digits_config(
+    scenario={"num_tasks": 3}, model=SMALL_RESNET,
+    method={"name": "icarl", "memory_size": 40, "exemplars": "deepinversion",
+            "deepinversion": {"iterations": 60, "adaptive": True, "init": "random_images", "flip": True}},
+    train={"epochs": 1, "scheduler": "constant", "num_threads": 1, "checkpoint_every": 1},
+    output={"max_feature_samples": 30}, seed=4)
 
 
 def run_outputs(run) -> dict:

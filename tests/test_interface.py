@@ -18,7 +18,7 @@ from cilearn.experiment import resume_experiment
 from cilearn.methods import Method, Stage, register
 from cilearn.methods.base import METHOD_HOOKS
 from cilearn.runner import Run
-from helpers import installed_plugin, make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import digits_config, installed_plugin, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,10 +191,9 @@ register(TwoStages)
 
 
 def _two_stage_config() -> dict:
-    return {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
-            "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "two_stages_test"},
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "progress": False, "checkpoint_every": 1},
-            "output": {"save_features": False}, "seed": 0}
+    return digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}},
+                         method={"name": "two_stages_test"}, train={"epochs": 2, "checkpoint_every": 1},
+                         output={"save_features": False}, seed=0)
 
 
 def test_stages_run_in_order_train_their_own_parameters_and_resume(tmp_path, monkeypatch):

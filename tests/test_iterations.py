@@ -10,7 +10,7 @@ import math
 
 import pytest
 import yaml
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import digits_config
 
 from cilearn.cli import main
 from cilearn.config import parse_config
@@ -22,12 +22,10 @@ ITERATIONS = 23  # not a multiple of the batches in a pass: the last pass is cut
 
 
 def config(**train) -> dict:
-    return {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
-            "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "finetune"},
-            "train": {"iterations": ITERATIONS, "batch_size": 32, "optimizer": "adam", "lr": 0.01,
-                      "scheduler": "multistep", "milestones": [10, 20], "gamma": 0.1, "progress": False,
-                      "eval_every": 1, **train},
-            "output": {"save_features": False}, "seed": 3}
+    return digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}},
+                         train={"iterations": ITERATIONS, "optimizer": "adam", "lr": 0.01, "scheduler": "multistep",
+                                "milestones": [10, 20], "gamma": 0.1, "eval_every": 1, **train},
+                         output={"save_features": False}, seed=3)
 
 
 def rows(folder) -> list[dict]:

@@ -10,7 +10,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData

@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import one_thread  # noqa: F401 - autouse fixture
+from helpers import digits_config, installed_plugin
 
 from cilearn import loggers
 from cilearn.errors import ConfigError
@@ -20,12 +20,9 @@ EPOCHS, TASKS = 2, 2
 
 
 def config(*names: str, method: str = "finetune") -> dict:
-    return {"data": {"name": "digits"},
-            "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": TASKS},
-            "model": {"name": "mlp", "options": {"hidden": [32]}},
-            "method": {"name": method},
-            "train": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False},
-            "output": {"save_features": False, "loggers": list(names)}}
+    return digits_config(scenario={"num_tasks": TASKS}, method={"name": method},
+                         train={"epochs": EPOCHS, "scheduler": "constant"},
+                         output={"save_features": False, "loggers": list(names)})
 
 
 def log_rows(run_dir) -> list[dict]:
@@ -277,8 +274,6 @@ class JsonLines(Logger):
 def test_a_separately_installed_package_registers_a_logger(tmp_path):
     import subprocess
     import sys
-
-    from helpers import installed_plugin
 
     env = installed_plugin(tmp_path, "cilearn_logger_demo", PLUGIN_LOGGER, """\
         [cilearn.loggers]

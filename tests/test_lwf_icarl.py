@@ -18,19 +18,15 @@ from cilearn.distill import LossSetup
 from cilearn.methods.components import resolve_losses
 from cilearn.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.runner import Run
-import helpers
-from helpers import one_thread  # noqa: F401  (autouse fixture)
-
-
-def make_run(tmp_path, method: dict, num_tasks: int = 3, epochs: int = 1):
-    return helpers.make_run(tmp_path, method, num_tasks, epochs)
+from helpers import make_run
 
 
 @pytest.fixture(scope="module")
 def icarl_run(tmp_path_factory):
     """iCaRL trained on the first two tasks (teacher = the model after task 0)."""
     run = make_run(tmp_path_factory.mktemp("icarl"), {"name": "icarl", "memory_size": 40,
-                                                      "classifiers": ["nme", "head", "knn", "svm", "mlp"]})
+                                                      "classifiers": ["nme", "head", "knn", "svm", "mlp"]},
+                   num_tasks=3)
     for task in run.scenario[:2]:
         run.run_task(task)
     return run
@@ -276,7 +272,7 @@ def test_state_dict_round_trip_restores_memory_and_teacher(icarl_run, tmp_path):
     path = tmp_path / "state.pt"
     save_checkpoint(path, {"method": method.state_dict()})
     state = load_checkpoint(path)["method"]  # weights_only load: tensors and plain values only
-    fresh = make_run(tmp_path / "fresh", dict(icarl_run.cfg.method))
+    fresh = make_run(tmp_path / "fresh", dict(icarl_run.cfg.method), num_tasks=3)
     for size in [s.stop - s.start for s in icarl_run.model.head.task_slices]:
         fresh.model.add_classes(size)
     fresh.method.load_state_dict(state)

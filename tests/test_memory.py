@@ -10,7 +10,7 @@ from cilearn.config import parse_config
 from cilearn.data import ImageData
 from cilearn.memory import ExemplarMemory, herding, random_selection
 from cilearn.runner import Run
-from helpers import make_run, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from helpers import make_run
 
 
 def brute_force_herding(features: np.ndarray, m: int) -> list[int]:

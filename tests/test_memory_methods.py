@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 
-import helpers
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.config import parse_config
 from cilearn.errors import ConfigError
@@ -21,10 +20,6 @@ from cilearn.methods.rehearsal import balanced_distillation, feature_distillatio
 from cilearn.methods.wa import align_weights
 from cilearn.models import IncrementalHead
 from cilearn.runner import Run
-
-
-def make_run(tmp_path, method: dict, num_tasks: int = 2, epochs: int = 1) -> Run:
-    return helpers.make_run(tmp_path, {"memory_size": 40, **method}, num_tasks, epochs)
 
 
 def start_task(run: Run, task) -> list:
@@ -93,7 +88,7 @@ def test_bic_correction_changes_only_the_new_classes_logits():
 
 
 def test_bic_holds_out_a_balanced_set_that_stage_one_never_sees(tmp_path):
-    run = make_run(tmp_path, {"name": "bic", "memory_size": 40, "bias_epochs": 2})
+    run = make_run(tmp_path, {"name": "bic", "memory_size": 40, "bias_epochs": 2}, num_tasks=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     stages = start_task(run, task)
@@ -111,7 +106,7 @@ def test_bic_holds_out_a_balanced_set_that_stage_one_never_sees(tmp_path):
 
 
 def test_bic_bias_stage_trains_only_this_tasks_alpha_and_beta(tmp_path):
-    run = make_run(tmp_path, {"name": "bic", "memory_size": 40, "bias_epochs": 3})
+    run = make_run(tmp_path, {"name": "bic", "memory_size": 40, "bias_epochs": 3}, num_tasks=2)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
     stages = start_task(run, task)
@@ -126,7 +121,7 @@ def test_bic_bias_stage_trains_only_this_tasks_alpha_and_beta(tmp_path):
 
 def test_bic_refuses_a_memory_too_small_to_hold_out(tmp_path):
     with pytest.raises(ConfigError, match="too few to hold out"):
-        make_run(tmp_path, {"name": "bic", "memory_size": 4})
+        make_run(tmp_path, {"name": "bic", "memory_size": 4}, num_tasks=2)
 
 
 # --- WA ----------------------------------------------------------------------------------------------
@@ -151,7 +146,7 @@ def test_wa_aligns_the_mean_norms_and_scales_the_new_logits_by_gamma():
 
 
 def test_wa_clips_weights_and_aligns_after_each_task(tmp_path):
-    run = make_run(tmp_path, {"name": "wa", "memory_size": 40}, epochs=2)
+    run = make_run(tmp_path, {"name": "wa", "memory_size": 40}, num_tasks=2, epochs=2)
     assert isinstance(run.model.head, IncrementalHead) and all(c.bias is None for c in run.model.head.chunks)
     for task in run.scenario:
         run.run_task(task)

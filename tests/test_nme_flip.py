@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import digits_config
 
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
@@ -35,14 +35,13 @@ def colour_splits(seed: int = 0) -> DatasetSplits:
     return DatasetSplits(name="colour_test", display_name="Colour test", train=split(40), test=split(10))
 
 
-def make_run(tmp_path, splits, **method) -> Run:
-    cfg = parse_config({"data": {"name": splits.name},
-                        "scenario": {"classes_per_task": 2, "class_order": "sorted"},
-                        "model": {"name": "mlp", "options": {"hidden": [16]}},
-                        "method": {"name": "icarl", "memory_size": 8, "classifiers": ["nme"], **method},
-                        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "augment": "none",
-                                  "progress": False, "eval_every": 0, "precision": "fp32"},  # compared
-                        "output": {"save_features": False, "save_checkpoints": False}, "seed": 0})
+def icarl_run(tmp_path, splits, **method) -> Run:
+    """A run (not set up) of iCaRL with the NME classifier on ``splits``, an in-memory dataset."""
+    cfg = parse_config(digits_config(data={"name": splits.name}, model={"options": {"hidden": [16]}},
+                                     method={"name": "icarl", "memory_size": 8, "classifiers": ["nme"], **method},
+                                     train={"epochs": 2, "batch_size": 16, "augment": "none", "eval_every": 0,
+                                            "precision": "fp32"},  # compared
+                                     output={"save_features": False, "save_checkpoints": False}, seed=0))
     return Run(cfg, tmp_path, data=splits)
 
 
@@ -67,7 +66,7 @@ def hand_means(run) -> torch.Tensor:
 
 
 def test_colour_nme_means_average_the_mirror_images_by_hand(tmp_path):
-    run = make_run(tmp_path / "run", colour_splits())
+    run = icarl_run(tmp_path / "run", colour_splits())
     run.execute()
     assert run.method.fitted.flip  # the default on colour images
     got = run.method.fitted.nme.means.double()
@@ -88,7 +87,7 @@ def test_flip_is_off_for_grey_images_and_can_be_forced(tmp_path):
     grey = DatasetSplits(name="grey_test", display_name="Grey test",
                          train=ImageData(grey.train.images[..., :1], grey.train.labels, grey.train.class_names),
                          test=ImageData(grey.test.images[..., :1], grey.test.labels, grey.test.class_names))
-    for run in (make_run(tmp_path / "grey", grey), make_run(tmp_path / "off", colour_splits(), nme_flip=False)):
+    for run in (icarl_run(tmp_path / "grey", grey), icarl_run(tmp_path / "off", colour_splits(), nme_flip=False)):
         run.setup()
         assert not run.method.fitted.flip
 
@@ -97,7 +96,7 @@ def test_flip_is_off_for_grey_images_and_can_be_forced(tmp_path):
 def test_nme_predictions_follow_the_means(tmp_path, flip):
     """The NME classifier predicts the class whose mean is nearest the test image's normalised feature
     (the test image itself is not mirrored, as in the original)."""
-    run = make_run(tmp_path / "run", colour_splits(), nme_flip=flip)
+    run = icarl_run(tmp_path / "run", colour_splits(), nme_flip=flip)
     run.execute()
     images = torch.from_numpy(colour_splits().test.images)
     with torch.no_grad():

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from cilearn.augment import BatchAugment

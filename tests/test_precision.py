@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import make_run
 
 from cilearn import runtime
 from cilearn.augment import BatchAugment
@@ -21,7 +22,6 @@ from cilearn.methods import Method, MethodContext, MethodOptions
 from cilearn.models import build_model
 from cilearn.runner import Run
 from cilearn.train import Trainer
-from tests.helpers import make_run, one_thread  # noqa: F401  (fixture)
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import one_thread  # noqa: F401 - autouse fixture
 from test_loggers import wandb_records
 
 from cilearn.cli import main

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.augment import BatchAugment
 from cilearn.data import ImageData

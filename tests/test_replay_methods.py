@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.augment import BatchAugment
 from cilearn.buffers import ReservoirBuffer

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import digits_config
 
 from cilearn.cli import main
 from cilearn.methods import METHODS, register
@@ -82,16 +83,10 @@ METHOD_SECTIONS = {
 
 
 def config(method: dict) -> dict:
-    return {
-        "data": {"name": "digits"},
-        "scenario": {"classes_per_task": 2, "class_order": "sorted"},
-        "model": {"name": "mlp", "options": {"hidden": [64]}},
-        "method": method,
-        "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 0.05, "scheduler": "multistep", "milestones": [4],
-                  "num_threads": 1, "checkpoint_every": 1, "progress": False},
-        "output": {"max_feature_samples": 50},
-        "seed": 3,
-    }
+    return digits_config(model={"options": {"hidden": [64]}}, method=method,
+                         train={"epochs": EPOCHS, "batch_size": 16, "scheduler": "multistep", "milestones": [4],
+                                "num_threads": 1, "checkpoint_every": 1},
+                         output={"max_feature_samples": 50}, seed=3)
 
 
 def write_config(folder: Path, method: dict) -> Path:

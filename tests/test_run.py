@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import make_run
 
 from cilearn.cli import main
 
@@ -80,8 +81,6 @@ def test_task_incremental_reports_task_aware_and_agnostic_from_one_run(tmp_path)
 def test_joint_at_end_trains_once_on_all_data_after_the_last_task(tmp_path):
     """Hsu et al.'s offline / Mammoth's joint: nothing trains before the last task, which trains on every task's
     data; the default (every_task) trains each task on all data seen so far."""
-    from helpers import make_run
-
     run = make_run(tmp_path / "at_end", {"name": "joint", "when": "at_end"}, num_tasks=3, epochs=2)
     before = [p.detach().clone() for p in run.model.backbone.parameters()]
     run.run_task(run.scenario[0])

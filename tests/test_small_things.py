@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 
 import yaml
-from helpers import one_thread  # noqa: F401 - autouse fixture
+from helpers import digits_config
 
 from cilearn.cli import main
 
-TINY = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "class_order": "sorted", "num_tasks": 2},
-        "model": {"name": "mlp", "options": {"hidden": [16]}}, "method": {"name": "finetune"},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "scheduler": "constant", "progress": False},
-        "output": {"save_features": False}}
+TINY = digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}},
+                     train={"epochs": 1, "scheduler": "constant"}, output={"save_features": False})
 
 
 def write(tmp_path: Path, raw: dict, name: str = "c.yaml") -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import helpers
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.augment import BatchAugment
 from cilearn.classifiers import HeadClassifier, NearestMean, top_k_correct
@@ -70,7 +69,7 @@ def test_evaluator_reports_top5_for_datasets_of_ten_classes_or_more(num_classes)
 
 
 def test_icarl_run_writes_top5_for_head_and_nme(tmp_path):
-    run = helpers.make_run(tmp_path, {"name": "icarl", "memory_size": 40}, num_tasks=4)
+    run = make_run(tmp_path, {"name": "icarl", "memory_size": 40}, num_tasks=4)
     run.execute()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for name in ("nme", "head"):
