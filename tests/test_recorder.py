@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_run, one_thread  # noqa: F401 - autouse fixture
+from helpers import make_run
 
 from cilearn.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.config import parse_config

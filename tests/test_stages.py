@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_run, one_thread  # noqa: F401  (autouse fixture)
+from helpers import make_run
 
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, parse_config
