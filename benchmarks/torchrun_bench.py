@@ -120,7 +120,7 @@ def time_inference(model, dist: Distributed, device: torch.device, args) -> dict
     import numpy as np
 
     from cilearn.augment import BatchAugment
-    from cilearn.evaluate import Inference
+    from cilearn.engine.evaluate import Inference
 
     images = np.random.RandomState(0).randint(0, 256, (args.eval_images, 32, 32, 3), dtype=np.uint8)
     augment = BatchAugment((0.5,) * 3, (0.25,) * 3)

@@ -96,11 +96,11 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
 def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: int = 5) -> dict:
     """Images per second of evaluation-mode feature extraction (``inference_mode``, channels_last) on random
     data: the network as trained at batch 256 (0.1's evaluation) and at the eval batch 128, and with its
-    BatchNorms folded (:func:`~cilearn.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now.
+    BatchNorms folded (:func:`~cilearn.engine.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now.
     Median of ``repeats`` timings, the variants interleaved (the machine's speed drifts)."""
     import torch
 
-    from .evaluate import fold_batchnorm
+    from .engine.evaluate import fold_batchnorm
     from .models import build_model
 
     torch.manual_seed(0)
@@ -148,9 +148,9 @@ def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_
     import numpy as np
     import torch
 
-    from .exemplars.collage import CollageBuilder
-    from .exemplars.deepinversion import DeepInversionBuilder, DeepInversionOptions
-    from .memory import ClassPool
+    from .methods.parts.exemplars.collage import CollageBuilder
+    from .methods.parts.exemplars.deepinversion import DeepInversionBuilder, DeepInversionOptions
+    from .methods.parts.memory import ClassPool
     from .models import build_model
 
     torch.manual_seed(0)
@@ -180,7 +180,7 @@ def worker(spec: dict) -> dict:
     """Run one config end to end in this process and report its timings, memory and accuracy."""
     started = time.perf_counter()
     from .config import load_runs
-    from .runner import Run
+    from .engine.runner import Run
 
     _, runs = load_runs(spec["config"], spec["overrides"])
     label, cfg = runs[0]

@@ -14,7 +14,7 @@ How the work is split, and why the results equal a single process's:
 - everything that is not a gradient step — the frozen teacher, exemplar selection (herding), class means,
   evaluation — runs on every process on identical models and inputs and gives identical results; the
   inference passes behind evaluation, herding and class means are sharded: each process computes its own
-  whole batches and one all-reduce gathers them (:class:`~cilearn.evaluate.Inference`, bit-identical to one
+  whole batches and one all-reduce gathers them (:class:`~cilearn.engine.evaluate.Inference`, bit-identical to one
   process); only rank 0 writes the run directory and prints; a checkpoint is read by rank 0 and broadcast,
   and resumes on any number of processes (one included).
 

@@ -25,11 +25,11 @@ from typing import Any
 from .config import Config, apply_overrides, expand_runs, load_yaml, parse_config, run_label
 from .data import DatasetSplits
 from .data.memo import shared_datasets
+from .engine.runner import Run, say
 from .errors import CheckpointError, ConfigError, DataError
 from .log import count, library_default_logging
 from .results import ExperimentResult, RunResult, experiment_labels
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
-from .runner import Run, say
 
 
 def default_out_dir(name: str) -> Path:

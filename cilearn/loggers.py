@@ -1,7 +1,7 @@
 """Where a run reports besides the console: ``output.loggers: [csv, tensorboard, wandb]`` (default ``[csv]``).
 
-A logger is a small object that a run's :class:`~cilearn.recorder.Recorder` calls at four points, never inside
-the per-step loop, each time with an event (:mod:`cilearn.events`): :meth:`Logger.on_run_start`
+A logger is a small object that a run's :class:`~cilearn.engine.recorder.Recorder` calls at four points, never inside
+the per-step loop, each time with an event (:mod:`cilearn.engine.events`): :meth:`Logger.on_run_start`
 (:class:`RunStarted`: the run folder is ready; also after a resume), :meth:`Logger.on_epoch_end`
 (:class:`EpochEnded`, every training epoch), :meth:`Logger.on_task_end` (:class:`TaskEnded`, after each task's
 evaluation) and :meth:`Logger.on_run_end` (:class:`RunEnded`, at the end, or when the run stops on an error or
@@ -46,8 +46,8 @@ import time
 from collections.abc import Sequence
 
 from .distributed import is_main
+from .engine.events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
 from .errors import ConfigError, unknown_choice
-from .events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
 from .log import get_logger
 from .plugins import first_line
 from .registry import Component, Registry
@@ -63,7 +63,7 @@ class Logger:
 
     A run calls :meth:`on_run_start` once per process (again when it resumes), :meth:`on_epoch_end` after
     every training epoch, :meth:`on_task_end` after each task's evaluation and :meth:`on_run_end` at the end
-    (also when it stops on an error).  Every event has ``rows``: the :class:`~cilearn.events.EpochRow` of every
+    (also when it stops on an error).  Every event has ``rows``: the :class:`~cilearn.engine.events.EpochRow` of every
     epoch since the run began (a resumed run's earlier ones included), so ``len(event.rows)`` is an x axis that
     a resumed run continues.  The events, field by field::
 

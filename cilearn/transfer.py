@@ -7,7 +7,7 @@
 - a plain PyTorch state dict (``torch.save(model.state_dict())``) of an ``IncrementalNet`` (keys
   ``backbone.*``/``head.*``) or of a bare backbone.
 
-Everything is read with ``weights_only`` (:func:`cilearn.checkpoints.load_checkpoint`).  Only the
+Everything is read with ``weights_only`` (:func:`cilearn.engine.checkpoints.load_checkpoint`).  Only the
 backbone's weights and BatchNorm statistics are copied: the head belongs to the new classes.  The
 checkpoint must come from the same architecture; a missing/unexpected key or a shape mismatch is a
 :class:`~cilearn.errors.CheckpointError` naming the parameter.
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .checkpoints import load_checkpoint
+from .engine.checkpoints import load_checkpoint
 from .rundir import RunDir
 
 

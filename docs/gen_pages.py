@@ -31,12 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 API_MODULES = [
     "cilearn.experiment", "cilearn.results", "cilearn.data", "cilearn.data.adapters", "cilearn.scenarios",
     "cilearn.streams", "cilearn.augment", "cilearn.models",
-    "cilearn.methods", "cilearn.methods.components", "cilearn.distill", "cilearn.buffers", "cilearn.memory",
-    "cilearn.exemplars", "cilearn.exemplars.collage", "cilearn.exemplars.deepinversion",
-    "cilearn.classifiers", "cilearn.losses", "cilearn.train", "cilearn.evaluate", "cilearn.metrics",
-    "cilearn.runner", "cilearn.recorder", "cilearn.events", "cilearn.loggers", "cilearn.rundir", "cilearn.checkpoints",
-    "cilearn.transfer",
-    "cilearn.config", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.sweep.spec",
+    "cilearn.registry", "cilearn.methods", "cilearn.methods.parts.components", "cilearn.methods.parts.distill",
+    "cilearn.methods.parts.buffers", "cilearn.methods.parts.memory", "cilearn.methods.parts.exemplars",
+    "cilearn.methods.parts.exemplars.collage", "cilearn.methods.parts.exemplars.deepinversion",
+    "cilearn.methods.parts.classifiers", "cilearn.losses", "cilearn.engine.assembly", "cilearn.engine.train",
+    "cilearn.engine.evaluate", "cilearn.metrics", "cilearn.engine.runner", "cilearn.engine.recorder",
+    "cilearn.engine.events", "cilearn.loggers", "cilearn.rundir", "cilearn.engine.checkpoints", "cilearn.transfer",
+    "cilearn.config", "cilearn.sections", "cilearn.schema", "cilearn.plugins", "cilearn.summary", "cilearn.sweep.spec",
     "cilearn.sweep.execute", "cilearn.log", "cilearn.errors",
 ]
 

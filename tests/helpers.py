@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from cilearn.config import parse_config
-from cilearn.runner import Run
+from cilearn.engine.runner import Run
 
 # What the tiny digits runs have in common. Every other setting comes from the caller, so that a test's config
 # says what it runs; a default added here would change every test that builds on it.

@@ -225,7 +225,7 @@ def test_the_schema_checks_the_list_form():
 
 def digits_run(tmp_path, method: dict, augment, **train):
     from cilearn.config import parse_config
-    from cilearn.runner import Run
+    from cilearn.engine.runner import Run
 
     raw = digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}}, method=method,
                         train={"epochs": 1, "batch_size": 16, "scheduler": "constant", "eval_every": 0,

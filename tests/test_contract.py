@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from cilearn.checkpoints import load_checkpoint, save_checkpoint
+from cilearn.engine.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.config import parse_config
 from cilearn.errors import ConfigError
 from cilearn.experiment import resume_experiment
 from cilearn.methods import all_methods, method_options
-from cilearn.runner import Run
+from cilearn.engine.runner import Run
 from helpers import digits_config
 
 OPTIONS = {  # small settings for a fast digits run; everything else stays at the method's defaults

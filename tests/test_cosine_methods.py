@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from helpers import make_run
 
 from cilearn.config import parse_config
+from cilearn.engine.runner import Run
 from cilearn.errors import ConfigError
 from cilearn.methods.lucir import adaptive_lambda, margin_ranking
 from cilearn.methods.podnet import nca_loss, pod_spatial
 from cilearn.models import build_model
 from cilearn.models.heads import CosineHead
-from cilearn.runner import Run
 
 
 def start_task(run: Run, task) -> list:

@@ -684,7 +684,7 @@ def test_a_corrupt_image_in_an_archive_is_named_without_pils_buffer(tmp_path):
 def test_data_normalize_false_feeds_raw_pixels_in_0_1(tmp_path):
     """data.normalize: false gives the network x / 255 (Mammoth's MNIST: ToTensor only); true standardises."""
     from cilearn.config import parse_config
-    from cilearn.runner import Run
+    from cilearn.engine.runner import Run
 
     def inputs(normalize: bool):
         raw = {"data": {"name": "digits", "normalize": normalize}, "model": {"name": "mlp", "options": {"hidden": [8]}},

@@ -175,7 +175,7 @@ def test_replay_methods_on_two_processes_match_one(tmp_path):
 
 
 def test_replay_batches_must_divide_by_the_processes():
-    from cilearn.assembly import check_distributed_method as check_method
+    from cilearn.engine.assembly import check_distributed_method as check_method
     from cilearn.errors import ConfigError
 
     method = type("Stub", (), {"name": "derpp", "replay": object(), "replay_batch_size": 15})()
@@ -217,7 +217,7 @@ SHARDED_INFERENCE = """
 import sys, numpy as np, torch
 from cilearn.augment import BatchAugment
 from cilearn.distributed import Distributed
-from cilearn.evaluate import Inference
+from cilearn.engine.evaluate import Inference
 from cilearn.models import build_model
 
 torch.set_num_threads(1)

@@ -386,7 +386,7 @@ def test_resume_falls_back_past_a_checkpoint_of_random_bytes(earlier, tmp_path, 
 
 
 def _interrupt_after_first_task(monkeypatch):
-    from cilearn.runner import Run
+    from cilearn.engine.runner import Run
 
     original = Run.save
 

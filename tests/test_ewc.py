@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cilearn.augment import BatchAugment
 from cilearn.cli import main
 from cilearn.data import load_dataset
-from cilearn.evaluate import Inference
+from cilearn.engine.evaluate import Inference
 from cilearn.methods import MethodContext, method_class, method_options
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental

@@ -14,8 +14,9 @@ from helpers import digits_config, make_run
 from cilearn.cli import main
 from cilearn.config import load_runs
 from cilearn.errors import ConfigError
-from cilearn.exemplars import check_policy
-from cilearn.exemplars.collage import (
+from cilearn.methods import method_options
+from cilearn.methods.parts.exemplars import check_policy
+from cilearn.methods.parts.exemplars.collage import (
     CollageBuilder,
     collages,
     collages_by_class,
@@ -24,7 +25,7 @@ from cilearn.exemplars.collage import (
     quadrants,
     tile,
 )
-from cilearn.exemplars.deepinversion import (
+from cilearn.methods.parts.exemplars.deepinversion import (
     BatchNormStatistics,
     DeepInversionBuilder,
     DeepInversionOptions,
@@ -35,8 +36,7 @@ from cilearn.exemplars.deepinversion import (
     to_uint8,
     total_variation,
 )
-from cilearn.memory import KIND_CODES, ClassPool, herding
-from cilearn.methods import method_options
+from cilearn.methods.parts.memory import KIND_CODES, ClassPool, herding
 from cilearn.models import build_model
 
 
@@ -176,7 +176,7 @@ def test_collage_memory_budget_order_and_sources_in_a_run(tmp_path, caplog):
 
 def test_first_task_shortfall_is_logged(tmp_path, caplog):
     run = make_run(tmp_path, {"name": "icarl", "memory_size": 400, "exemplars": "collage"}, num_tasks=2)
-    with caplog.at_level("INFO", logger="cilearn.exemplars"):
+    with caplog.at_level("INFO", logger="cilearn.methods.parts.exemplars"):
         run.run_task(run.scenario[0])
     out = caplog.text
     counts = {c: len(run.method.memory.class_indices(c)) for c in (0, 1)}
@@ -191,7 +191,7 @@ def test_replay_keeps_collages_of_the_selected_samples():
     from cilearn.augment import BatchAugment
     from cilearn.config import ScenarioConfig
     from cilearn.data import load_dataset
-    from cilearn.evaluate import Inference
+    from cilearn.engine.evaluate import Inference
     from cilearn.methods import MethodContext, method_class
     from cilearn.methods.replay import select, selection_metric
     from cilearn.scenarios import build_scenario
@@ -460,7 +460,7 @@ def run_outputs(run) -> dict:
     """What must not depend on interruptions: metrics (timings aside), predictions, every task's memory."""
     import json
 
-    from cilearn.checkpoints import load_checkpoint
+    from cilearn.engine.checkpoints import load_checkpoint
 
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("timing", "task_timing", "memory"):  # measurements of this process, not results

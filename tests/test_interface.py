@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from cilearn.buffers import ClassBalancedBuffer, ReservoirBuffer
+from cilearn.methods.parts.buffers import ClassBalancedBuffer, ReservoirBuffer
 from cilearn.config import parse_config
 from cilearn.experiment import resume_experiment
 from cilearn.methods import Method, Stage, register
 from cilearn.methods.base import METHOD_HOOKS
-from cilearn.runner import Run
+from cilearn.engine.runner import Run
 from helpers import digits_config, installed_plugin, make_run
 
 ROOT = Path(__file__).resolve().parents[1]

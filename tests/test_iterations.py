@@ -14,9 +14,9 @@ from helpers import digits_config
 
 from cilearn.cli import main
 from cilearn.config import parse_config
+from cilearn.engine.runner import Run
+from cilearn.engine.train import stage_config
 from cilearn.experiment import resume_experiment
-from cilearn.runner import Run
-from cilearn.train import stage_config
 
 ITERATIONS = 23  # not a multiple of the batches in a pass: the last pass is cut short
 
@@ -54,7 +54,7 @@ def test_exact_steps_and_a_schedule_in_iterations(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_warmup_counts_iterations(tmp_path, monkeypatch):
-    from cilearn.train import Trainer
+    from cilearn.engine.train import Trainer
 
     used = []  # the lr of every optimizer step, in order
     original = Trainer.start

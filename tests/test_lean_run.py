@@ -14,8 +14,8 @@ from helpers import make_run
 
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
-from cilearn.evaluate import balanced_sample
-from cilearn.runner import Run
+from cilearn.engine.evaluate import balanced_sample
+from cilearn.engine.runner import Run
 from cilearn.scenarios import class_incremental
 
 
@@ -125,7 +125,7 @@ def test_exemplar_features_saved_for_the_report_are_the_current_models(tmp_path)
 def resnet_inference(fold: bool, batch_size: int = 16):
     """iCaRL's ResNet-32 (shortcut A, signed features) with non-trivial BatchNorm statistics, eval inference."""
     from cilearn.augment import BatchAugment
-    from cilearn.evaluate import Inference
+    from cilearn.engine.evaluate import Inference
     from cilearn.models import build_model
 
     torch.manual_seed(0)
@@ -139,8 +139,8 @@ def resnet_inference(fold: bool, batch_size: int = 16):
 
 
 def test_folded_batchnorm_gives_the_networks_features_and_the_same_decisions():
-    from cilearn.classifiers import NearestMean, exemplar_means
-    from cilearn.memory import herding
+    from cilearn.methods.parts.classifiers import NearestMean, exemplar_means
+    from cilearn.methods.parts.memory import herding
 
     images = np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
     labels = torch.as_tensor(np.repeat(np.arange(4), 24))
@@ -183,7 +183,7 @@ def test_the_folded_copy_follows_the_weights():
 
 
 def test_a_backbone_fx_cannot_trace_runs_as_it_is():
-    from cilearn.evaluate import fold_batchnorm
+    from cilearn.engine.evaluate import fold_batchnorm
 
     class DataDependent(torch.nn.Module):
         def __init__(self):
@@ -200,7 +200,7 @@ def test_a_backbone_fx_cannot_trace_runs_as_it_is():
 @pytest.mark.parametrize("method", ["icarl", "lwf"])
 def test_teacher_runs_before_the_student_with_the_same_loss(tmp_path, method):
     from cilearn.methods import Batch, Output
-    from cilearn.methods.components import TaughtOutput
+    from cilearn.methods.parts.components import TaughtOutput
 
     run = make_run(tmp_path, {"name": method}, num_tasks=2)
     run.execute()  # after the last task: a teacher of the first task, the model of the second
@@ -219,7 +219,7 @@ def test_teacher_runs_before_the_student_with_the_same_loss(tmp_path, method):
 def test_training_on_a_view_of_the_data_trains_the_same_network(tmp_path, monkeypatch):
     """The loop reads a task's images through a channels_last view of the uint8 array (no copy); the
     network it trains is bit for bit the one trained from a contiguous NCHW copy."""
-    import cilearn.train
+    import cilearn.engine.train
     from cilearn.augment import to_tensor_images
 
     rng = np.random.default_rng(0)
@@ -235,7 +235,7 @@ def test_training_on_a_view_of_the_data_trains_the_same_network(tmp_path, monkey
     weights = []
     for layout in ("view", "copy"):
         if layout == "copy":
-            monkeypatch.setattr(cilearn.train, "nchw_view", to_tensor_images)
+            monkeypatch.setattr(cilearn.engine.train, "nchw_view", to_tensor_images)
         run = Run(parse_config(raw), tmp_path / layout, data=splits)
         run.execute()
         weights.append(run.model.state_dict())

@@ -123,7 +123,7 @@ def test_a_library_user_sees_progress_unless_logging_says_otherwise(tmp_path, se
 
 
 def test_a_skipped_checkpoint_is_a_warning_through_logging(tmp_path, capsys):
-    from cilearn.checkpoints import CHECKPOINT_FORMAT, KEYS, CheckpointStore, save_checkpoint
+    from cilearn.engine.checkpoints import CHECKPOINT_FORMAT, KEYS, CheckpointStore, save_checkpoint
     from cilearn.rundir import RunDir
 
     setup_logging()

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from cilearn import cli
-from cilearn.classifiers import NearestMean, SklearnClassifier
+from cilearn.methods.parts.classifiers import NearestMean, SklearnClassifier
 from cilearn.config import parse_config
 from cilearn.errors import ConfigError
 from cilearn.methods import method_options
-from cilearn.distill import LossSetup
-from cilearn.methods.components import resolve_losses
-from cilearn.checkpoints import load_checkpoint, save_checkpoint
-from cilearn.runner import Run
+from cilearn.methods.parts.distill import LossSetup
+from cilearn.methods.parts.components import resolve_losses
+from cilearn.engine.checkpoints import load_checkpoint, save_checkpoint
+from cilearn.engine.runner import Run
 from helpers import make_run
 
 

@@ -8,8 +8,8 @@ import torch
 
 from cilearn.config import parse_config
 from cilearn.data import ImageData
-from cilearn.memory import ExemplarMemory, herding, random_selection
-from cilearn.runner import Run
+from cilearn.methods.parts.memory import ExemplarMemory, herding, random_selection
+from cilearn.engine.runner import Run
 from helpers import make_run
 
 

@@ -14,12 +14,12 @@ import torch
 from helpers import make_run
 
 from cilearn.config import parse_config
+from cilearn.engine.runner import Run
 from cilearn.errors import ConfigError
 from cilearn.methods.bic import BiasCorrectedHead
-from cilearn.methods.rehearsal import balanced_distillation, feature_distillation
+from cilearn.methods.parts.rehearsal import balanced_distillation, feature_distillation
 from cilearn.methods.wa import align_weights
 from cilearn.models import IncrementalHead
-from cilearn.runner import Run
 
 
 def start_task(run: Run, task) -> list:

@@ -4,7 +4,7 @@ import mmap
 
 import pytest
 
-from cilearn.meter import PhaseMeter, current_rss_mib
+from cilearn.engine.meter import PhaseMeter, current_rss_mib
 
 MIB = 2 ** 20
 

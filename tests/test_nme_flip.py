@@ -12,7 +12,7 @@ from helpers import digits_config
 
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
-from cilearn.runner import Run
+from cilearn.engine.runner import Run
 
 
 def colour_splits(seed: int = 0) -> DatasetSplits:

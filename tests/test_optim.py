@@ -1,4 +1,4 @@
-"""Optimizers, weight-decay groups and learning-rate schedules (cilearn.optim) and their config checks."""
+"""Optimizers, weight-decay groups and learning-rate schedules (cilearn.engine.optim) and their config checks."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from torch import nn
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, expand_runs, parse_config
 from cilearn.data import ImageData
+from cilearn.engine.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
+from cilearn.engine.train import Trainer
 from cilearn.errors import ConfigError
 from cilearn.methods import Method, MethodContext, MethodOptions
 from cilearn.models import build_model
-from cilearn.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
-from cilearn.train import Trainer
 
 
 def _net() -> nn.Module:
@@ -210,7 +210,7 @@ def test_train_config_errors(train, message):
 
 def test_optimizer_knobs_in_a_run(tmp_path):
     """A user's config: AdamW with a warm-up and no decay on biases/norms trains through the whole loop."""
-    from cilearn.runner import Run
+    from cilearn.engine.runner import Run
 
     raw = {**BASE, "scenario": {"classes_per_task": 5, "class_order": "sorted"},
            "model": {"name": "mlp", "options": {"hidden": [16]}},

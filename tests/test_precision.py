@@ -17,11 +17,11 @@ from cilearn import runtime
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, parse_config
 from cilearn.data import ImageData
-from cilearn.evaluate import Inference
+from cilearn.engine.evaluate import Inference
+from cilearn.engine.runner import Run
+from cilearn.engine.train import Trainer
 from cilearn.methods import Method, MethodContext, MethodOptions
 from cilearn.models import build_model
-from cilearn.runner import Run
-from cilearn.train import Trainer
 
 CPU = torch.device("cpu")
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from helpers import make_run
 
-from cilearn.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.config import parse_config
-from cilearn.events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
+from cilearn.engine.checkpoints import load_checkpoint, save_checkpoint
+from cilearn.engine.events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
+from cilearn.engine.runner import Run
 from cilearn.loggers import Logger, event_logger
-from cilearn.runner import Run
 
 
 def test_rows_have_named_fields_and_the_last_epoch_gets_the_tasks_test_accuracies(tmp_path):

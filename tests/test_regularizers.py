@@ -1,5 +1,5 @@
 """SI and MAS on a tiny linear network whose importances can be worked out by hand, and the quadratic penalty
-they share with EWC (cilearn.importance)."""
+they share with EWC (cilearn.methods.parts.importance)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from helpers import make_run
 
 from cilearn.augment import BatchAugment
 from cilearn.data import ImageData
-from cilearn.evaluate import Inference
-from cilearn.importance import ImportancePenalty
+from cilearn.engine.evaluate import Inference
 from cilearn.methods import Batch, MethodContext, Output, method_class, method_options
+from cilearn.methods.parts.importance import ImportancePenalty
 from cilearn.models.net import IncrementalNet
 from cilearn.scenarios import class_incremental
 

@@ -9,8 +9,8 @@ import torch
 from cilearn.augment import BatchAugment
 from cilearn.config import ScenarioConfig
 from cilearn.data import load_dataset
+from cilearn.engine.evaluate import Inference
 from cilearn.errors import ConfigError
-from cilearn.evaluate import Inference
 from cilearn.methods import MethodContext, method_class, method_options
 from cilearn.methods.replay import buffer_size, select, selection_metric
 from cilearn.models import build_model

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from helpers import make_run
 
 from cilearn.augment import BatchAugment
-from cilearn.buffers import ReservoirBuffer
 from cilearn.data import load_dataset
-from cilearn.evaluate import Inference
+from cilearn.engine.evaluate import Inference
 from cilearn.methods import Batch, MethodContext, method_class, method_options
 from cilearn.methods.agem import project
 from cilearn.methods.er import experience_shares
 from cilearn.methods.er_ace import present_class_mask
+from cilearn.methods.parts.buffers import ReservoirBuffer
 from cilearn.methods.replay import metric_values, rank
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
@@ -186,7 +186,7 @@ def test_der_defaults_are_the_der_papers_seq_mnist_buffer_200_values(scenario):
 @pytest.mark.parametrize("name", ["der", "derpp"])
 def test_the_loop_draws_derpp_a_second_independent_minibatch(scenario, name):
     from cilearn.config import TrainConfig
-    from cilearn.train import Trainer
+    from cilearn.engine.train import Trainer
 
     method = make_method(scenario, name, buffer_size=100, replay_batch_size=8)
     task = scenario[0]

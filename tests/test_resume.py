@@ -367,8 +367,8 @@ def test_killed_before_the_config_was_written_can_start_again(tmp_path, capsys):
 def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypatch, request, capsys):
     """begin_task/training_data run again when a run resumes inside a task; they get the random state
     they had the first time (a method may subsample its data with np.random, say)."""
+    from cilearn.engine.runner import Run
     from cilearn.methods import Method
-    from cilearn.runner import Run
 
     class Subsample(Method):
         name = "subsample_test"

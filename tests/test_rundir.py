@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cilearn.checkpoints import UnsafeCheckpoint, load_checkpoint, save_checkpoint
+from cilearn.engine.checkpoints import UnsafeCheckpoint, load_checkpoint, save_checkpoint
 from cilearn.errors import CheckpointError
 from cilearn.report import ReportError
 from cilearn.report.runs import discover_runs, group_runs
@@ -46,7 +46,7 @@ def test_cilearn_imports_without_posix_only_modules():
     """fcntl and resource exist only on POSIX; cilearn (locking through filelock) and every command must import
     without them (Windows)."""
     code = ("import sys; sys.modules['fcntl'] = sys.modules['resource'] = None\n"
-            "import cilearn.cli, cilearn.rundir, cilearn.runner\n"
+            "import cilearn.cli, cilearn.rundir, cilearn.engine.runner\n"
             "cilearn.cli.build_parser()\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

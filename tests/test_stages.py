@@ -13,11 +13,11 @@ from helpers import make_run
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, parse_config
 from cilearn.data import ImageData
+from cilearn.engine.runner import Run
+from cilearn.engine.train import Trainer
 from cilearn.experiment import resume_experiment
 from cilearn.methods import Method, MethodContext, MethodOptions, Stage, register
 from cilearn.models import build_model
-from cilearn.runner import Run
-from cilearn.train import Trainer
 
 CPU = torch.device("cpu")
 

@@ -10,9 +10,9 @@ import torch
 from helpers import make_run
 
 from cilearn.augment import BatchAugment
-from cilearn.classifiers import HeadClassifier, NearestMean, top_k_correct
 from cilearn.data import DatasetSplits, ImageData
-from cilearn.evaluate import Evaluator, Inference
+from cilearn.engine.evaluate import Evaluator, Inference
+from cilearn.methods.parts.classifiers import HeadClassifier, NearestMean, top_k_correct
 from cilearn.metrics import summarize_history
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental

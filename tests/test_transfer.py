@@ -12,7 +12,7 @@ from cilearn.cli import main
 from cilearn.config import ModelConfig
 from cilearn.errors import CheckpointError, ConfigError
 from cilearn.models import build_model
-from cilearn.checkpoints import save_checkpoint
+from cilearn.engine.checkpoints import save_checkpoint
 from cilearn.transfer import apply_transfer, backbone_stages
 
 OPTIONS = {"depth": 8, "width": 0.5}

@@ -21,12 +21,12 @@ import dataclasses
 import torch
 
 from ..augment import to_tensor_images
-from ..buffers import TensorStore
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
-from .components import StepReplayOptions, StoredReplay
+from .parts.buffers import TensorStore
+from .parts.components import StepReplayOptions, StoredReplay
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 Required: nothing — the base class is plain fine-tuning.  A method overrides what makes it different.
 
-Per step (the training loop, :mod:`cilearn.train`, owns the forward/backward/step and calls):
+Per step (the training loop, :mod:`cilearn.engine.train`, owns the forward/backward/step and calls):
 
 - ``forward(batch) -> Output``: features and logits of a :class:`Batch` (default: the model);
 - ``loss(out, batch) -> Tensor``: the training objective (the hook almost every method changes);
@@ -26,7 +26,7 @@ Per epoch / task / run:
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume (tensors and plain values only).
 
 A method that replays stored samples every step sets ``self.replay`` to a sampler
-(:mod:`cilearn.buffers`); the loop then attaches a same-device, augmented minibatch of it to every
+(:mod:`cilearn.methods.parts.buffers`); the loop then attaches a same-device, augmented minibatch of it to every
 batch as ``batch.replay``.
 """
 
@@ -38,15 +38,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 
-from ..classifiers import HeadClassifier
 from ..data import ImageData
 from ..losses import classification_loss
 from ..scenarios import Scenario, Task
 from ..schema import option
+from .parts.classifiers import HeadClassifier
 
 if TYPE_CHECKING:
-    from ..buffers import ReplaySampler
     from ..distributed import Distributed
+    from .parts.buffers import ReplaySampler
 
 Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (features, logits) -> predicted labels
 

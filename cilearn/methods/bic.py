@@ -4,7 +4,7 @@ trained on a small balanced held-out set after each task.
 Each task trains in two stages on the shared loop:
 
 1. ``train``: the network on the new data + the exemplars with ``(1 - λ)·CE + λ·KD_T`` (λ = n / (n + m),
-   n old and m new classes, T = 2; :func:`~cilearn.methods.rehearsal.balanced_distillation`) against the
+   n old and m new classes, T = 2; :func:`~cilearn.methods.parts.rehearsal.balanced_distillation`) against the
    frozen previous model;
 2. ``bias`` (from the second task on): everything frozen (BatchNorm too) but this task's correction
    ``q_k = α·o_k + β`` on the new classes' logits, trained with cross-entropy on the held-out set; the old
@@ -37,7 +37,7 @@ from ..models.net import IncrementalHead
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import Batch, Output, Stage
-from .rehearsal import Rehearsal, RehearsalOptions, balanced_distillation
+from .parts.rehearsal import Rehearsal, RehearsalOptions, balanced_distillation
 
 
 class BiasCorrectedHead(IncrementalHead):

@@ -1,7 +1,7 @@
 """Dark Experience Replay, DER and DER++ (Buzzega et al., NeurIPS 2020).
 
 A reservoir buffer keeps, with each stream sample, the logits the network produced for it at the step it
-was seen (buffer extras, :class:`~cilearn.buffers.ReservoirBuffer`).  Every step:
+was seen (buffer extras, :class:`~cilearn.methods.parts.buffers.ReservoirBuffer`).  Every step:
 
 - DER:   ``CE(stream) + α · MSE(f(x'), z')`` on a replayed minibatch ``(x', z')``;
 - DER++: ``… + β · CE(f(x''), y'')`` on a second, independently drawn minibatch ``(x'', y'')``.
@@ -31,7 +31,7 @@ import torch
 
 from ..schema import option
 from .base import Batch, Output
-from .components import BufferMethod, BufferOptions
+from .parts.components import BufferMethod, BufferOptions
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ After the step the stream batch (un-augmented, as stored) is offered to the buff
 Which samples the buffer holds (``selection``):
 
 - ``reservoir`` (default, the paper's): reservoir sampling over the whole stream
-  (:class:`~cilearn.buffers.ReservoirBuffer`) — every sample seen so far is in the buffer with the same
+  (:class:`~cilearn.methods.parts.buffers.ReservoirBuffer`) — every sample seen so far is in the buffer with the same
   probability; the buffer already replays the current task's samples while it is learnt;
 - ``error_l2`` / ``entropy`` / ``margin`` / ``random``: the seed study's selection metrics (see
   :mod:`cilearn.methods.replay`) at the end of each experience: the buffer is re-divided equally
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from ..augment import to_tensor_images
-from ..buffers import TensorStore
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
-from .components import BufferMethod, BufferOptions
+from .parts.buffers import TensorStore
+from .parts.components import BufferMethod, BufferOptions
 from .replay import metric_values, rank
 
 

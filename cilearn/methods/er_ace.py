@@ -24,7 +24,7 @@ import torch
 
 from ..losses import classification_loss
 from .base import Batch, Output
-from .components import BufferMethod
+from .parts.components import BufferMethod
 
 
 def present_class_mask(labels: torch.Tensor, num_outputs: int, distributed=None) -> torch.Tensor:

@@ -19,8 +19,8 @@ The penalty added to every batch's loss is
 - ``variant: separate`` (Kirkpatrick et al.): one penalty per past task ``t``, each with its own Fisher
   and its own anchor (the weights after task ``t``): ``Σ_t λ/2 · Σ F_t·(θ − θ*_t)²``.
 
-Each penalty is an :class:`~cilearn.importance.ImportancePenalty` (shared with SI and MAS); the per-sample
-gradients come from :func:`~cilearn.importance.per_sample_gradient_mean`.
+Each penalty is an :class:`~cilearn.methods.parts.importance.ImportancePenalty` (shared with SI and MAS); the per-sample
+gradients come from :func:`~cilearn.methods.parts.importance.per_sample_gradient_mean`.
 
 Only parameters that are trained (``requires_grad``) are estimated.  Parameters created after an anchor
 (the chunks a growing head adds for new classes) get no penalty; a parameter whose shape grew is
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 
 from ..data import ImageData
 from ..errors import ConfigError
-from ..importance import ImportancePenalty, per_sample_gradient_mean
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
+from .parts.importance import ImportancePenalty, per_sample_gradient_mean
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """GDumb: a greedy class-balanced memory and a learner retrained from scratch on it (Prabhu et al., ECCV 2020).
 
 The stream only fills the memory: each task's samples are offered one by one, in a random order, to a
-:class:`~cilearn.buffers.ClassBalancedBuffer` of ``buffer_size`` samples (a sample is kept while its class
+:class:`~cilearn.methods.parts.buffers.ClassBalancedBuffer` of ``buffer_size`` samples (a sample is kept while its class
 holds fewer than ``buffer_size // classes seen`` samples; when the memory is full it replaces a random
 sample of the largest class).  The network never trains on the stream: at every task's end it is
 re-initialised (``context.build_model``) and trained from scratch on the memory alone, as a training stage
@@ -25,12 +25,12 @@ import dataclasses
 import torch
 
 from ..augment import to_tensor_images
-from ..buffers import ClassBalancedBuffer
 from ..data import ImageData
 from ..errors import ConfigError
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Method, MethodOptions, Stage
+from .parts.buffers import ClassBalancedBuffer
 
 
 @dataclasses.dataclass

@@ -1,18 +1,18 @@
 """iCaRL (Rebuffi et al., CVPR 2017): distillation + a fixed exemplar memory + nearest-mean-of-exemplars.
 
 Composed of three components, held together by the base of every method on the exemplar memory
-(:class:`~cilearn.methods.rehearsal.Rehearsal`):
+(:class:`~cilearn.methods.parts.rehearsal.Rehearsal`):
 
-- a frozen teacher and iCaRL's objective (:mod:`cilearn.distill`): one binary cross-entropy over every
+- a frozen teacher and iCaRL's objective (:mod:`cilearn.methods.parts.distill`): one binary cross-entropy over every
   output of a network that has all classes' outputs from the first task — one-hot targets for the
   current labels, the teacher's sigmoid outputs for the old classes (the loss pairs of the study's
   ablation are options);
-- the exemplar memory (:class:`~cilearn.memory.ExemplarMemory`): training data = the new classes' data +
+- the exemplar memory (:class:`~cilearn.methods.parts.memory.ExemplarMemory`): training data = the new classes' data +
   every exemplar; after each task the old classes' lists shrink to ``memory_size // classes seen``
   (dropping their last exemplars) and as many are selected for each new class (herding or random);
   ``exemplars`` decides what is stored for a new class: the selected images (iCaRL), or the study's
-  proposals — collages of four images or DeepInversion images (:mod:`cilearn.exemplars`);
-- classifiers fitted on the exemplars (:class:`~cilearn.methods.components.ExemplarClassifiers`):
+  proposals — collages of four images or DeepInversion images (:mod:`cilearn.methods.parts.exemplars`);
+- classifiers fitted on the exemplars (:class:`~cilearn.methods.parts.components.ExemplarClassifiers`):
   ``nme`` (class means of L2-normalised features, averaged with the mirror image's for colour images),
   ``head`` (the network's outputs, "hybrid 1"), scikit-learn ``knn`` / ``svm`` / ``mlp``.
 """
@@ -24,15 +24,15 @@ from typing import Literal
 
 import torch
 
-from ..classifiers import check_classifiers
-from ..exemplars import DeepInversionOptions, check_policy, make_builder
-from ..memory import ExemplarMemory
+from .parts.classifiers import check_classifiers
+from .parts.exemplars import DeepInversionOptions, check_policy, make_builder
+from .parts.memory import ExemplarMemory
 from ..scenarios import Scenario
 from ..schema import option
 from .base import Batch, MethodContext, Output
-from .components import (DistillationOptions, MemoryOptions, check_full_head, distillation_loss, distillation_objective,
-                         forward_teacher_first, resolve_losses, uses_full_head)
-from .rehearsal import Rehearsal
+from .parts.components import (DistillationOptions, MemoryOptions, check_full_head, distillation_loss,
+                               distillation_objective, forward_teacher_first, resolve_losses, uses_full_head)
+from .parts.rehearsal import Rehearsal
 
 
 @dataclasses.dataclass

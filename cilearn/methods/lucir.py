@@ -1,6 +1,6 @@
 """LUCIR, learning a unified classifier incrementally via rebalancing (Hou, Pan, Loy, Wang & Lin, CVPR 2019).
 
-Three parts on the exemplar memory (:class:`~cilearn.methods.rehearsal.CosineRehearsal`):
+Three parts on the exemplar memory (:class:`~cilearn.methods.parts.rehearsal.CosineRehearsal`):
 
 - cosine normalisation: logits ``η · cos(θ_c, f)`` (:class:`~cilearn.models.heads.CosineHead`, η learnable),
   so old and new classes' weight norms cannot drift apart; the new classes' vectors are imprinted from
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..models.heads import CosineHead
 from ..schema import option
 from .base import Batch, Output
-from .rehearsal import CosineRehearsal, RehearsalOptions, feature_distillation
+from .parts.rehearsal import CosineRehearsal, RehearsalOptions, feature_distillation
 
 
 @dataclasses.dataclass

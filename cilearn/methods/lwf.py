@@ -1,8 +1,8 @@
 """Learning without Forgetting (Li & Hoiem, 2016): distil the previous model's outputs on the new data.
 
-Before each task after the first, a frozen copy of the model (the teacher, :class:`~cilearn.distill.Teacher`)
+Before each task after the first, a frozen copy of the model (the teacher, :class:`~cilearn.methods.parts.distill.Teacher`)
 is kept; it sees the same augmented batch, in eval mode and without gradients.  The batch loss is the
-:class:`~cilearn.distill.DistillationObjective`:
+:class:`~cilearn.methods.parts.distill.DistillationObjective`:
 
     classification(new data) + λ · distillation(logits[:, :n_old], teacher(inputs))
 
@@ -24,13 +24,13 @@ import dataclasses
 
 import torch
 
-from ..classifiers import check_classifiers
-from ..distill import Teacher
+from .parts.classifiers import check_classifiers
+from .parts.distill import Teacher
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Classifier, Method, MethodContext, Output, Stage, head_classifier
-from .components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective,
-                         forward_teacher_first, resolve_losses, uses_full_head)
+from .parts.components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective,
+                               forward_teacher_first, resolve_losses, uses_full_head)
 
 
 @dataclasses.dataclass

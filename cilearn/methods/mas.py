@@ -6,9 +6,9 @@ A parameter is important when the network's output is sensitive to it.  After ea
     Ω_task = mean_k | ∂ ‖F(x_k; θ)‖²₂ / ∂θ |
 
 with ``F`` the network's outputs (the logits of the classes seen so far) and exact **per-sample** gradients
-(:func:`~cilearn.importance.per_sample_gradient_mean`).  The importance accumulates over tasks
+(:func:`~cilearn.methods.parts.importance.per_sample_gradient_mean`).  The importance accumulates over tasks
 (``Ω ← Ω + Ω_task``, as the authors' code) and the anchor ``θ*`` becomes the current weights; training
-adds ``λ · Σ Ω (θ − θ*)²`` (:class:`~cilearn.importance.ImportancePenalty`, shared with EWC and SI).
+adds ``λ · Σ Ω (θ − θ*)²`` (:class:`~cilearn.methods.parts.importance.ImportancePenalty`, shared with EWC and SI).
 
 A parameter that does not affect the outputs on the task's data (say, the weight of an input pixel that
 is always zero) gets no importance.
@@ -21,10 +21,10 @@ import dataclasses
 import torch
 
 from ..data import ImageData
-from ..importance import ImportancePenalty, per_sample_gradient_mean
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
+from .parts.importance import ImportancePenalty, per_sample_gradient_mean
 
 
 @dataclasses.dataclass

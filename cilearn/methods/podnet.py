@@ -1,7 +1,7 @@
 """PODNet, pooled outputs distillation (Douillard, Cord, Ollion, Robert & Valle, ECCV 2020).
 
 On the exemplar memory with a cosine head whose old classes stay fixed while a task trains
-(:class:`~cilearn.methods.rehearsal.CosineRehearsal`):
+(:class:`~cilearn.methods.parts.rehearsal.CosineRehearsal`):
 
 - POD-spatial: for the output map ``h`` (C×H×W) of every stage of the backbone, pool the squared
   activations over the width (C×H values) and over the height (C×W values), concatenate, L2-normalise,
@@ -59,7 +59,7 @@ from ..models.heads import CosineHead
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Output, Stage
-from .rehearsal import CosineRehearsal, RehearsalOptions, feature_distillation
+from .parts.rehearsal import CosineRehearsal, RehearsalOptions, feature_distillation
 
 
 @dataclasses.dataclass

@@ -20,7 +20,8 @@ per-class stratification, on purpose: the metric alone decides):
 the opposite.  In task-incremental scenarios the metric uses each sample's own task head.  ``er`` offers
 the same metrics for its fixed-size buffer (``selection``).
 
-``exemplars: collage`` stores collages instead (the iCaRL study's proposal, :mod:`cilearn.exemplars.collage`):
+``exemplars: collage`` stores collages instead (the iCaRL study's proposal,
+:mod:`cilearn.methods.parts.exemplars.collage`):
 the metric picks 4× as many samples and each class's picks, four by four, become one collage, so the
 buffer still holds ``fraction``/``per_experience`` items per experience (fewer when a class's picks do
 not divide by four).
@@ -38,12 +39,12 @@ import torch
 
 from ..data import ImageData
 from ..errors import ConfigError
-from ..exemplars import check_policy
-from ..exemplars.collage import collages_by_class
-from ..memory import KIND_CODES, KINDS
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import Method, MethodOptions
+from .parts.exemplars import check_policy
+from .parts.exemplars.collage import collages_by_class
+from .parts.memory import KIND_CODES, KINDS
 
 METRICS = ("error_l2", "entropy", "margin", "random")
 

@@ -6,7 +6,7 @@ penalty and ``Δθ`` the update the optimizer actually made.  At a task's end th
 ``ω_k / (Δ_k² + ξ)``, ``Δ_k`` being how far the parameter moved over the whole task, and is kept
 non-negative (``Ω ← max(0, Ω + ω/(Δ² + ξ))``, as the authors' code); ``ω`` restarts at zero and the
 anchor ``θ*`` becomes the current weights.  Training adds ``c · Σ Ω (θ − θ*)²``
-(:class:`~cilearn.importance.ImportancePenalty`, shared with EWC and MAS).
+(:class:`~cilearn.methods.parts.importance.ImportancePenalty`, shared with EWC and MAS).
 
 A parameter that never moved, or moved without changing the loss, gets no importance.  ``g`` is read in
 ``before_step`` as the full gradient minus the penalty's closed-form gradient ``2cΩ(θ − θ*)``.
@@ -19,10 +19,10 @@ import dataclasses
 import torch
 
 from ..data import ImageData
-from ..importance import ImportancePenalty
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
+from .parts.importance import ImportancePenalty
 
 
 @dataclasses.dataclass

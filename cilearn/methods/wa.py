@@ -2,7 +2,7 @@
 weight vectors so that their mean norm equals the old classes'.
 
 - Training: the new data + the exemplars with ``(1 - λ)·CE + λ·KD_T`` (λ = n / (n + m), T = 2), as BiC
-  (:func:`~cilearn.methods.rehearsal.balanced_distillation`); after every optimizer step the classifier's
+  (:func:`~cilearn.methods.parts.rehearsal.balanced_distillation`); after every optimizer step the classifier's
   weights are clipped at 0 (the paper's weight clipping: the features after a ReLU are non-negative, so
   are the weights; ``clip_weights``).
 - After the task (from the second one on): ``γ = mean_i ||W_old,i|| / mean_j ||W_new,j||`` and
@@ -20,7 +20,7 @@ from ..models.net import IncrementalHead
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
-from .rehearsal import Rehearsal, RehearsalOptions, balanced_distillation
+from .parts.rehearsal import Rehearsal, RehearsalOptions, balanced_distillation
 
 
 @dataclasses.dataclass

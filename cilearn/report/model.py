@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..assembly import model_with_head
 from ..augment import BatchAugment, to_tensor_images
-from ..checkpoints import load_checkpoint
 from ..config import Config, load_yaml, parse_config
+from ..engine.assembly import model_with_head
+from ..engine.checkpoints import load_checkpoint
 from ..errors import CilearnError
 from ..rundir import RunDir
 from . import ReportError

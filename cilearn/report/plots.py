@@ -199,7 +199,7 @@ def training_curves(logs: list[dict], label: str, path: Path) -> Path:
 
 
 # --- t-SNE -------------------------------------------------------------------------------------------
-# marker, size and legend of each kind of exemplar (cilearn.memory.KINDS)
+# marker, size and legend of each kind of exemplar (cilearn.methods.parts.memory.KINDS)
 EXEMPLAR_MARKERS = {"real": ("*", 70, "exemplars in memory"), "collage": ("P", 45, "collage exemplars in memory"),
                     "synthetic": ("D", 30, "synthetic exemplars in memory")}
 

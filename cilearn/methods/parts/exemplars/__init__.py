@@ -4,7 +4,8 @@
 - ``collage``: collages of four training images of the class (:mod:`.collage`);
 - ``deepinversion``: images synthesized from the network just trained (:mod:`.deepinversion`).
 
-Each policy is an :class:`~cilearn.memory.ExemplarBuilder` that :class:`~cilearn.memory.ExemplarMemory`
+Each policy is an :class:`~cilearn.methods.parts.memory.ExemplarBuilder` that
+:class:`~cilearn.methods.parts.memory.ExemplarMemory`
 calls when a new class enters the memory; the training loop and the methods never see the difference.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ....errors import ConfigError
 from ..memory import ExemplarBuilder, SelectedExemplars
 from .collage import COLLAGE_VARIANTS, CollageBuilder, check_collage_shape
 from .deepinversion import DeepInversionBuilder, DeepInversionOptions

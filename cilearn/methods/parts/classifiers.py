@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .schema import unknown_choice
+from ...errors import ConfigError
+from ...schema import unknown_choice
 
 CLASSIFIERS = ("nme", "head", "knn", "svm", "mlp")
 MEMORY_CLASSIFIERS = ("nme", "knn", "svm", "mlp")  # fitted on exemplars: need a memory
@@ -71,7 +71,7 @@ class NearestMean:
         self.means: torch.Tensor | None = None   # (classes, d), L2-normalised
         self.classes: torch.Tensor | None = None  # label of each row
 
-    def fit_means(self, means: torch.Tensor, classes: torch.Tensor | list[int]) -> "NearestMean":
+    def fit_means(self, means: torch.Tensor, classes: torch.Tensor | list[int]) -> NearestMean:
         self.means = F.normalize(means.float(), dim=1)
         self.classes = torch.as_tensor(classes, dtype=torch.long, device=means.device)
         return self
@@ -137,7 +137,7 @@ class SklearnClassifier:
         self.name, self.seed = name, seed
         self.model = None
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> "SklearnClassifier":
+    def fit(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> SklearnClassifier:
         x = F.normalize(features.float(), dim=1).cpu().numpy()
         y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         self.model = make_sklearn(self.name, self.seed, len(y))

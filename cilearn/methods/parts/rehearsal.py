@@ -19,16 +19,16 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from ..classifiers import check_classifiers
-from ..data import ImageData
-from ..distill import Teacher
-from ..errors import ConfigError
-from ..losses import distillation_loss
-from ..memory import ExemplarMemory
-from ..scenarios import Scenario, Task, concat
-from ..schema import option
-from .base import Classifier, Method, MethodContext, head_classifier
+from ...data import ImageData
+from ...errors import ConfigError
+from ...losses import distillation_loss
+from ...scenarios import Scenario, Task, concat
+from ...schema import option
+from ..base import Classifier, Method, MethodContext, head_classifier
+from .classifiers import check_classifiers
 from .components import ExemplarClassifiers, MemoryOptions, check_memory
+from .distill import Teacher
+from .memory import ExemplarMemory
 
 
 @dataclasses.dataclass

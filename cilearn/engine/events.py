@@ -1,6 +1,6 @@
 """What a run tells its loggers: one row per training epoch and four events (see :class:`cilearn.loggers.Logger`).
 
-The :class:`~cilearn.recorder.Recorder` builds them; loggers read them and never see the run itself.  Every
+The :class:`~cilearn.engine.recorder.Recorder` builds them; loggers read them and never see the run itself.  Every
 event carries ``rows``, the epochs logged since the run began (``log.csv``'s rows, those of a resumed run's
 earlier processes included), so ``len(event.rows)`` is the step of an x axis that a resumed run continues.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .rundir import RunDir
+    from ..config import Config
+    from ..rundir import RunDir
 
 LOG_COLUMNS = ["task", "epoch", "lr", "train_loss", "train_accuracy", "test_accuracy_current",
                "test_accuracy_seen", "stage", "seconds"]

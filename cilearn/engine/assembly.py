@@ -11,16 +11,16 @@ import dataclasses
 
 import torch
 
-from .augment import BatchAugment
-from .config import Config
-from .data import DatasetSplits
-from .data.memo import load_splits
-from .distributed import Distributed
-from .errors import ConfigError
-from .methods import METHODS, Method, MethodContext
-from .models import IncrementalNet, build_model
-from .scenarios import Scenario, build_scenario
-from .transfer import apply_transfer
+from ..augment import BatchAugment
+from ..config import Config
+from ..data import DatasetSplits
+from ..data.memo import load_splits
+from ..distributed import Distributed
+from ..errors import ConfigError
+from ..methods import METHODS, Method, MethodContext
+from ..models import IncrementalNet, build_model
+from ..scenarios import Scenario, build_scenario
+from ..transfer import apply_transfer
 
 
 def scenario_from(cfg: Config, data: DatasetSplits | None = None) -> Scenario:

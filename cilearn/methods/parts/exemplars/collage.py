@@ -15,7 +15,7 @@ contributes depends on the variant:
 As in the study, the 4·m source images of a class are drawn at random and no image is used in two
 collages; a class with fewer than 4·m images gives ``n // 4`` collages (the study: 125 instead of 200
 per CIFAR-100 class in the first task).  Everything here is a pure function of its arguments and a
-``torch.Generator``; :class:`CollageBuilder` adapts it to :class:`~cilearn.memory.ExemplarMemory`.
+``torch.Generator``; :class:`CollageBuilder` adapts it to :class:`~cilearn.methods.parts.memory.ExemplarMemory`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..log import get_logger
+from ....log import get_logger
 from ..memory import KIND_CODES
 
 log = get_logger(__name__)
@@ -116,7 +116,7 @@ def collages_by_class(images: np.ndarray, labels: np.ndarray, variant: str,
 
 
 class CollageBuilder:
-    """Builds each new class's exemplars as collages (an :class:`~cilearn.memory.ExemplarBuilder`).
+    """Builds each new class's exemplars as collages (an :class:`~cilearn.methods.parts.memory.ExemplarBuilder`).
 
     One generator per class, seeded from the run's seed and the class label, so the collages of a class do
     not depend on which other classes were built with it."""

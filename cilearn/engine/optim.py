@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .sections import TrainConfig
+from ..sections import TrainConfig
 
 # BatchNorm*/InstanceNorm* derive from _NormBase; their weight is a scale (γ), their bias a shift (β).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

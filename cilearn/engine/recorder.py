@@ -1,10 +1,10 @@
 """A run's record: what it logged and measured, the files built from it, its console lines and loggers' events.
 
-The task loop (:class:`~cilearn.runner.Run`) calls the :class:`Recorder` and never the other way round: once
+The task loop (:class:`~cilearn.engine.runner.Run`) calls the :class:`Recorder` and never the other way round: once
 per training epoch (:meth:`Recorder.epoch_end`), twice per task (:meth:`Recorder.add_task` with the task's
 evaluation, :meth:`Recorder.task_end` once its checkpoint is saved) and at the start and end of the run.  The
 recorder writes ``metrics.json``, ``run.json`` and ``samples.npz`` through :class:`~cilearn.rundir.RunDir`,
-prints the progress lines and hands each :class:`~cilearn.loggers.Logger` an event (:mod:`cilearn.events`);
+prints the progress lines and hands each :class:`~cilearn.loggers.Logger` an event (:mod:`cilearn.engine.events`);
 loggers never see the run.
 """
 
@@ -18,22 +18,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
+from ..log import get_logger
+from ..loggers import Logger, event_logger
+from ..rundir import RunDir, write_npz
 from .events import EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
-from .log import get_logger
-from .loggers import Logger, event_logger
 from .meter import PhaseMeter
-from .rundir import RunDir, write_npz
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .config import Config
-    from .scenarios import Scenario
+    from ..config import Config
+    from ..scenarios import Scenario
     from .train import EpochResult
 
 # The run's console lines keep the logger name they always had: a program's own logging may show or filter by it.
-log = get_logger("cilearn.runner")
+log = get_logger("cilearn.engine.runner")
 
 SAMPLE_IMAGES = 32  # first-task test images saved for the report's Grad-CAM
 

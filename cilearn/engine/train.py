@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .augment import BatchAugment, nchw_view
-from .data import ImageData
-from .distributed import Distributed
-from .errors import ConfigError, TrainingDiverged
-from .log import progress_disabled
-from .methods import Batch, Method, Output, Stage
+from ..augment import BatchAugment, nchw_view
+from ..data import ImageData
+from ..distributed import Distributed
+from ..errors import ConfigError, TrainingDiverged
+from ..log import progress_disabled
+from ..methods import Batch, Method, Output, Stage
+from ..runtime import autocast
+from ..sections import TrainConfig
 from .optim import make_optimizer, make_scheduler
-from .runtime import autocast
-from .sections import TrainConfig
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 :class:`Run` builds everything from a :class:`~cilearn.config.Config` (every check before anything is written),
 then for each task: grow the head, ``method.begin_task``, the method's stages on the shared
-:class:`~cilearn.train.Trainer`, ``method.end_task``, evaluation and the task's checkpoint.  What the run logs
-and writes, and its loggers: :class:`~cilearn.recorder.Recorder`.  Several runs: :mod:`cilearn.experiment`.
+:class:`~cilearn.engine.train.Trainer`, ``method.end_task``, evaluation and the task's checkpoint.  What the run logs
+and writes, and its loggers: :class:`~cilearn.engine.recorder.Recorder`.  Several runs: :mod:`cilearn.experiment`.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from pathlib import Path
 
 import torch
 
+from ..augment import BatchAugment
+from ..config import Config
+from ..data import DatasetSplits
+from ..distributed import Distributed, is_main
+from ..distributed import check_config as check_distributed_config
+from ..errors import TrainingDiverged
+from ..loggers import make_loggers
+from ..methods import MethodContext
+from ..rundir import RunDir, check_fresh
+from ..runtime import configure_torch, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .assembly import fresh_model, method_from, model_from, scenario_from
-from .augment import BatchAugment
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore, resume_point
-from .config import Config
-from .data import DatasetSplits
-from .distributed import Distributed, is_main
-from .distributed import check_config as check_distributed_config
-from .errors import TrainingDiverged
 from .evaluate import Evaluator, Inference
-from .loggers import make_loggers
 from .meter import PhaseMeter
-from .methods import MethodContext
 from .recorder import Recorder, say
-from .rundir import RunDir, check_fresh
-from .runtime import configure_torch, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .train import EpochResult, Trainer
 
 

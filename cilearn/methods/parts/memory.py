@@ -12,21 +12,22 @@ Selection strategies:
 
 What goes into the memory for a new class is decided by a *builder* (:class:`ExemplarBuilder`): by
 default :class:`SelectedExemplars` stores the selected training images themselves; the study's
-proposals build collages (:mod:`cilearn.exemplars.collage`) or synthesize images
-(:mod:`cilearn.exemplars.deepinversion`) instead.  Whatever the builder makes is stored the same way
+proposals build collages (:mod:`cilearn.methods.parts.exemplars.collage`) or synthesize images
+(:mod:`cilearn.methods.parts.exemplars.deepinversion`) instead.  Whatever the builder makes is stored the same way
 (uint8 images in the class's order, first = kept longest) with its ``kind`` (real, collage, synthetic).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ImageData
+from ...data import ImageData
 
 SELECTIONS = ("herding", "random")
 KINDS = ("real", "collage", "synthetic")  # what an exemplar is; stored per exemplar as its index here

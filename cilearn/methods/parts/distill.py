@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from .losses import classification_loss, distillation_loss
+from ...losses import classification_loss, distillation_loss
 
 
 def frozen_copy(model: torch.nn.Module, num_chunks: int | None = None) -> torch.nn.Module:

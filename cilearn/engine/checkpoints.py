@@ -6,7 +6,7 @@ A checkpoint is a ``torch.save``d dict of tensors and plain values only — load
 ``task`` (0-based), ``stage`` (index of the task's training stage) and ``next_epoch`` (None: the task
 is finished), ``head_sizes``, ``model``, ``method`` (the method's ``state_dict()``), ``history`` (the
 evaluation of every finished task), ``log_rows`` (one dict per epoch, the fields of
-:class:`~cilearn.events.EpochRow`), ``timing``, ``rng`` (every generator); inside a task also ``trainer``
+:class:`~cilearn.engine.events.EpochRow`), ``timing``, ``rng`` (every generator); inside a task also ``trainer``
 (optimizer and schedule), ``task_rng`` (the random state as the task began) and ``train_samples``.
 Format 2 differs only in ``log_rows``: lists of ``log.csv``'s cells; such checkpoints still resume.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .log import get_logger
-from .rundir import RunDir, atomic_write_bytes
+from ..errors import CheckpointError
+from ..log import get_logger
+from ..rundir import RunDir, atomic_write_bytes
 
 log = get_logger(__name__)
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import metrics
-from .augment import BatchAugment, nchw_view, to_tensor_images
-from .classifiers import top_k_correct
-from .distributed import Distributed
-from .models.net import IncrementalNet
-from .runtime import autocast
-from .scenarios import Scenario
+from .. import metrics
+from ..augment import BatchAugment, nchw_view, to_tensor_images
+from ..distributed import Distributed
+from ..methods.parts.classifiers import top_k_correct
+from ..models.net import IncrementalNet
+from ..runtime import autocast
+from ..scenarios import Scenario
 
 
 class Inference:
@@ -209,7 +209,8 @@ class Evaluator:
             # A fixed seed (not a running RNG) so a resumed run saves the same samples.
             keep = np.sort(np.random.RandomState(self.seed).permutation(len(data.labels))[: self.max_feature_samples])
             arrays["feature_index"] = keep
-            arrays["features"] = features[torch.as_tensor(keep, device=features.device)].cpu().numpy().astype(np.float32)
+            kept = features[torch.as_tensor(keep, device=features.device)]
+            arrays["features"] = kept.cpu().numpy().astype(np.float32)
         return scores, arrays
 
     def exemplar_arrays(self, stored: dict | None) -> dict[str, np.ndarray] | None:

@@ -67,9 +67,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..log import get_logger, progress_disabled
+from ....log import get_logger, progress_disabled
+from ....schema import option
 from ..memory import KIND_CODES, ClassPool, herding
-from ..schema import option
 
 log = get_logger(__name__)
 
@@ -299,7 +299,8 @@ def interleave(real: np.ndarray, synthetic: np.ndarray) -> tuple[np.ndarray, np.
 
 class DeepInversionBuilder:
     """Builds each new class's exemplars by DeepInversion from the network just trained (an
-    :class:`~cilearn.memory.ExemplarBuilder`).  ``features(images) -> (n, d)`` serves ``init: herding``."""
+    :class:`~cilearn.methods.parts.memory.ExemplarBuilder`).  ``features(images) -> (n, d)`` serves
+    ``init: herding``."""
 
     def __init__(self, options: DeepInversionOptions, model: nn.Module, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str, seed: int = 0,

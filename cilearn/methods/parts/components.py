@@ -16,14 +16,14 @@ from typing import Literal
 
 import torch
 
-from ..buffers import ReservoirBuffer
-from ..classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
-from ..distill import DistillationObjective, LossSetup
-from ..errors import ConfigError
-from ..memory import ExemplarMemory
-from ..scenarios import Scenario
-from ..schema import option
-from .base import Batch, Method, MethodOptions, Output
+from ...errors import ConfigError
+from ...scenarios import Scenario
+from ...schema import option
+from ..base import Batch, Method, MethodOptions, Output
+from .buffers import ReservoirBuffer
+from .classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
+from .distill import DistillationObjective, LossSetup
+from .memory import ExemplarMemory
 
 VARIANT_LOSSES = {"original": ("ce", "kd"), "icarl": ("bce", "bce")}
 

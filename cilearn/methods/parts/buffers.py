@@ -13,7 +13,7 @@ stored sample once.  ``replacement=True`` draws ``min(n, stored)`` uniform indic
   seen so far is in the buffer with the same probability ``capacity / seen``), as ER/DER use;
 - :class:`ClassBalancedBuffer`: at most ``capacity // classes`` samples per class, first come first
   kept; shrinks the old classes when new ones arrive (GDumb's greedy rule fills it);
-- :class:`MemorySampler`: draws from an iCaRL :class:`~cilearn.memory.ExemplarMemory`.
+- :class:`MemorySampler`: draws from an iCaRL :class:`~cilearn.methods.parts.memory.ExemplarMemory`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .augment import to_tensor_images
-from .data import ImageData
+from ...augment import to_tensor_images
+from ...data import ImageData
 
 
 class ReplaySampler(Protocol):
