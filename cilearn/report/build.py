@@ -16,7 +16,7 @@ import numpy as np
 from .. import metrics
 from ..errors import CilearnError
 from ..log import count
-from ..results import RunResult
+from ..run_result import RunResult
 from ..rundir import atomic_write_text
 from . import ReportError, plots, tables
 from .runs import choose_steps, discover_runs, group_runs, read_predictions, safe_name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import RunResult
+from ..run_result import RunResult
 from ..rundir import RunDir
 from . import ReportError
 

@@ -6,7 +6,7 @@ import html
 import math
 
 from .. import metrics
-from ..results import RunResult
+from ..run_result import RunResult
 
 # last_accuracy / average_incremental_accuracy are the run's headline measure (output.headline_accuracy); both
 # measures' last accuracies follow them (runs made before they existed show "-")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..results import RunResult
+from ..run_result import RunResult
 from .runs import read_predictions
 
 

@@ -179,7 +179,7 @@ def cmd_sweep(args) -> int:
 def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
     from tqdm import tqdm
 
-    from ..results import RunResult
+    from ..run_result import RunResult
     from ..rundir import RunLock, write_yaml
     from .execute import Job, Outcome, run_state, summarize
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import CilearnError, ConfigError
 from ..log import get_logger
-from ..results import RunResult
+from ..run_result import RunResult
 from ..rundir import RunDir
 
 log = get_logger(__name__)
