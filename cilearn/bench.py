@@ -22,6 +22,7 @@ the min and median.  Timings are never asserted in tests: this is the reproducib
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -32,8 +33,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from .config import load_runs
+from .engine.evaluate import fold_batchnorm
+from .engine.runner import Run
 from .errors import CilearnError
 from .log import get_logger
+from .methods.parts.exemplars.collage import CollageBuilder
+from .methods.parts.exemplars.deepinversion import DeepInversionBuilder, DeepInversionOptions
+from .methods.parts.memory import ClassPool
+from .models import build_model
+from .rundir import write_json
+from .runtime import autocast, resolve_device, resolve_precision
+from .schema import to_dict
 
 log = get_logger(__name__)
 
@@ -49,12 +63,8 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
                          lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4) -> float:
     """Images per second of plain ``forward + cross-entropy + backward + SGD step`` on random data (with
     ``teacher``: plus one no-grad forward of a frozen copy, the floor for distillation methods)."""
-    import copy
 
-    import torch
 
-    from .models import build_model
-    from .runtime import autocast
 
     torch.manual_seed(0)
     device = torch.device(device)
@@ -98,10 +108,7 @@ def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: 
     data: the network as trained at batch 256 (0.1's evaluation) and at the eval batch 128, and with its
     BatchNorms folded (:func:`~cilearn.engine.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now.
     Median of ``repeats`` timings, the variants interleaved (the machine's speed drifts)."""
-    import torch
 
-    from .engine.evaluate import fold_batchnorm
-    from .models import build_model
 
     torch.manual_seed(0)
     model = build_model(setup["model"], setup["channels"], setup["image_size"], **setup["model_options"])
@@ -145,13 +152,7 @@ def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_
     """Seconds per class to build exemplars of ``classes`` classes (``per_class`` each) in one chunk:
     DeepInversion plain and adaptive (from noise; the cost does not depend on the weights or the start)
     and collages (from random uint8 images, 4 per collage)."""
-    import numpy as np
-    import torch
 
-    from .methods.parts.exemplars.collage import CollageBuilder
-    from .methods.parts.exemplars.deepinversion import DeepInversionBuilder, DeepInversionOptions
-    from .methods.parts.memory import ClassPool
-    from .models import build_model
 
     torch.manual_seed(0)
     model = build_model(model_name, channels, image_size).to(device)
@@ -179,8 +180,6 @@ def synthesis_seconds_per_class(model_name: str, device: str, classes: int, per_
 def worker(spec: dict) -> dict:
     """Run one config end to end in this process and report its timings, memory and accuracy."""
     started = time.perf_counter()
-    from .config import load_runs
-    from .engine.runner import Run
 
     _, runs = load_runs(spec["config"], spec["overrides"])
     label, cfg = runs[0]
@@ -214,7 +213,6 @@ def worker(spec: dict) -> dict:
 
 
 def _peak_cuda_mib() -> float | None:
-    import torch
     return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
 
 
@@ -232,9 +230,6 @@ def floor_ratio(result: dict, bare: dict) -> float:
 def bench_setup(config: str, overrides: list[str]) -> dict:
     """The network, batch, optimizer and precision the bare step copies from the (overridden) config; also
     checks the config (a bad one fails now, not after the bare-step timing)."""
-    from .config import load_runs
-    from .runtime import resolve_device, resolve_precision
-    from .schema import to_dict
 
     _, runs = load_runs(config, overrides)
     cfg = runs[0][1]
@@ -245,7 +240,6 @@ def bench_setup(config: str, overrides: list[str]) -> dict:
 
 
 def run_bench(args) -> dict:
-    import torch  # here, not at import time: `cilearn --help` must stay fast
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -462,7 +456,6 @@ def cmd_bench(args) -> int:
     if args.repeat < 1:
         raise CilearnError("--repeat: give 1 or more.")
     report = run_bench(args)
-    from .rundir import write_json
     write_json(Path(args.json), report)
     print_table(report)
     print(f"\nwritten: {args.json}")

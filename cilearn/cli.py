@@ -8,27 +8,38 @@ folder after ``done:``) is printed; everything else goes through :mod:`cilearn.l
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
+from . import __version__, bench
+from .config import json_schema
 from .data.registry import DATASETS
+from .distributed import is_main
 from .errors import CilearnError, did_you_mean
+from .experiment import Experiment
 from .log import NORMAL, QUIET, VERBOSE, setup_logging
 from .loggers import LOGGERS
 from .loggers import SETTINGS as LOGGER_SETTINGS
 from .methods import METHODS
 from .models.registry import MODELS
+from .report import commands as report_commands
+from .rundir import RunDir
 from .schema import describe
 from .sections import OutputConfig
+from .shipped import configs_dir, list_configs
 from .streams import STREAMS
+from .sweep import commands as sweep_commands
 
 # Modules that add sub-commands: each has register(subparsers) setting a ``handler`` default that imports
 # its heavy dependencies (matplotlib, scikit-learn) only when that command runs.
-EXTRA_COMMANDS: list[str] = ["bench", "report.commands", "sweep.commands"]
+EXTRA_COMMANDS = (bench, report_commands, sweep_commands)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +56,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
 
     parser = _Parser(prog="cilearn", description="Class-incremental learning experiments from YAML configs.")
     parser.add_argument("--version", action="version", version=f"cilearn {__version__}")
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of config files (for editors that check YAML)")
     schema.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
     for module in EXTRA_COMMANDS:
-        importlib.import_module(f"cilearn.{module}").register(sub)  # each module adds its sub-commands
+        module.register(sub)  # each module adds its sub-commands
     for command in [parser, *sub.choices.values()]:  # before or after the command: cilearn -q run ... / run ... -q
         quiet_or_verbose = command.add_mutually_exclusive_group()
         quiet_or_verbose.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
@@ -84,7 +94,6 @@ def verbosity(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args) -> int:
-    from .experiment import Experiment
 
     if args.resume:
         if args.config or args.overrides or args.out or args.seeds:
@@ -107,7 +116,6 @@ def cmd_run(args) -> int:
             experiment = Experiment.from_dict({"name": "run"}, overrides)
         args.run_dir = Path(args.out) if args.out else experiment.default_out()  # Ctrl-C names it
         out = experiment.run_into(args.run_dir).path
-    from .distributed import is_main
 
     if is_main():
         print(f"done: {out}")
@@ -116,7 +124,6 @@ def cmd_run(args) -> int:
 
 def interrupted_message(run_dir: Path | None) -> str:
     """What Ctrl-C leaves behind, naming the real run folder."""
-    from .rundir import RunDir  # here, not at the top: cilearn --help does not import numpy
 
     if run_dir is not None and RunDir(run_dir).is_resumable():
         return (f"interrupted: finished tasks are saved; continue with: cilearn run --resume "
@@ -152,7 +159,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_configs(args) -> int:
-    from .shipped import configs_dir, list_configs
 
     rows = list_configs()
     if not rows:
@@ -165,9 +171,7 @@ def cmd_configs(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    import json
 
-    from .config import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if not args.out:
@@ -188,7 +192,6 @@ class JobStopped(CilearnError):
 def _stop_on_sigterm(args) -> None:
     """Under torchrun, a process that dies makes torchrun terminate the others: rank 0 says what happened and
     where the finished tasks are (files are written atomically, so nothing is left half-written)."""
-    import signal
 
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
         return
@@ -235,12 +238,9 @@ def _leave_job() -> None:
     group is closed (PyTorch warns about one left open)."""
     if "LOCAL_RANK" not in os.environ:
         return
-    import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
     except Exception:  # a peer already gone: nothing left to close cleanly

@@ -42,6 +42,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
 from .errors import CilearnError, ConfigError
 
 if TYPE_CHECKING:
@@ -75,7 +79,6 @@ class PeerLost(CilearnError):
 @contextmanager
 def _collective(what: str):
     """A collective call: a peer that died (connection closed, timeout) becomes one clear error."""
-    import torch.distributed as dist
 
     try:
         yield
@@ -98,7 +101,6 @@ class Distributed:
         """The job this process belongs to (torchrun's environment), or None for a single process."""
         if world_size() <= 1:
             return None
-        import torch.distributed as dist
 
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
@@ -126,9 +128,6 @@ class Distributed:
         """Replace each gradient by the whole batch's: Σ over processes of (local / total) × local gradient.
 
         Every process passes the same parameters in the same order; a missing gradient counts as zeros."""
-        import torch
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
         params = [p for p in parameters if p.requires_grad]
         if not params:
@@ -147,7 +146,6 @@ class Distributed:
         """The (total, ...) tensor whose ``rows`` are this process's ``local`` and the rest the other
         processes' parts (each process passes its own slice of one partition): one all-reduce, the others
         contributing zeros, so every value arrives unchanged."""
-        import torch
 
         whole = torch.zeros((total, *local.shape[1:]), dtype=local.dtype, device=local.device)
         whole[rows] = local
@@ -156,14 +154,12 @@ class Distributed:
     def weighted_mean(self, value: torch.Tensor, weight: int) -> torch.Tensor:
         """Σ weight·value / Σ weight over the processes (e.g. a mean gradient over each process's share of a
         minibatch, weighted by the share's size), on every process; one all-reduce."""
-        import torch
 
         flat = torch.cat([value.reshape(-1) * weight, value.new_tensor([float(weight)])])
         flat = self.sum(flat)
         return (flat[:-1] / flat[-1]).view_as(value)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         value = value.clone()
         with _collective("an all-reduce"):
@@ -173,7 +169,6 @@ class Distributed:
     # --- consistency ---
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every process (e.g. the checkpoint to resume from)."""
-        import torch.distributed as dist
 
         box = [obj if self.main else None]
         with _collective("a broadcast"):
@@ -182,8 +177,6 @@ class Distributed:
 
     def check_identical(self, model: torch.nn.Module, where: str) -> None:
         """Refuse to go on when the processes' models differ (a checksum of every parameter and buffer)."""
-        import torch
-        import torch.distributed as dist
 
         values = [t.detach().double().flatten() for t in model.state_dict().values() if t.is_floating_point()]
         flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
@@ -197,7 +190,6 @@ class Distributed:
                                     f"(a nondeterministic kernel?); set train.deterministic: true and start again.")
 
     def barrier(self) -> None:
-        import torch.distributed as dist
 
         with _collective("a barrier"):
             dist.barrier()

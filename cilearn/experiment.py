@@ -18,6 +18,7 @@ A config can also be a dict (:meth:`Experiment.from_dict`), and the data any
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,14 @@ from typing import Any
 from .config import Config, apply_overrides, expand_runs, load_yaml, parse_config, run_label
 from .data import DatasetSplits
 from .data.memo import shared_datasets
+from .data.registry import is_registered, known_classes, list_datasets
 from .engine.runner import Run, say
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, unknown_choice
 from .log import count, library_default_logging
 from .results import ExperimentResult, RunResult, experiment_labels
 from .rundir import RunDir, RunLock, check_fresh, write_yaml
+from .scenarios import check_class_split
+from .summary import write_summary
 
 
 def default_out_dir(name: str) -> Path:
@@ -120,7 +124,6 @@ class Experiment:
                                   f"writes a new version_N folder under it each time.") from None
             checked = validate_runs(out, self.runs, self.data)  # nothing is written before this passes
             if len(self.runs) == 1:
-                from .summary import write_summary
                 write_summary(out, [checked[0].execute()], files=False)
             else:
                 del checked  # each run builds its own again (the dataset is cached)
@@ -142,7 +145,6 @@ class Experiment:
 def new_version(root: Path) -> Path:
     """Create and return ``root/version_N``, N one more than the highest ``version_*`` there (0 for the first);
     creating the folder claims it, so two processes never get the same one."""
-    import re
 
     if root.exists() and not root.is_dir():
         raise ConfigError(f"run(root=...): '{root}' is a file; give a folder to keep the versions in.")
@@ -160,9 +162,6 @@ def new_version(root: Path) -> Path:
 def check_data_early(cfg: Config) -> None:
     """What can be known about the data before loading it: the dataset's name, and for a built-in dataset of a
     known number of classes whether the tasks use them up exactly."""
-    from .data.registry import is_registered, known_classes, list_datasets
-    from .errors import unknown_choice
-    from .scenarios import check_class_split
 
     if not is_registered(cfg.data.name):
         raise unknown_choice("dataset", cfg.data.name, [name for name, _ in list_datasets()], "data.name",
@@ -214,7 +213,6 @@ def _check_data(config_file: Path, data: DatasetSplits | None) -> None:
     """A run made with ``data=`` names a dataset no registry knows: say how to give it again."""
     if data is not None:
         return
-    from .data.registry import is_registered
 
     name = (load_yaml(config_file).get("data") or {}).get("name")
     if name and not is_registered(str(name)):
@@ -247,7 +245,6 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             say(f"'{out}' is already complete ({metrics.get('tasks_done')}/{metrics.get('num_tasks')} tasks); "
                 f"nothing to resume.")
             return collect(out, [metrics.get("label", "")])
-        from .summary import write_summary
         try:
             cfg = parse_config(load_yaml(files.config))
         except ConfigError as exc:
@@ -270,6 +267,5 @@ def run_children(out: Path, runs: list[tuple[str, Config]], resume: bool,
             results.append(done)
             continue
         results.append(Run(cfg, child, label, data=data).execute(resume=resume and RunDir(child).config.exists()))
-    from .summary import write_summary
     write_summary(out, results)
     return results

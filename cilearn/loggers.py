@@ -45,6 +45,8 @@ import secrets
 import time
 from collections.abc import Sequence
 
+import yaml
+
 from .distributed import is_main
 from .engine.events import LOG_COLUMNS, EpochEnded, EpochRow, RunEnded, RunStarted, TaskEnded
 from .errors import ConfigError, unknown_choice
@@ -307,7 +309,6 @@ class TensorBoardLogger(Logger):
         self.config = event.config.to_dict()
         self.writer = SummaryWriter(log_dir=str(event.files / "tensorboard"), purge_step=done + 1)
         if not done:
-            import yaml
 
             text = yaml.safe_dump(self.config, sort_keys=False)
             self.writer.add_text("config", "```yaml\n" + text + "```", 0)

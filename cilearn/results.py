@@ -20,10 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from . import metrics
+from .config import expand_runs, load_yaml, run_label
 from .errors import CheckpointError
+from .report.build import ReportOptions, make_report
 from .run_result import RunResult
 from .rundir import RunDir
+from .summary import group_by_label, markdown_table, summary_rows, text_table
 
 __all__ = ["ExperimentResult", "RunResult", "load_result"]
 
@@ -84,8 +89,6 @@ class ExperimentResult:
 
     def summary(self) -> dict:
         """Per label: mean and std over seeds of every metric (the ``aggregate`` of ``summary.json``)."""
-        from . import metrics
-        from .summary import group_by_label
 
         return {label: metrics.aggregate(runs)
                 for label, runs in group_by_label([r.metrics for r in self.runs]).items()}
@@ -97,7 +100,6 @@ class ExperimentResult:
     def table(self, markdown: bool = False) -> str:
         """The comparison table the CLI prints: accuracy on all seen classes after each task, then average
         incremental accuracy, last accuracy, forgetting and old-class accuracy (mean ± std over seeds), in %."""
-        from .summary import markdown_table, summary_rows, text_table
 
         header, rows = summary_rows([run.metrics for run in self.runs])
         return markdown_table(header, rows) if markdown else text_table(header, rows)
@@ -143,7 +145,6 @@ class ExperimentResult:
 
     def report(self, out: str | Path, tsne: bool = False, gradcam: bool = False) -> Path:
         """The HTML report of these runs into ``out`` (see :func:`cilearn.make_report`); returns report.html."""
-        from .report.build import ReportOptions, make_report
 
         return make_report([run.path for run in self.runs], out, ReportOptions(tsne=tsne, gradcam=gradcam))
 
@@ -153,7 +154,6 @@ class ExperimentResult:
 
 def experiment_labels(path: Path) -> list[str]:
     """The run folders of an experiment folder, in the order of its config (methods, then seeds)."""
-    from .config import expand_runs, load_yaml, run_label
 
     raws = expand_runs(load_yaml(RunDir(path).experiment))
     many = len({r["seed"] for r in raws}) > 1
@@ -162,7 +162,6 @@ def experiment_labels(path: Path) -> list[str]:
 
 def sweep_labels(path: Path) -> list[str]:
     """The run folders of a sweep folder, in the order its ``sweep.yaml`` lists them."""
-    import yaml
 
     try:
         runs = (yaml.safe_load((path / "sweep.yaml").read_text(encoding="utf-8")) or {}).get("runs") or []

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import DatasetSplits, ImageData, load_dataset
+from .data.adapters import ImageDataset
 from .errors import ConfigError
 from .schema import build_section
 from .sections import ScenarioConfig
@@ -52,7 +53,6 @@ class Task:
         """This task's ``split`` ("train" or "test") as a ``torch.utils.data.Dataset`` of ``(image, label,
         task id)``: see :class:`~cilearn.data.ImageDataset` for ``transform`` and ``image_format``
         (float [0, 1] CHW tensors by default, or uint8 tensors, or PIL images)."""
-        from .data.adapters import ImageDataset
 
         return ImageDataset(_split(self, split), self.index, transform, image_format)
 
@@ -90,7 +90,6 @@ class Scenario:
     def dataset(self, split: str = "train", transform=None, image_format: str = "float"):
         """The ``split`` of every task of this scenario (e.g. ``scenario[:t]``) in one
         ``torch.utils.data.Dataset`` of ``(image, label, task id)``; see :meth:`Task.dataset`."""
-        from .data.adapters import ImageDataset
 
         if not self.tasks:
             raise ValueError("this scenario slice holds no task.")

@@ -249,7 +249,7 @@ def test_the_loop_trains_on_the_lambda_weighted_cross_entropies_of_both_labels(t
     run = digits_run(tmp_path, {"name": "finetune"}, [{"cutmix": {"p": 1.0}}], batch_size=400)
     run.setup()
     task = run.scenario[0]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     run.trainer.start(run.method)
     seen = []

@@ -25,7 +25,7 @@ from cilearn.models.heads import CosineHead
 
 def start_task(run: Run, task) -> list:
     """Grow the head and begin ``task``; its stages."""
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     return run.method.stages(task)
 

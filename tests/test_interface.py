@@ -58,8 +58,8 @@ register(Recorder)
 def test_hooks_are_called_in_order_with_the_batch_they_describe(tmp_path):
     run = make_run(tmp_path, {"name": "recorder_test"}, num_tasks=2, epochs=2)
     task = run.scenario[1]
-    run.grow_head(run.scenario[0])
-    run.grow_head(task)
+    run.method.grow_head(run.scenario[0])
+    run.method.grow_head(task)
     run.method.begin_task(task)
     run.trainer.start(run.method)
     data = task.train
@@ -207,7 +207,7 @@ def test_stages_run_in_order_train_their_own_parameters_and_resume(tmp_path, mon
     run = Run(parse_config(_two_stage_config()), tmp_path / "parts")
     run.setup()
     task = run.scenario[0]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     stages = run.method.stages(task)
     run.run_stage(task, stages, 0, None)
@@ -238,7 +238,7 @@ def test_lwf_warmup_trains_only_the_new_outputs(tmp_path):
     run = make_run(tmp_path, {"name": "lwf", "warmup_epochs": 2}, num_tasks=2, epochs=1)
     run.run_task(run.scenario[0])
     task = run.scenario[1]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     stages = run.method.stages(task)
     assert [s.name for s in stages] == ["warmup", "train"]

@@ -39,7 +39,7 @@ def test_balanced_sample_takes_the_same_number_from_every_group():
 def test_per_epoch_evaluation_scores_the_sample_and_the_task_end_all(tmp_path):
     run = make_run(tmp_path, {"name": "finetune"}, num_tasks=2, epochs=2)
     for task in run.scenario[:2]:
-        run.grow_head(task)
+        run.method.grow_head(task)
     run.evaluator.quick_limit = 20
     sample = run.evaluator.quick_set(1)
     full = run.evaluator.test_set(1)

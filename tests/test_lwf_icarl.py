@@ -40,7 +40,7 @@ def test_teacher_is_frozen_and_used(tmp_path, method):
     first, second = run.scenario[0], run.scenario[1]
     run.run_task(first)
     after_first = {k: v.clone() for k, v in run.model.state_dict().items()}
-    run.grow_head(second)
+    run.method.grow_head(second)
     run.method.begin_task(second)
     teacher = run.method.teacher.model
     assert teacher is not None and not teacher.training
@@ -94,7 +94,7 @@ def test_icarl_loss_and_gradient_equal_the_original_formula(tmp_path, task_numbe
     for task in run.scenario[: task_number - 1]:
         run.run_task(task)
     task = run.scenario[task_number - 1]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     assert run.model.num_classes == 10  # every output from the start
     inputs = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(task_number))
@@ -124,7 +124,7 @@ def test_growing_head_bce_has_the_original_gradient_per_output(tmp_path, task_nu
     for task in run.scenario[: task_number - 1]:
         run.run_task(task)
     task = run.scenario[task_number - 1]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     seen = 2 * task_number
     assert run.model.num_classes == seen and run.method.objective.normaliser == 10
@@ -153,7 +153,7 @@ def test_lwf_distillation_has_no_t2_factor(tmp_path):
         run = make_run(tmp_path / str(scaled), {"name": "lwf", "kd_t2_scaling": scaled}, num_tasks=2)
         run.run_task(run.scenario[0])
         second = run.scenario[1]
-        run.grow_head(second)
+        run.method.grow_head(second)
         run.method.begin_task(second)
         inputs = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
         labels = torch.tensor([2, 3, 2, 3, 2])

@@ -24,7 +24,7 @@ from cilearn.models import IncrementalHead
 
 def start_task(run: Run, task) -> list:
     """Grow the head and begin ``task``; its stages."""
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     return run.method.stages(task)
 

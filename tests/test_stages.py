@@ -157,7 +157,7 @@ register(DeclaredStages)
 def test_the_run_applies_a_stages_data_parameters_and_loss(tmp_path):
     run = make_run(tmp_path, {"name": "declared_stages_test"}, num_tasks=1, epochs=1)
     task = run.scenario[0]
-    run.grow_head(task)
+    run.method.grow_head(task)
     run.method.begin_task(task)
     stages = run.method.stages(task)
     run.run_stage(task, stages, 0, None)

@@ -6,6 +6,7 @@ configs).  Back to PyTorch: :class:`ImageDataset` (what ``Task.dataset()`` retur
 imported on first use, so ``import cilearn.data`` stays light.
 """
 
+from cilearn.data import adapters
 from cilearn.data.base import DatasetSplits, ImageData, cache_dir, data_root
 from cilearn.data.cifar import load_cifar10, load_cifar100
 from cilearn.data.digits import load_digits_splits
@@ -19,7 +20,6 @@ _ADAPTERS = ("from_torch", "from_folder", "ImageDataset")
 
 def __getattr__(name: str):
     if name in _ADAPTERS:
-        from cilearn.data import adapters
 
         return getattr(adapters, name)
     raise AttributeError(f"module 'cilearn.data' has no attribute {name!r}")

@@ -20,9 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from cilearn.data.base import DatasetSplits, ImageData
+from cilearn.data.clear import read_buckets
+from cilearn.data.imagefolder import load_image_folder
 from cilearn.errors import DataError
 from cilearn.log import get_logger, progress_disabled
 
@@ -82,7 +86,6 @@ def _item_label(label: Any, where: str) -> int:
 
 def _read_items(dataset: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Every ``(image, label)`` of a map-style dataset, in index order."""
-    from tqdm.auto import tqdm
 
     try:
         count = len(dataset)
@@ -146,8 +149,6 @@ def from_folder(path: str | os.PathLike, test_path: str | os.PathLike | None = N
     them works too), or just ``<class>/*.png|jpg``: then the test images come from ``test_path/<class>/``
     when given, else from a seeded stratified split (``test_fraction`` of every class, ``seed``).
     ``image_size`` (int or [height, width]) resizes every image."""
-    from cilearn.data.clear import read_buckets
-    from cilearn.data.imagefolder import load_image_folder
 
     source = Path(path).expanduser()
     if not source.exists():
@@ -195,7 +196,6 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         array = self.data.images[index]
         if self.image_format == "pil":
-            from PIL import Image
 
             image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
         else:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from tqdm.auto import tqdm
+
 from cilearn.errors import DataError
 from cilearn.log import get_logger, progress_disabled
 
@@ -49,7 +51,6 @@ def download_file(url: str, md5: str, dest_dir: Path, *, opener: Opener | None =
     """
     if urllib.parse.urlsplit(url).scheme.lower() != "https":
         raise DataError(f"refusing to download {url}: only https:// URLs are allowed; use the https address.")
-    from tqdm.auto import tqdm  # imported here: only downloads need a progress bar
 
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from cilearn.data.base import DatasetSplits, ImageData, cache_dir
 from cilearn.data.download import check_member_path
@@ -133,7 +135,6 @@ def _decode_batch(batch: list[tuple[str, bytes]], size: tuple[int, int] | None
 
     Returns ``(name, array or None, error message)`` so the parent can name the bad file.
     """
-    from PIL import Image
 
     out: list[tuple[str, np.ndarray | None, str]] = []
     for name, data in batch:
@@ -207,7 +208,6 @@ class _Decoder:
 def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_size: int = 512
                        ) -> dict[str, np.ndarray]:
     """Decode every image of ``path`` into the arrays stored in the cache file."""
-    from tqdm.auto import tqdm
 
     kind = _archive_kind(path)
     size = _target_size(image_size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,7 +102,6 @@ def _unpickler_reason(text: str) -> str:
 
 def _pickled_globals(path: Path) -> list[str] | None:
     """Functions and classes a plain pickle file names (``[]``: none), or None when it is not a pickle."""
-    import pickletools
 
     names, strings = [], []
     try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.fx.experimental.optimization import fuse
 
 from .. import metrics
 from ..augment import BatchAugment, nchw_view, to_tensor_images
@@ -103,7 +104,6 @@ def fold_batchnorm(backbone: torch.nn.Module) -> torch.nn.Module | None:
         return None
     with warnings.catch_warnings():  # importing it imports torch.jit, which warns of its own deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
-        from torch.fx.experimental.optimization import fuse
     try:
         return fuse(copy.deepcopy(backbone).eval(), inplace=True)
     except Exception:  # noqa: BLE001 - any tracing failure: run the backbone as it is

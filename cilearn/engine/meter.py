@@ -12,6 +12,7 @@ is kept here (:attr:`PhaseMeter.overall_mib`) rather than read from ``getrusage`
 
 from __future__ import annotations
 
+import resource
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,6 @@ def _peak_kib() -> int | None:
         return kib
     if sys.platform == "win32":
         return None
-    import resource  # POSIX only
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
 

@@ -166,19 +166,10 @@ class Run:
                 self.recorder.end(final)
             return final
 
-    def grow_head(self, task) -> None:
-        if self.method.full_head:  # every class's output from the first task on (one chunk per task)
-            if self.model.num_classes == 0:
-                for t in self.scenario:
-                    if t.new_classes:
-                        self.model.add_classes(len(t.new_classes), self.scenario.num_classes)
-        elif task.new_classes:  # domain streams add no classes after the first experience
-            self.model.add_classes(len(task.new_classes))
-
     def run_task(self, task, state: dict | None = None) -> None:
         """Train, evaluate and save ``task``; ``state``: a checkpoint from inside this task to resume."""
         if state is None:
-            self.grow_head(task)
+            self.method.grow_head(task)
             self.task_rng = rng_state()  # saved with epoch checkpoints: see below
         else:
             # Inside a task, begin_task and training_data run again: give them the random state they had

@@ -246,6 +246,19 @@ class Method:
         """Refuse option combinations that cannot work on this scenario (raise ConfigError) before
         any training starts."""
 
+    def grow_head(self, task: Task) -> None:
+        """Add ``task``'s new classes to the model's head (the run calls it first for each task, not when it
+        resumes inside one).  With ``full_head`` every class's output exists from the first task on (one chunk
+        per task); domain streams add no classes after the first experience."""
+        if self.full_head:
+            if self.model.num_classes == 0:
+                scenario = self.context.scenario
+                for later in scenario:
+                    if later.new_classes:
+                        self.model.add_classes(len(later.new_classes), scenario.num_classes)
+        elif task.new_classes:
+            self.model.add_classes(len(task.new_classes))
+
     def begin_task(self, task: Task) -> None:
         """Called after the head has grown for ``task`` and before its training starts."""
         self.task = task

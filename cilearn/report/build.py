@@ -12,14 +12,19 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import metrics
 from ..errors import CilearnError
 from ..log import count
+from ..models import build_model
 from ..run_result import RunResult
 from ..rundir import atomic_write_text
 from . import ReportError, plots, tables
+from .gradcam import grad_cam, target_layer
+from .model import load_run_model, read_config, read_memory, read_run_info
 from .runs import choose_steps, discover_runs, group_runs, read_predictions, safe_name
+from .tsne import first_task_classes, run_embedding
 
 OWN_SUFFIXES = (".png", ".csv", ".md", ".html")
 
@@ -200,7 +205,6 @@ def curves_section(groups, out: Path) -> Section:
 
 
 def tsne_figure(run: RunResult, label: str, steps: list[int], options: ReportOptions, path: Path) -> Path:
-    from .tsne import first_task_classes, run_embedding
 
     classes = first_task_classes(run, options.tsne_classes)
     embeddings = [run_embedding(run, step, classes, options.tsne_points) for step in steps]
@@ -233,7 +237,6 @@ def tsne_section(groups, out: Path, options: ReportOptions) -> Section:
 
 
 def exemplar_section(groups, out: Path, options: ReportOptions) -> Section:
-    from .model import read_memory
 
     section = Section("Exemplar memory", "The exemplars each method keeps after its last task, per class, in "
                       "selection order (first = most representative for herding).")
@@ -275,10 +278,7 @@ def first_task_images(run: RunResult, count: int) -> tuple[np.ndarray, np.ndarra
 
 def gradcam_columns(run_dir: Path, steps: list[int], images: np.ndarray, labels: np.ndarray | None,
                     target: str) -> tuple[list[dict], str]:
-    import torch
 
-    from .gradcam import grad_cam, target_layer
-    from .model import load_run_model
 
     columns, layer_name = [], ""
     for step in steps:
@@ -298,14 +298,10 @@ def gradcam_columns(run_dir: Path, steps: list[int], images: np.ndarray, labels:
 
 
 def _model_name(run_dir: Path) -> str:
-    from .model import read_config
     return read_config(run_dir).model.name
 
 
 def gradcam_section(groups, out: Path, options: ReportOptions) -> Section:
-    from ..models import build_model
-    from .gradcam import target_layer
-    from .model import read_config, read_run_info
 
     target = "the true class" if options.cam_target == "true" else "the predicted class"
     section = Section("Grad-CAM attention drift", f"Grad-CAM heatmaps (w.r.t. {target}) on the last "

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from ..log import get_logger
+from . import ReportError, plots
+from .build import ReportOptions, make_report, tsne_figure
+from .gradcam import grad_cam, read_images, target_layer
+from .model import load_model_from_checkpoint
+from .runs import choose_steps, discover_runs, group_runs, safe_name
 
 log = get_logger(__name__)
 
@@ -14,7 +22,6 @@ log = get_logger(__name__)
 def _few_threads():
     """Reports run a few small forward/backward passes: one torch thread is as fast and, on a busy
     machine, far faster than OpenMP threads spinning for cores they do not get."""
-    import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -76,14 +83,12 @@ def register(subparsers) -> None:
 
 
 def _positive(name: str, value: int) -> None:
-    from . import ReportError
 
     if value < 1:
         raise ReportError(f"{name} must be at least 1, got {value}.")
 
 
 def cmd_report(args) -> int:
-    from .build import ReportOptions, make_report
 
     _positive("--cam-images", args.cam_images)
     _positive("--tsne-classes", args.tsne_classes)
@@ -102,13 +107,8 @@ def cmd_gradcam(args) -> int:
 
 
 def _gradcam(args) -> int:
-    import csv
 
-    import torch
 
-    from . import ReportError, plots
-    from .gradcam import grad_cam, read_images, target_layer
-    from .model import load_model_from_checkpoint
 
     model, cfg, info = load_model_from_checkpoint(args.checkpoint)
     found = target_layer(model)
@@ -141,7 +141,6 @@ def _gradcam(args) -> int:
 
 
 def cmd_tsne(args) -> int:
-    from .build import ReportOptions
 
     _positive("--classes", args.classes)
     out = Path(args.out)
@@ -153,8 +152,6 @@ def cmd_tsne(args) -> int:
 
 
 def _tsne_runs(args, out: Path, options) -> None:
-    from .build import tsne_figure
-    from .runs import choose_steps, discover_runs, group_runs, safe_name
 
     for label, group in group_runs(discover_runs([args.run_dir])).items():
         for run in group:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from . import ReportError
@@ -70,7 +71,6 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | None
 
 def read_images(paths: list[str | Path], size: int, channels: int) -> np.ndarray:
     """PNG/JPG files → uint8 NHWC, converted to the model's channels and resized to ``size``×``size``."""
-    from PIL import Image, UnidentifiedImageError
 
     out = []
     for path in paths:

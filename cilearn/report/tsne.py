@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..run_result import RunResult
+from .model import read_memory
 from .runs import read_predictions
 
 
@@ -59,7 +60,6 @@ def run_embedding(run: RunResult, task: int, classes: list[int], max_points: int
     ex_features, ex_labels, note = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64), ""
     ex_kinds = np.zeros(0, dtype=str)
     if exemplars:
-        from .model import read_memory
 
         memory = read_memory(run.path, task)  # saved with its features under the same model
         if memory is not None and memory.features is not None:

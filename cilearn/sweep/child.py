@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 
+from ..cli import main as cilearn
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -29,7 +31,6 @@ def die_with_parent(parent_pid: int) -> None:
 
 def main() -> int:
     die_with_parent(int(sys.argv[1]))
-    from ..cli import main as cilearn
 
     return cilearn(sys.argv[2:])
 

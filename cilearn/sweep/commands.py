@@ -17,9 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..log import count, get_logger, progress_disabled
+from ..run_result import RunResult
+from ..rundir import RunDir, RunLock, write_yaml
+from .execute import Job, LocalPool, Outcome, RayCluster, ray_available, run_state, summarize
+from .spec import expand, load_sweep
 
 log = get_logger(__name__)
 
@@ -56,7 +61,6 @@ def register(subparsers) -> None:
 
 
 def check_options(args) -> None:
-    from .execute import ray_available
 
     if not args.sweep and not args.resume:
         raise ConfigError("give a sweep file (e.g. cilearn sweep configs/sweeps/icarl_study_digits.yaml) or "
@@ -86,7 +90,6 @@ def check_options(args) -> None:
 
 def load(args):
     """The sweep to run and its folder: (sweep, out, resuming)."""
-    from .spec import expand, load_sweep
 
     if args.resume:
         out = Path(args.resume)
@@ -119,7 +122,6 @@ def load(args):
 
 def check_existing_runs(sweep, out: Path) -> None:
     """A run folder already in the sweep folder must hold the run the sweep now describes."""
-    from ..rundir import RunDir
 
     for run in sweep.runs:
         stored = RunDir(out / run.name).config
@@ -146,7 +148,6 @@ def _first_difference(a, b, path: str = "") -> tuple[str, object, object]:
 
 
 def cmd_sweep(args) -> int:
-    from .execute import LocalPool, RayCluster, run_state
 
     check_options(args)
     sweep, out, resuming = load(args)  # every run's config is validated here
@@ -177,11 +178,7 @@ def cmd_sweep(args) -> int:
 
 
 def run_sweep(sweep, out: Path, backend, threads: int, html: bool) -> int:
-    from tqdm import tqdm
 
-    from ..run_result import RunResult
-    from ..rundir import RunLock, write_yaml
-    from .execute import Job, Outcome, run_state, summarize
 
     out = out.absolute()
     with RunLock(out):

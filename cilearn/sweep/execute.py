@@ -11,6 +11,8 @@ worker, so a Ray task that Ray retries after losing a node resumes the run from 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import logging
 import os
 import signal
 import subprocess
@@ -23,8 +25,10 @@ from pathlib import Path
 
 from ..errors import CilearnError, ConfigError
 from ..log import get_logger
+from ..report.build import ReportOptions, make_report
 from ..run_result import RunResult
 from ..rundir import RunDir
+from ..summary import write_summary
 
 log = get_logger(__name__)
 
@@ -147,7 +151,6 @@ class RayCluster:
         self._connected_here = False
 
     def connect(self) -> None:
-        import logging
 
         import ray
 
@@ -197,7 +200,6 @@ class RayCluster:
 
 
 def ray_available() -> bool:
-    import importlib.util
 
     return importlib.util.find_spec("ray") is not None
 
@@ -206,7 +208,6 @@ def ray_available() -> bool:
 def summarize(out: Path, run_dirs: list[Path], title: str, html: bool) -> None:
     """summary.md/json (mean ± std per grid point over its repeats) and the HTML report, from the runs
     that finished, in the order of the expansion."""
-    from ..summary import write_summary
 
     results = [RunResult.load(d).metrics for d in run_dirs]
     if not results:
@@ -215,7 +216,6 @@ def summarize(out: Path, run_dirs: list[Path], title: str, html: bool) -> None:
     write_summary(out, results)
     if not html:
         return
-    from ..report.build import ReportOptions, make_report
 
     try:  # t-SNE and Grad-CAM are left out: slow for many grid points; cilearn report adds them
         path = make_report(run_dirs, out / "report", ReportOptions(tsne=False, gradcam=False, title=title))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.func import functional_call, grad, vmap
 
 
 def overlap(param: torch.Tensor, reference: torch.Tensor) -> torch.Tensor | None:
@@ -114,7 +115,6 @@ def per_sample_gradient_mean(model: torch.nn.Module, images: np.ndarray, targets
 
     ``images`` uint8 NHWC; ``objective(logits (1, C), target (1,)) -> scalar``.  The model runs in
     evaluation mode (no dropout, BatchNorm statistics fixed)."""
-    from torch.func import functional_call, grad, vmap
 
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
