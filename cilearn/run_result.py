@@ -1,7 +1,7 @@
 """One finished (or partly finished) run, read back from its folder: :class:`RunResult`.
 
 The Python API (:mod:`cilearn.results`), the report and the sweep all read runs through this class.  Only numpy
-and the run folder's layout (:class:`~cilearn.rundir.RunDir`): reading a run never imports torch.
+and the run folder's layout (:class:`~cilearn.rundir.RunDir`).
 """
 
 from __future__ import annotations

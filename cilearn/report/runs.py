@@ -1,4 +1,4 @@
-"""Finding and reading run directories for reports (no plotting, no torch)."""
+"""Finding and reading run directories for reports (no plotting)."""
 
 from __future__ import annotations
 
