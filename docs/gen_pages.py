@@ -25,6 +25,11 @@ from mkdocs.structure.files import File
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling griffe extension
 from griffe_rst import rst_to_markdown  # noqa: E402
 
+from cilearn.data.registry import DATASETS  # noqa: E402
+from cilearn.methods import METHODS  # noqa: E402
+from cilearn.models.registry import MODELS  # noqa: E402
+from cilearn.schema import describe  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The public modules the API reference documents, in the order data flows through them.
@@ -79,12 +84,12 @@ def index_page() -> str:
 def method_pages() -> dict[str, str]:
     import inspect
 
-    from cilearn.methods import METHODS
-    from cilearn.schema import build_section, describe, to_dict
+    from cilearn.schema import build_section, to_dict
 
     pages = {}
     rows = []
-    for name, cls in sorted(METHODS.items()):
+    builtin = {name: c.factory for name, c in METHODS.components().items() if not c.plugin}
+    for name, cls in sorted(builtin.items()):
         paper = getattr(cls, "paper", "")  # an optional class attribute: the paper the method implements
         defaults = to_dict(build_section(cls.Options, {"name": name}, "method"))
         parts = [f"# {name}", "", markdown(cls.description), ""]
@@ -108,7 +113,6 @@ def method_pages() -> dict[str, str]:
 
 def config_page() -> str:
     from cilearn import config
-    from cilearn.schema import describe
     from cilearn.streams import STREAM_OPTIONS
 
     sections = [("data", config.DataConfig), ("scenario", config.ScenarioConfig), ("model", config.ModelConfig),
@@ -139,31 +143,34 @@ def config_page() -> str:
     return "\n".join(parts)
 
 
-def datasets_page() -> str:
-    from cilearn.data.registry import dataset_options, list_datasets
+def component_options(component) -> str:
+    """A registered component's options with their defaults (``required`` where the user must give one)."""
+    if component.options is None:
+        return "as its package defines them"
+    rows = [row for row in describe(component.options) if row[0] != "opener"]  # opener: tests only
+    return ", ".join(f"`{name}` (required)" if default == "required" else f"`{name}: {json.dumps(default)}`"
+                     for name, _, default, _ in rows) or "none"
 
+
+def datasets_page() -> str:
     lines = ["# Datasets", "",
-             "`data.name` picks one; `data.options` takes the options listed. Files are looked up in `data.root`, "
-             "else `$CILEARN_DATA`, else `~/.cache/cilearn/data`.", "",
-             "| name | what | options |", "| --- | --- | --- |"]
-    for name, description in sorted(list_datasets()):
-        options, required = dataset_options(name)
-        shown = ", ".join(f"`{o}`" + (" (required)" if o in required else "") for o in options) or "none"
-        lines.append(f"| `{name}` | {cell(description)} | {shown} |")
+             "`data.name` picks one; `data.options` takes the options listed (`cilearn list --options` gives "
+             "their types and help). Files are looked up in `data.root`, else `$CILEARN_DATA`, else "
+             "`~/.cache/cilearn/data`.", "",
+             "| name | what | options (defaults) |", "| --- | --- | --- |"]
+    for name, component in sorted(DATASETS.components().items()):
+        if not component.plugin:
+            lines.append(f"| `{name}` | {cell(component.description)} | {cell(component_options(component))} |")
     return "\n".join(lines + [""])
 
 
 def models_page() -> str:
-    from cilearn.models import list_models
-    from cilearn.models.registry import model_defaults
-
-    lines = ["# Models", "", "`model.name` picks one; `model.options` overrides the defaults listed.", "",
+    lines = ["# Models", "", "`model.name` picks one; `model.options` overrides the defaults listed "
+             "(`cilearn list --options` gives their types and help).", "",
              "| name | what | options (defaults) |", "| --- | --- | --- |"]
-    for name, description in sorted(list_models()):
-        defaults, required = model_defaults(name)
-        shown = ", ".join([f"`{k}` (required)" for k in required] +
-                          [f"`{k}: {json.dumps(v)}`" for k, v in defaults.items()]) or "none"
-        lines.append(f"| `{name}` | {cell(description)} | {cell(shown)} |")
+    for name, component in sorted(MODELS.components().items()):
+        if not component.plugin:
+            lines.append(f"| `{name}` | {cell(component.description)} | {cell(component_options(component))} |")
     return "\n".join(lines + [""])
 
 
@@ -178,13 +185,13 @@ def api_pages() -> dict[str, str]:
 
 def generated() -> dict[str, str]:
     from cilearn.config import json_schema
-    from cilearn.methods import METHODS
 
     pages = {"index.md": index_page(), "config.md": config_page(), "datasets.md": datasets_page(),
              "models.md": models_page(), **method_pages(), **api_pages()}
     # The built-in methods only, whatever plugins the building machine has installed: the site is the same.
     schema = json_schema()
-    plugins = [name for name in schema["$defs"] if name.startswith("method.") and name[7:] not in METHODS]
+    plugins = [name for name in schema["$defs"] for prefix, registry in (("method.", METHODS), ("model.", MODELS),
+               ("dataset.", DATASETS)) if name.startswith(prefix) and registry.get(name[len(prefix):]).plugin]
     for name in plugins:
         del schema["$defs"][name]
     pages["cilearn.schema.json"] = json.dumps(schema, indent=2) + "\n"

@@ -433,7 +433,7 @@ def test_study_configs_parse():
     seen = set()
     for name in names:
         _, runs = load_runs(root / name)
-        options = method_options(runs[0][1].method)
+        options = runs[0][1].method
         assert runs[0][1].model.name == "resnet32" and options.memory_size == 2000
         di = options.deepinversion
         seen.add((options.exemplars, options.collage if options.exemplars == "collage" else (di.init, di.adaptive)))
@@ -441,7 +441,7 @@ def test_study_configs_parse():
     runs = [run for name in ("collage", "deepinversion") for run in load_runs(root / f"cifar10jpeg_5x2_{name}.yaml")[1]]
     labels = {label.split("/")[0] for label, _ in runs}
     assert len(runs) == 30 and len(labels) == 10 and "icarl" in labels  # plain iCaRL beside every variant
-    options = [method_options(cfg.method) for _, cfg in runs]
+    options = [cfg.method for _, cfg in runs]
     variants = {(o.exemplars, o.collage) if o.exemplars == "collage" else
                 (o.exemplars, o.deepinversion.init, o.deepinversion.adaptive) for o in options}
     assert len(variants) == 10 and all(o.memory_size == 200 for o in options)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cilearn import cli
 from cilearn.methods.parts.classifiers import NearestMean, SklearnClassifier
 from cilearn.config import parse_config
+from cilearn.schema import to_dict
 from cilearn.errors import ConfigError
 from cilearn.methods import method_options
 from cilearn.methods.parts.distill import LossSetup
@@ -272,7 +273,7 @@ def test_state_dict_round_trip_restores_memory_and_teacher(icarl_run, tmp_path):
     path = tmp_path / "state.pt"
     save_checkpoint(path, {"method": method.state_dict()})
     state = load_checkpoint(path)["method"]  # weights_only load: tensors and plain values only
-    fresh = make_run(tmp_path / "fresh", dict(icarl_run.cfg.method), num_tasks=3)
+    fresh = make_run(tmp_path / "fresh", to_dict(icarl_run.cfg.method), num_tasks=3)
     for size in [s.stop - s.start for s in icarl_run.model.head.task_slices]:
         fresh.model.add_classes(size)
     fresh.method.load_state_dict(state)

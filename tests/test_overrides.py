@@ -24,11 +24,11 @@ def methods_of(experiment: Experiment) -> dict:
 def test_one_method_of_a_list():
     experiment = Experiment.from_yaml(QUICKSTART, ["methods.3.memory_size=50", "methods.0.label=ft"])
     methods = methods_of(experiment)
-    assert methods["icarl"]["memory_size"] == 50 and list(methods) == ["ft", "joint", "lwf", "icarl"]
+    assert methods["icarl"].memory_size == 50 and list(methods) == ["ft", "joint", "lwf", "icarl"]
     untouched = methods_of(Experiment.from_yaml(QUICKSTART))
-    assert untouched["icarl"]["memory_size"] == 100 and untouched["lwf"] == methods["lwf"]
+    assert untouched["icarl"].memory_size == 100 and untouched["lwf"] == methods["lwf"]
     replaced = methods_of(Experiment.from_yaml(QUICKSTART, ["methods.1={name: icarl, memory_size: 20, label: small}"]))
-    assert list(replaced) == ["finetune", "small", "lwf", "icarl"] and replaced["small"]["memory_size"] == 20
+    assert list(replaced) == ["finetune", "small", "lwf", "icarl"] and replaced["small"].memory_size == 20
 
 
 def test_a_method_key_on_a_list_of_methods_says_how():
@@ -38,9 +38,9 @@ def test_a_method_key_on_a_list_of_methods_says_how():
     with pytest.raises(ConfigError, match=r"'4' is not an entry of methods \(give its position from 0"):
         Experiment.from_yaml(QUICKSTART, ["methods.4.memory_size=5"])
     one = methods_of(Experiment.from_yaml(QUICKSTART, ["method={name: icarl, memory_size: 500}"]))
-    assert one == {"icarl": one["icarl"]} and one["icarl"]["memory_size"] == 500  # method=... replaces the list
+    assert one == {"icarl": one["icarl"]} and one["icarl"].memory_size == 500  # method=... replaces the list
     single = ROOT / "configs/icarl_digits.yaml"  # a one-method config: method.key as the README says
-    assert methods_of(Experiment.from_yaml(single, ["method.memory_size=500"]))["icarl"]["memory_size"] == 500
+    assert methods_of(Experiment.from_yaml(single, ["method.memory_size=500"]))["icarl"].memory_size == 500
 
 
 def test_fewer_epochs_drop_the_milestones_past_them(caplog):

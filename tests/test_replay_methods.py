@@ -25,6 +25,7 @@ from cilearn.methods.parts.buffers import ReservoirBuffer
 from cilearn.methods.replay import metric_values, rank
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
+from cilearn.schema import to_dict
 
 
 @pytest.fixture(scope="module")
@@ -430,6 +431,6 @@ def test_gdumb_mnist_config_uses_the_official_mlp_and_random_crop():
 
     _, runs = load_runs(Path(__file__).resolve().parents[1] / "configs" / "methods_mnist" / "gdumb.yaml")
     cfg = runs[0][1]
-    assert cfg.model.options == {"hidden": [100, 100], "batchnorm": True, "init": "default"}  # PyTorch init, as theirs
+    assert to_dict(cfg.model.options) == {"hidden": [100, 100], "batchnorm": True, "init": "default"}  # PyTorch init
     augment = BatchAugment.from_mode(cfg.train.augment, (0.1307,), (0.3081,), channels=1)
     assert (augment.crop_padding, augment.flip, augment.mixes) == (4, False, False)  # RandomCrop(28, padding=4)

@@ -80,9 +80,9 @@ def test_grid_expands_into_named_validated_runs():
     assert run.settings == {"method.classification_loss": "ce", "method.distillation_loss": "mse",
                             "train.lr": 0.1, "seed": 1}
     cfg = run.config
-    assert (cfg.method["classification_loss"], cfg.method["distillation_loss"], cfg.train.lr, cfg.seed) == \
+    assert (cfg.method.classification_loss, cfg.method.distillation_loss, cfg.train.lr, cfg.seed) == \
         ("ce", "mse", 0.1, 1)
-    assert cfg.method["label"] == "CE-MSE,lr=0.1"  # the table groups the seeds of a grid point by label
+    assert cfg.method.label == "CE-MSE,lr=0.1"  # the table groups the seeds of a grid point by label
     assert cfg.train.epochs == 3 and cfg.scenario.num_tasks == 4  # the rest comes from the base
     stored = yaml.safe_load(yaml.safe_dump(sweep.resolved(), sort_keys=False))  # sweep.yaml, read by --resume
     assert stored.pop("runs") == [{"name": r.name, "point": r.point, "settings": r.settings} for r in sweep.runs]
@@ -106,7 +106,7 @@ def test_base_lists_become_axes_and_whole_sections_apply_before_their_options(tm
     assert first.name == "icarl,classification_loss=bce/class_order=sorted,seed3"
     assert first.raw["method"] == {"name": "icarl", "memory_size": 40, "classification_loss": "bce",
                                    "label": "icarl,classification_loss=bce"}
-    assert (first.config.method["memory_size"], first.config.seed) == (40, 3)
+    assert (first.config.method.memory_size, first.config.seed) == (40, 3)
     reversed_order = [r for r in sweep.runs if r.config.scenario.class_order != "sorted"]
     assert reversed_order[0].name == "icarl,classification_loss=bce/class_order=9+8+7+6+5+4+3+2+1+0,seed3"
     assert {r.point for r in sweep.runs} == {"icarl,classification_loss=bce", "icarl,classification_loss=ce",
@@ -122,9 +122,9 @@ def test_the_example_sweeps_expand_into_the_icarl_study():
                       "CE-MSE", "BCE-MSE", "MSE-MSE", "CE-BCE"]
     by_name = {r.name: r.config for r in cifar.runs}
     raws = {r.name: r.raw for r in cifar.runs}
-    assert by_name["icarl/seed2"].method["classifiers"] == ["nme", "head", "knn", "svm", "mlp"]
+    assert by_name["icarl/seed2"].method.classifiers == ["nme", "head", "knn", "svm", "mlp"]
     assert by_name["icarl_no_augmentation/seed0"].train.augment == "none"
-    assert by_name["CE-MSE/seed1"].method["classification_loss"] == "ce" and by_name["CE-MSE/seed1"].seed == 1
+    assert by_name["CE-MSE/seed1"].method.classification_loss == "ce" and by_name["CE-MSE/seed1"].seed == 1
     assert raws["lwf_mc/seed0"]["method"] == {"name": "lwf", "variant": "icarl", "label": "lwf_mc"}
     assert raws["icarl/seed0"]["method"]["memory_size"] == 2000  # the rest of the base's section is kept
     assert {c.train.epochs for c in by_name.values()} == {70}  # the study's schedule, from the base config

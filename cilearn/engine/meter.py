@@ -12,10 +12,14 @@ is kept here (:attr:`PhaseMeter.overall_mib`) rather than read from ``getrusage`
 
 from __future__ import annotations
 
-import resource
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import resource  # POSIX only; Windows reads no peak (see _peak_kib)
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -40,7 +44,7 @@ def _peak_kib() -> int | None:
     kib = _status_kib("VmHWM")
     if kib is not None:
         return kib
-    if sys.platform == "win32":
+    if resource is None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux

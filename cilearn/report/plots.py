@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # before anything imports pyplot; harmless when already set
-
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+# No matplotlib.use("Agg"): every figure here has its own Agg canvas, and the module is imported with the API, so
+# choosing the global backend would stop a notebook's inline plots.
 
 DPI = 110
 COLORS = matplotlib.colormaps["tab10"].colors
