@@ -113,7 +113,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
 
 KILLER = '''
 import os, signal, sys, threading
-from cilearn import runner
+from cilearn.engine import runner
 if os.environ.get("RANK") == "1":
     original = runner.Run.evaluate_task
     def evaluate_then_die(self, task):
