@@ -25,7 +25,7 @@ def test_shipped_config_is_valid(path: Path) -> None:
     for _, cfg in runs:
         shape = IMAGE_SHAPE.get(cfg.data.name)
         if shape is not None:
-            net = build_model(cfg.model.name, *shape, **cfg.model.options)
+            net = build_model(cfg.model.name, *shape, cfg.model.options)
             assert net.feature_dim > 0
 
 
@@ -38,6 +38,6 @@ def test_icarl_study_configs_use_icarl_resnet() -> None:
         for _, cfg in load_runs(path)[1]:
             assert cfg.model.name == "resnet32"
             options = cfg.model.options  # resolved: the other options hold their defaults
-            assert (options["shortcut"], options["last_relu"]) == ("A", False), path.name
+            assert (options.shortcut, options.last_relu) == ("A", False), path.name
             if path.name.startswith("cifar100_"):  # the std over seeds covers class order and initialisation
                 assert cfg.scenario.class_order == "seed" and cfg.scenario.class_order_seed is None, path.name
