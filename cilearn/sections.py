@@ -63,12 +63,14 @@ class TrainConfig:
                           "ignored; passes over fresh permutations of the data, the last one cut short; milestones "
                           "and warm-up count iterations)")
     batch_size: int = option(128, min=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = option(
-        "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled)")
+    optimizer: Literal["sgd", "adam", "adamw", "adagrad"] = option(
+        "sgd", help="sgd (momentum, nesterov), adam (L2 weight decay added to the gradient), adamw (decoupled), "
+                    "adagrad (PyTorch's defaults: no lr decay, accumulator from 0, eps 1e-10)")
     optimizer_state: Literal["reset", "keep"] = option(
         "reset", help="reset: a fresh optimizer for every task (and stage); keep: its state (Adam's moments and "
-                      "step counts, SGD's momentum) carries over from task to task, as one optimizer never reset "
-                      "(Hsu et al. 2018, van de Ven & Tolias 2019); outputs a growing head adds start fresh")
+                      "step counts, SGD's momentum, Adagrad's sums of squared gradients) carries over from task to "
+                      "task, as one optimizer never reset (Hsu et al. 2018, van de Ven & Tolias 2019); outputs a "
+                      "growing head adds start fresh")
     lr: float = option(0.1, min=0.0, help="learning rate (> 0)")
     momentum: float = option(0.9, min=0.0, max=1.0, help="sgd only")
     nesterov: bool = option(False, help="sgd only: Nesterov momentum (needs momentum > 0)")

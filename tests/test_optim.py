@@ -100,6 +100,24 @@ def test_optimizer_kinds_and_their_knobs():
     assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.99) and adam.defaults["lr"] == 1e-3
     adamw = make_optimizer(params, _train(optimizer="adamw", weight_decay=0.01))
     assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.01
+    adagrad = make_optimizer(params, _train(optimizer="adagrad", lr=0.01, weight_decay=0.0))
+    assert type(adagrad) is torch.optim.Adagrad and adagrad.defaults["lr"] == 0.01
+
+
+def test_adagrad_steps_follow_its_rule_by_hand():
+    """Adagrad (Duchi et al. 2011, PyTorch's defaults): s ← s + g², θ ← θ − lr·g / (√s + 1e-10), per element;
+    with weight decay g ← g + wd·θ first."""
+    weight = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = make_optimizer([weight], _train(optimizer="adagrad", lr=0.1, weight_decay=0.5))
+    theta, total = torch.tensor([1.0, -2.0]), torch.zeros(2)
+    for grad in (torch.tensor([3.0, 0.0]), torch.tensor([-1.0, 4.0])):
+        weight.grad = grad.clone()
+        optimizer.step()
+        decayed = grad + 0.5 * theta
+        total = total + decayed.square()
+        theta = theta - 0.1 * decayed / (total.sqrt() + 1e-10)
+        torch.testing.assert_close(weight.detach(), theta)
+    torch.testing.assert_close(optimizer.state[weight]["sum"], total)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -196,7 +214,7 @@ def _error(train: dict) -> str:
     ({"momentum": 0, "nesterov": True}, "train.nesterov: needs optimizer sgd with momentum > 0"),
     ({"betas": [0.9]}, "train.betas: expected two numbers in [0, 1)"),
     ({"betas": [0.9, 1.0]}, "train.betas: expected two numbers in [0, 1)"),
-    ({"optimizer": "rmsprop"}, "Choose one of: adam, adamw, sgd"),
+    ({"optimizer": "rmsprop"}, "Choose one of: adagrad, adam, adamw, sgd"),
     ({"no_weight_decay": ["biases"]}, "train.no_weight_decay[0]: unknown value 'biases'"),
     ({"no_weight_decay": ["bias", "bias"]}, "names a kind twice"),
     ({"epochs": 4, "warmup": 4}, "train.warmup: 4 must be shorter than train.epochs (4)"),
@@ -229,14 +247,15 @@ def test_optimizer_knobs_in_a_run(tmp_path):
     assert result["seen_accuracy"][0] > 0.8
 
 
-def _two_task_adam(state: str):
-    """An MLP trained by the shared loop on two 2-class tasks with Adam; returns the trainer after task 2's start."""
+def _two_tasks(state: str, optimizer: str = "adam"):
+    """An MLP trained by the shared loop on two 2-class tasks with Adam (or ``optimizer``); returns the trainer
+    after task 2's start."""
     torch.manual_seed(0)
     model = build_model("mlp", 1, 4, hidden=[8])
     augment = BatchAugment((0.5,), (0.25,))
     method = Method(MethodOptions(name="finetune"), model, MethodContext(scenario=None, device=torch.device("cpu"),
                                                                         seed=0, infer=None, augment=augment))
-    cfg = TrainConfig(epochs=1, batch_size=8, optimizer="adam", lr=0.01, weight_decay=0.0, scheduler="constant",
+    cfg = TrainConfig(epochs=1, batch_size=8, optimizer=optimizer, lr=0.01, weight_decay=0.0, scheduler="constant",
                       progress=False, channels_last=False, optimizer_state=state)
     trainer = Trainer(cfg, torch.device("cpu"), augment)
     images = np.random.RandomState(0).randint(0, 256, (32, 4, 4, 1), dtype=np.uint8)
@@ -251,7 +270,7 @@ def _two_task_adam(state: str):
 
 
 def test_optimizer_state_keep_carries_adams_moments_and_step_count_into_the_next_task():
-    trainer, model, first, after_task_1 = _two_task_adam("keep")
+    trainer, model, first, after_task_1 = _two_tasks("keep")
     assert trainer.optimizer is not first  # a new optimizer (the grown head's outputs join it) ...
     for name, p in model.named_parameters():
         state = trainer.optimizer.state[p]
@@ -269,6 +288,17 @@ def test_optimizer_state_keep_carries_adams_moments_and_step_count_into_the_next
     assert int(resumed.optimizer.state[model.backbone.layers[1].weight]["step"]) == 4
 
 
+def test_optimizer_state_keep_carries_adagrads_sums_of_squares():
+    trainer, model, _, after_task_1 = _two_tasks("keep", optimizer="adagrad")
+    assert type(trainer.optimizer) is torch.optim.Adagrad
+    for name, p in model.named_parameters():
+        total = trainer.optimizer.state[p]["sum"]
+        if name.startswith("head.chunks.1."):
+            assert not total.any()  # the new outputs start from Adagrad's zero accumulator
+        else:
+            assert total.any() and torch.equal(total, after_task_1[name]["sum"])
+
+
 def test_optimizer_state_reset_starts_every_task_fresh():
-    trainer, model, _, _ = _two_task_adam("reset")
+    trainer, model, _, _ = _two_tasks("reset")
     assert all(not trainer.optimizer.state[p] for p in model.parameters())

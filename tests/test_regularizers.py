@@ -1,5 +1,5 @@
-"""SI and MAS on a tiny linear network whose importances can be worked out by hand, and the quadratic penalty
-they share with EWC (cilearn.methods.parts.importance)."""
+"""SI, MAS and L2 on a tiny linear network whose importances can be worked out by hand, and the quadratic
+penalty they share with EWC (cilearn.methods.parts.importance)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from helpers import make_run
 from cilearn.augment import BatchAugment
 from cilearn.data import ImageData
 from cilearn.engine.evaluate import Inference
+from cilearn.errors import ConfigError
 from cilearn.methods import Batch, MethodContext, Output, method_class, method_options
-from cilearn.methods.parts.importance import ImportancePenalty
+from cilearn.methods.parts.importance import ImportancePenalty, batch_gradient_mean
 from cilearn.models.net import IncrementalNet
 from cilearn.scenarios import class_incremental
 
@@ -195,8 +196,111 @@ def test_mas_accumulates_over_tasks_and_penalises_with_lambda(scenario):
     assert method.loss(Output(torch.zeros(1, 3), logits), batch).item() == pytest.approx(ce + expected, rel=1e-5)
 
 
-def test_si_and_mas_runs_on_digits(tmp_path):
-    for name, options in (("si", {"si_c": 0.1, "xi": 0.1}), ("mas", {"mas_lambda": 0.01, "importance_samples": 50})):
-        run = make_run(tmp_path / name, {"name": name, **options}, num_tasks=2, epochs=2)
+def test_si_mas_and_l2_runs_on_digits(tmp_path):
+    for number, (name, options) in enumerate((
+            ("si", {"si_c": 0.1, "xi": 0.1}), ("mas", {"mas_lambda": 0.01, "importance_samples": 50}),
+            ("mas", {"importance_gradients": "batch", "importance_batch_size": 32}), ("l2", {"l2_lambda": 0.01}))):
+        run = make_run(tmp_path / f"{number}", {"name": name, **options}, num_tasks=2, epochs=2)
         result = run.execute()
         assert result["complete"] and result["accuracy_matrix"][0][0] > 0.9, name
+
+
+def test_mas_batch_importance_by_hand(scenario):
+    """Hsu et al.'s estimate: |∂ mean(F²)/∂θ| of the whole minibatch (the mean over its samples and the seen
+    outputs), so opposite per-sample gradients cancel before the absolute value is taken."""
+    images = np.zeros((2, 1, 1, 3), dtype=np.uint8)
+    images[0, 0, 0] = [255, 0, 0]    # x₁ = (1, 0, 0): f(x₁) = (1, −1)
+    images[1, 0, 0] = [255, 255, 0]  # x₂ = (1, 1, 0): f(x₂) = (1, 1)
+    data = ImageData(images, np.array([0, 1]), ["a", "b", "c", "d"])
+    got = {}
+    for batch_size in (2, 1):
+        method = make(scenario, "mas", importance_gradients="batch", importance_batch_size=batch_size)
+        start(method, scenario[0])
+        with torch.no_grad():
+            chunk = method.model.head.chunks[0]
+            chunk.weight.copy_(torch.tensor([[1.0, 0.0, 7.0], [0.0, 2.0, -3.0]]))
+            chunk.bias.copy_(torch.tensor([0.0, -1.0]))
+        got[batch_size] = method.estimate_importance(data)
+    # one minibatch of both: ∂/∂W_c = ¼ Σ_k 2 f_c(x_k) x_kᵀ → row 0: ½(x₁ + x₂) = (1, ½, 0), row 1: ½(x₂ − x₁)
+    assert got[2]["head.chunks.0.weight"].tolist() == [[1.0, 0.5, 0.0], [0.0, 0.5, 0.0]]
+    assert got[2]["head.chunks.0.bias"].tolist() == [1.0, 0.0]
+    # minibatches of one: the mean of |f_c(x_k) x_kᵀ| (half the per-sample estimate: the mean over 2 outputs)
+    assert got[1]["head.chunks.0.weight"].tolist() == [[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]]
+    assert got[1]["head.chunks.0.bias"].tolist() == [1.0, 1.0]
+
+
+def test_batch_gradient_mean_is_hsu_et_als_loop():
+    """batch_gradient_mean against the loop of Hsu et al.'s MAS.calculate_importance, written as their code:
+    per minibatch ``pred.pow_(2); loss = pred.mean(); loss.backward(); Ω += |grad| / len(dataloader)``."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    images = np.random.RandomState(1).randint(0, 256, (7, 2, 2, 3), dtype=np.uint8)
+    inputs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    seen, batch_size = 3, 3
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]  # 3, 3 and 1 samples
+    for x in batches:
+        pred = model(x)[:, :seen]
+        pred.pow_(2)
+        loss = pred.mean()
+        model.zero_grad()
+        loss.backward()
+        for n, p in model.named_parameters():
+            expected[n] += p.grad.abs() / len(batches)
+    got = batch_gradient_mean(model, images, lambda logits: logits[:, :seen].square().mean(), lambda x: x.float() / 255,
+                              batch_size, torch.device("cpu"))
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n])
+
+
+# --- L2 -------------------------------------------------------------------------------------------------
+def test_l2_penalty_is_hsu_et_als_formula_with_a_full_head(scenario):
+    """reg_coef·Σ(θ − θ*)² over every parameter (no ½), θ* the weights after the last task; the full head makes
+    the outputs of the classes still to come part of it, held to the values they had."""
+    method = make(scenario, "l2", l2_lambda=0.5)
+    assert method.full_head  # head: auto in a class-incremental scenario
+    method.grow_head(scenario[0])
+    method.begin_task(scenario[0])
+    assert len(method.model.head.chunks) == 2  # both tasks' outputs exist from the first task
+    logits = method.model(torch.zeros(1, 3, 1, 1))
+    batch = Batch(torch.zeros(1, 3, 1, 1), torch.zeros(1, 3, 1, 1), torch.tensor([0]), torch.tensor([0]),
+                  torch.arange(1))
+    out = Output(torch.zeros(1, 3), logits)
+    assert method.loss(out, batch).item() == method.classification_loss(logits[:, :2], torch.tensor([0])).item()
+
+    method.end_task(scenario[0], scenario[0].train)
+    anchor = {n: p.detach().clone() for n, p in method.model.named_parameters()}
+    method.grow_head(scenario[1])  # a full head adds nothing
+    method.begin_task(scenario[1])
+    params = dict(method.model.named_parameters())
+    with torch.no_grad():
+        params["head.chunks.0.weight"][1, 2] += 2.0
+        params["head.chunks.1.bias"][0] -= 3.0  # an output of task 2, never trained: still penalised
+    reg = sum(((p - anchor[n]) ** 2).sum() for n, p in params.items()).item()  # their task_reg_loss, Ω = 1
+    assert reg == pytest.approx(4.0 + 9.0)
+    logits = method.model(torch.zeros(1, 3, 1, 1))
+    ce = method.classification_loss(logits[:, :4], torch.tensor([0])).item()
+    assert method.loss(Output(torch.zeros(1, 3), logits), batch).item() == pytest.approx(ce + 0.5 * reg, rel=1e-6)
+
+    method.end_task(scenario[1], scenario[1].train)  # one anchor, the latest; the importance stays 1
+    assert all(torch.equal(w, torch.ones_like(w)) for w in method.quadratic.importance.values())
+    assert all(torch.equal(method.quadratic.anchor[n], p.detach()) for n, p in params.items())
+    assert method.quadratic(method.model).item() == 0.0
+
+
+def test_l2_with_a_growing_head_leaves_new_outputs_free(scenario):
+    method = make(scenario, "l2", head="growing")
+    start(method, scenario[0])
+    method.end_task(scenario[0], scenario[0].train)
+    start(method, scenario[1])
+    with torch.no_grad():
+        method.model.head.chunks[1].bias.add_(5.0)
+    assert method.quadratic(method.model).item() == 0.0
+    with torch.no_grad():
+        method.model.head.chunks[0].bias.add_(1.0)
+    assert method.quadratic(method.model).item() == pytest.approx(2.0)
+
+
+def test_l2_refuses_a_full_head_in_task_incremental_scenarios(tmp_path):
+    with pytest.raises(ConfigError, match="method.head: full"):
+        make_run(tmp_path, {"name": "l2", "head": "full"}, num_tasks=2, scenario={"type": "task_incremental"})

@@ -1,6 +1,6 @@
 """The optimizer and the learning-rate schedule of a task's training, built from a :class:`TrainConfig`.
 
-- :func:`make_optimizer`: SGD (momentum, Nesterov), Adam or AdamW (betas), with the parameters that
+- :func:`make_optimizer`: SGD (momentum, Nesterov), Adam or AdamW (betas), Adagrad, with the parameters that
   ``train.no_weight_decay`` names (biases, normalisation scales) in groups without weight decay;
 - :func:`make_schedule`: the learning-rate factor of every step of a task's training — multistep,
   cosine or constant, after an optional linear warm-up — and :func:`make_scheduler`, the
@@ -73,11 +73,14 @@ def weight_decay_groups(params: Iterable, cfg: TrainConfig, model: nn.Module | N
 def make_optimizer(params: Iterable, cfg: TrainConfig, model: nn.Module | None = None) -> torch.optim.Optimizer:
     """The configured optimizer over ``params`` (parameters, or groups of them); ``model`` tells which
     parameters ``train.no_weight_decay`` exempts.  Adam's ``weight_decay`` is the L2 term added to the
-    gradient (PyTorch's Adam); AdamW's is decoupled (Loshchilov & Hutter)."""
+    gradient (PyTorch's Adam); AdamW's is decoupled (Loshchilov & Hutter).  Adagrad keeps PyTorch's defaults
+    (no lr decay, sums of squares from 0, eps 1e-10), as Hsu et al.'s benchmark builds it."""
     groups = weight_decay_groups(params, cfg, model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 

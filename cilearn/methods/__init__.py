@@ -25,11 +25,12 @@ from .agem import AGEM
 from .gdumb import GDumb
 from .si import SI
 from .mas import MAS
+from .l2 import L2
 
 from ..registry import Component, Registry
 
 BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet,
-                                     ER, DER, DERpp, ERACE, AGEM, GDumb, SI, MAS)
+                                     ER, DER, DERpp, ERACE, AGEM, GDumb, SI, MAS, L2)
 
 
 def _component(name: str, cls: Any) -> Component:

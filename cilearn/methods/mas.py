@@ -10,6 +10,17 @@ with ``F`` the network's outputs (the logits of the classes seen so far) and exa
 (``Ω ← Ω + Ω_task``, as the authors' code) and the anchor ``θ*`` becomes the current weights; training
 adds ``λ · Σ Ω (θ − θ*)²`` (:class:`~cilearn.methods.parts.importance.ImportancePenalty`, shared with EWC and SI).
 
+``importance_gradients: batch`` is the estimate of Hsu et al.'s benchmark code (GT-RIPL/
+Continual-Learning-Benchmark, ``agents/regularization.py``, class ``MAS``): the task's data in shuffled
+minibatches of ``importance_batch_size`` (their training batch, 128), the absolute gradient of each
+minibatch's **mean** squared output (over its samples and the seen classes' outputs), averaged over the
+minibatches::
+
+    Ω_task = mean_b | ∂ mean_{k ∈ b, c ≤ seen} F_c(x_k)² / ∂θ |
+
+— smaller than the per-sample estimate: the absolute value comes after the average over a minibatch, and
+the mean over outputs divides by the number of classes seen.
+
 A parameter that does not affect the outputs on the task's data (say, the weight of an input pixel that
 is always zero) gets no importance.
 """
@@ -17,6 +28,7 @@ is always zero) gets no importance.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 
@@ -24,7 +36,7 @@ from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
-from .parts.importance import ImportancePenalty, per_sample_gradient_mean
+from .parts.importance import ImportancePenalty, batch_gradient_mean, per_sample_gradient_mean
 
 
 @dataclasses.dataclass
@@ -32,7 +44,12 @@ class MASOptions(MethodOptions):
     mas_lambda: float = option(1.0, min=0.0, help="λ, penalty strength (paper: 1)")
     importance_samples: int | None = option(None, min=1, help="training samples of each task the importance is "
                                                               "estimated on (default: all of them)")
-    importance_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time")
+    importance_gradients: Literal["per_sample", "batch"] = option(
+        "per_sample", help="per_sample: mean over samples of |∂‖F(x)‖²/∂θ| (the paper's); batch: mean over shuffled "
+                           "minibatches of |∂ mean(F²)/∂θ|, the mean over the minibatch and the seen outputs (Hsu "
+                           "et al.'s code)")
+    importance_batch_size: int = option(64, min=1, help="per_sample: per-sample gradients computed this many at a "
+                                                        "time; batch: the minibatch size (Hsu et al.: 128)")
 
 
 class MAS(Method):
@@ -56,17 +73,25 @@ class MAS(Method):
         return loss
 
     def estimate_importance(self, data: ImageData) -> dict[str, torch.Tensor]:
-        """mean over samples of |∂‖F(x)‖² / ∂θ| (labels are not used)."""
+        """mean over samples of |∂‖F(x)‖² / ∂θ|, or over minibatches of |∂ mean(F²) / ∂θ| (labels are not
+        used)."""
         wanted = self.options.importance_samples
         count = len(data) if wanted is None else min(wanted, len(data))
         generator = torch.Generator().manual_seed(self.context.seed * 1000 + (self.task.index if self.task else 0))
-        pick = torch.randperm(len(data), generator=generator)[:count].sort().values.numpy()
+        shuffled = torch.randperm(len(data), generator=generator)[:count]
         seen = self.num_seen
+        normalize = getattr(self.context.augment, "normalize", self.context.augment)
+        if self.options.importance_gradients == "batch":
+            def mean_squared_output(logits):
+                return logits[:, :seen].float().square().mean()
+
+            return batch_gradient_mean(self.model, data.images[shuffled.numpy()], mean_squared_output, normalize,
+                                       self.options.importance_batch_size, self.context.device)
+        pick = shuffled.sort().values.numpy()
 
         def squared_output_norm(logits, target):
             return logits[:, :seen].float().square().sum()
 
-        normalize = getattr(self.context.augment, "normalize", self.context.augment)
         dummy_targets = torch.zeros(count, dtype=torch.long, device=self.context.device)
         return per_sample_gradient_mean(self.model, data.images[pick], dummy_targets, squared_output_norm,
                                         normalize, "abs", self.options.importance_batch_size, self.context.device)

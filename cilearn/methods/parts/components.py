@@ -117,7 +117,8 @@ def distillation_loss(method, out: Output, batch: Batch) -> torch.Tensor:
                             None if mask is None else mask[:, : method.num_seen])
 
 
-def check_full_head(options: DistillationOptions, scenario: Scenario) -> None:
+def check_full_head(options: MethodOptions, scenario: Scenario) -> None:
+    """Refuse ``head: full`` (an option of LwF, iCaRL and L2) in a task-incremental scenario."""
     if options.head == "full" and scenario.task_incremental:
         raise ConfigError("method.head: full gives every class an output from the start; task-incremental "
                           "scenarios need one head per task. Use head: growing (or auto).")

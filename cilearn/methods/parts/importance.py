@@ -13,7 +13,9 @@ shape grew is penalised on the overlapping leading slice only.
 
 :func:`per_sample_gradient_mean` is the estimator EWC and MAS need: the mean over samples of the
 squared (EWC) or absolute (MAS) **per-sample** gradient of a scalar function of the network's output,
-computed exactly with ``torch.func`` (vmap over samples) in chunks.
+computed exactly with ``torch.func`` (vmap over samples) in chunks.  :func:`batch_gradient_mean` is the
+cheaper one of Hsu et al.'s benchmark code for MAS: the absolute gradient of a whole minibatch's objective,
+averaged over the minibatches.
 """
 
 from __future__ import annotations
@@ -142,3 +144,32 @@ def per_sample_gradient_mean(model: torch.nn.Module, images: np.ndarray, targets
     finally:
         model.train(was_training)
     return {n: t / max(count, 1) for n, t in total.items()}
+
+
+def batch_gradient_mean(model: torch.nn.Module, images: np.ndarray,
+                        objective: Callable[[torch.Tensor], torch.Tensor],
+                        normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+                        device: torch.device) -> dict[str, torch.Tensor]:
+    """``mean_b |∂ objective(f(x_b)) / ∂θ|`` over the minibatches ``x_b`` of ``batch_size`` consecutive
+    ``images`` (the last one may be smaller and counts as one), for every trained parameter θ.
+
+    ``images`` uint8 NHWC, in the order to batch them; ``objective(logits (B, C)) -> scalar``.  The model runs in
+    evaluation mode.  Hsu et al.'s MAS (``agents/regularization.py``) with ``reduce`` abs."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    tensors = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    total = [torch.zeros_like(p) for p in params]
+    batches = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(tensors), batch_size):
+            logits = model(normalize(tensors[start:start + batch_size].to(device)))
+            grads = torch.autograd.grad(objective(logits), params, allow_unused=True)
+            for running, g in zip(total, grads):
+                if g is not None:  # a parameter the objective does not reach: no importance
+                    running += g.abs()
+            batches += 1
+    finally:
+        model.train(was_training)
+    return {n: t / max(batches, 1) for n, t in zip(names, total)}
