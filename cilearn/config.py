@@ -285,6 +285,9 @@ def check_train(train: TrainConfig) -> None:
         raise ConfigError(f"train.milestones: {milestones} must be increasing and at most {unit} ({length}).")
     if train.warmup >= length and train.warmup > 0:
         raise ConfigError(f"train.warmup: {train.warmup:g} must be shorter than {unit} ({length}).")
+    if train.warmup_factor is not None and train.warmup <= 0:
+        raise ConfigError(f"train.warmup_factor: {train.warmup_factor:g} is the lr factor of a warm-up, and this "
+                          f"config has none; set train.warmup (e.g. 1) or remove warmup_factor.")
     if train.nesterov and (train.optimizer != "sgd" or train.momentum <= 0):
         raise ConfigError(f"train.nesterov: needs optimizer sgd with momentum > 0 (this config: optimizer "
                           f"{train.optimizer}, momentum {train.momentum:g}).")

@@ -89,6 +89,9 @@ class TrainConfig:
     gamma: float = option(0.2, min=0.0)
     warmup: float = option(0.0, min=0.0, help="linear warm-up of the lr over this many epochs (iterations with "
                                               "train.iterations) before the scheduler; 0: none")
+    warmup_factor: float | None = option(
+        None, min=0.0, max=1.0, help="hold lr × this factor through the warm-up instead of the linear ramp (GDumb's "
+                                     "warm start: 0.1 for one epoch); null: the linear ramp")
     augment: Literal["auto", "none", "crop", "crop_flip", "flip"] | list[Any] = option(
         "auto", help="auto: crop+flip for colour images, none for grey digits; or a list of steps, each a name or "
                      "{name: {option: value}}: crop {padding: 4}, flip, color_jitter {brightness, contrast, "

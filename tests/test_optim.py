@@ -174,6 +174,15 @@ def test_warmup_then_schedule_by_hand():
         [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
 
 
+def test_warmup_factor_holds_a_constant_warm_start():
+    # per epoch: one epoch at lr × 0.1, then the SGDR cycles start (GDumb's warm start)
+    assert _lrs(_train(epochs=5, scheduler="warm_restarts", warmup=1, warmup_factor=0.1), 5) == pytest.approx(
+        [0.1, 1.0, 1.0, 0.5, 1.0])
+    # per iteration, 4 steps per epoch: the factor holds for the whole warm-up epoch
+    cfg = _train(epochs=2, scheduler="constant", warmup=1, warmup_factor=0.25)
+    assert _lrs(cfg, 8, steps_per_epoch=4) == pytest.approx([0.25] * 4 + [1.0] * 4)
+
+
 def test_schedule_resumes_from_an_earlier_multisteplr_state():
     """Mid-task checkpoints of earlier versions hold a MultiStepLR state: its step count carries over."""
     old_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -221,6 +230,8 @@ def _error(train: dict) -> str:
     ({"epochs": 4, "milestones": [5]}, "at most train.epochs (4)"),
     ({"iterations": 100, "milestones": [150]}, "at most train.iterations (100)"),
     ({"iterations": 100, "warmup": 100}, "train.warmup: 100 must be shorter than train.iterations (100)"),
+    ({"epochs": 4, "warmup_factor": 0.1}, "train.warmup_factor: 0.1 is the lr factor of a warm-up"),
+    ({"epochs": 4, "warmup": 1, "warmup_factor": 2}, "train.warmup_factor: 2.0 is above the maximum 1.0"),
 ])
 def test_train_config_errors(train, message):
     assert message in _error(train)

@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from helpers import make_run
 
 from cilearn.augment import BatchAugment
+from cilearn.config import TrainConfig
 from cilearn.data import load_dataset
 from cilearn.engine.evaluate import Inference
+from cilearn.engine.optim import make_scheduler
+from cilearn.engine.train import stage_config
 from cilearn.methods import Batch, MethodContext, method_class, method_options
 from cilearn.methods.agem import project
 from cilearn.methods.er import experience_shares
@@ -384,6 +387,48 @@ def test_gdumb_memory_is_class_balanced_and_the_network_restarts_from_scratch(sc
     (stage,) = method.stages(task)
     assert len(stage.data) == 40 and np.bincount(stage.data.labels).tolist() == [10, 10, 10, 10]
     assert stage.overrides["scheduler"] == "warm_restarts" and stage.overrides["batch_size"] == 16
+
+
+def _authors_gdumb_lrs(epochs: int, maxlr: float, minlr: float) -> list[float]:
+    """drimpossible/GDumb src/main.py experiment(): epoch 0 at maxlr * 0.1 (the warm start), epoch 1 at maxlr, then
+    CosineAnnealingWarmRestarts(T_0=1, T_mult=2, eta_min=minlr) stepped once per later epoch."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=maxlr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, T_mult=2, eta_min=minlr)
+    lrs = []
+    for epoch in range(epochs):
+        if epoch <= 0:
+            optimizer.param_groups[0]["lr"] = maxlr * 0.1
+        elif epoch == 1:
+            optimizer.param_groups[0]["lr"] = maxlr
+        else:
+            scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+    return lrs
+
+
+def _stage_lrs(stage, epochs: int) -> list[float]:
+    """The learning rate of each epoch of a stage, with the run's scheduler stepped once per epoch."""
+    cfg = stage_config(TrainConfig(), stage.train_overrides())
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=cfg.momentum)
+    scheduler, lrs = make_scheduler(optimizer, cfg), []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_gdumb_learning_rates_are_the_authors_warm_start_then_sgdr(scenario):
+    method = make_method(scenario, "gdumb")  # the defaults: 128 epochs, lr 0.05 down to 0.0005, warm start 0.1
+    start(method, scenario[0])
+    (stage,) = method.stages(scenario[0])
+    ours = _stage_lrs(stage, 128)
+    assert ours == pytest.approx(_authors_gdumb_lrs(128, 0.05, 0.0005))
+    assert ours[0] == pytest.approx(0.005) and ours[-1] < 0.0006  # the last epoch ends the 64-epoch cycle
+    # without the warm start (cilearn's version 0.1) the 128th epoch restarts a cycle at the largest lr
+    (plain,) = make_method(scenario, "gdumb", warm_start=None).stages(scenario[0])
+    assert _stage_lrs(plain, 128)[-1] == pytest.approx(0.05)
 
 
 def test_gdumb_clips_the_gradient_norm(scenario):

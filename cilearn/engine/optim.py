@@ -95,7 +95,8 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int = 1) -> Callable[[int],
     (step 0 is the first; its position is ``step / steps_per_epoch``).
 
     Linear warm-up over the first ``cfg.warmup`` positions: step ``k`` gets ``(k + 1) / warmup_steps`` (the
-    first step already trains), then the schedule: ``multistep`` multiplies by ``gamma`` at each
+    first step already trains), or ``cfg.warmup_factor`` throughout when it is set (a constant warm start), then
+    the schedule: ``multistep`` multiplies by ``gamma`` at each
     milestone reached (as ``MultiStepLR``), ``cosine`` decays from 1 to ``min_lr / lr`` over the positions
     after the warm-up (the closed form of ``CosineAnnealingLR``), ``warm_restarts`` runs cosine cycles of 1,
     2, 4, ... positions, each from 1 down to ``min_lr / lr`` (SGDR, Loshchilov & Hutter 2017, with
@@ -111,7 +112,7 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int = 1) -> Callable[[int],
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return min(1.0, (step + 1) / warmup_steps)
+            return cfg.warmup_factor if cfg.warmup_factor is not None else min(1.0, (step + 1) / warmup_steps)
         position = step / steps_per_epoch
         if kind == "multistep":
             return gamma ** sum(1 for m in milestones if m <= position)

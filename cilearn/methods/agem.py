@@ -31,9 +31,11 @@ from .parts.components import StepReplayOptions, StoredReplay
 
 @dataclasses.dataclass
 class AGEMOptions(StepReplayOptions):
-    buffer_size: int = option(200, min=1, help="episodic memory: buffer_size // tasks random samples of each task")
-    replay_batch_size: int = option(256, min=1, help="memory samples of each reference gradient (A-GEM's "
-                                                     "MNIST and CIFAR setting)")
+    buffer_size: int = option(200, min=1, help="episodic memory: buffer_size // tasks random samples of each task "
+                                               "(Mammoth's A-GEM; the A-GEM scripts keep a number per class)")
+    replay_batch_size: int = option(256, min=1, help="memory samples of each reference gradient (256: the A-GEM "
+                                                     "authors' MNIST and CIFAR scripts, EPS_MEM_BATCH_SIZE; CUB 128; "
+                                                     "the DER paper's Seq-MNIST runs: 128, Mammoth's best_args)")
 
 
 def project(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

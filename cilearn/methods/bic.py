@@ -103,10 +103,13 @@ class HeldOut:
 
 @dataclasses.dataclass
 class BiCOptions(RehearsalOptions):
-    temperature: float = option(2.0, min=1e-3, help="T of the distillation loss (the paper's 2)")
+    temperature: float = option(2.0, min=1e-3, help="T of the distillation loss (2: the authors' resnet.py, "
+                                                    "PyCIL's bic.py)")
     val_fraction: float = option(0.1, min=0.0, max=1.0, help="share of each class's memory held out for the "
-                                                             "bias stage (the paper's 9:1 split)")
-    bias_epochs: int = option(200, min=1, help="epochs of the bias-correction stage (the original code's 200)")
+                                                             "bias stage (the 9:1 split: the authors' nb_val 0.1, "
+                                                             "PyCIL's split_ratio 0.1)")
+    bias_epochs: int = option(200, min=1, help="epochs of the bias-correction stage (the authors' code: "
+                                               "_BIAS_EPOCHS 2 × 100)")
     bias_lr: float | None = option(None, min=0.0, help="learning rate of the bias stage (default: train.lr)")
 
 

@@ -6,8 +6,9 @@ of) the task's training data without augmentation, in evaluation mode: the mean 
 ``torch.func``, in chunks of ``fisher_batch_size``), where ``y`` is
 
 - ``fisher: empirical`` (default): the sample's true label (the "empirical Fisher");
-- ``fisher: predicted``: the model's most likely label ``argmax p(·|x)`` (what van de Ven & Tolias' and
-  Hsu et al.'s benchmark code use by default);
+- ``fisher: predicted``: the model's most likely label ``argmax p(·|x)`` (the default of Hsu et al.'s
+  benchmark code and of van de Ven & Tolias' 2019 code, branch ``preprints``; their code today defaults to
+  the expectation over every label, ``fisher_labels='all'``);
 - ``fisher: sampled``: a label drawn from the model's own predictive distribution ``p(·|x)``, one draw
   per sample from a seeded generator: a Monte-Carlo estimate of the true Fisher, as Kirkpatrick et al.
   compute it.
@@ -48,8 +49,11 @@ class EWCOptions(MethodOptions):
     variant: Literal["online", "separate"] = option(
         "online", help="online: one running Fisher (decay gamma) and the latest anchor; separate: one penalty per "
                        "past task with its own Fisher and anchor (Kirkpatrick et al. 2017)")
-    ewc_lambda: float = option(5000.0, min=0.0, help="penalty strength λ")
-    gamma: float = option(1.0, min=0.0, max=1.0, help="decay of the running Fisher (online EWC); 1 = sum")
+    ewc_lambda: float = option(5000.0, min=0.0, help="penalty strength λ of λ/2 · Σ F (θ - θ*)² (no paper value: it "
+                                                     "depends on the protocol and the Fisher's scale; the DER "
+                                                     "paper's Seq-MNIST 90, on a penalty without 1/2, is 180 here)")
+    gamma: float = option(1.0, min=0.0, max=1.0, help="decay of the running Fisher (online EWC); 1 = sum (the DER "
+                                                      "paper's Seq-MNIST value, Mammoth's best_args)")
     fisher: Literal["empirical", "predicted", "sampled"] = option(
         "empirical", help="empirical: gradients of the true label's log-likelihood; predicted: of the model's most "
                           "likely label; sampled: of a label drawn from the model's predictive distribution (the "

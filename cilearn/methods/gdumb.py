@@ -5,12 +5,16 @@ The stream only fills the memory: each task's samples are offered one by one, in
 holds fewer than ``buffer_size // classes seen`` samples; when the memory is full it replaces a random
 sample of the largest class).  The network never trains on the stream: at every task's end it is
 re-initialised (``context.build_model``) and trained from scratch on the memory alone, as a training stage
-of the shared loop with the paper's recipe — SGD with momentum 0.9, weight decay 1e-6, batch 16, SGDR
-(cosine cycles of 1, 2, 4, ... epochs from ``lr`` down to ``min_lr``), gradients clipped to norm 10, 128
-epochs on MNIST.  Evaluation compares the classes seen so far (the paper's class mask at test time).
+of the shared loop with the authors' recipe (drimpossible/GDumb ``src/main.py`` and ``src/opts.py``) — SGD
+with momentum 0.9, weight decay 1e-6, batch 16, gradients clipped to norm 10, 128 epochs on MNIST; the
+first epoch at ``lr × warm_start`` = ``lr / 10`` (their warm start), then SGDR stepped once per epoch
+(cosine cycles of 1, 2, 4, ... epochs from ``lr`` down towards ``min_lr``:
+``CosineAnnealingWarmRestarts(T_0=1, T_mult=2)``).  So 128 epochs are the warm start and seven whole
+cycles (1 + 2 + ... + 64 = 127): the last epoch runs at the bottom of a cycle.  Without the warm start
+(``warm_start: null``, cilearn's version 0.1) the 128th epoch begins a new cycle at the largest lr.
+Evaluation compares the classes seen so far (the paper's class mask at test time).
 
-Departures: the paper's first epoch runs at lr/10 (a warm start) before the SGDR cycles begin; here the
-cycles start at once.  The paper (and the DER-paper protocol) retrains only when a prediction is needed;
+Departures: the paper (and the DER-paper protocol) retrains only when a prediction is needed;
 here it is after every task, since every task is evaluated.  The paper's tables are the best test accuracy over
 the epochs of a retraining (the authors' ``main.py`` keeps ``best_prec1``); cilearn reports the last epoch's.
 The authors' MLP and augmentations are run options: ``model: {name: mlp, options: {batchnorm: true}}`` and
@@ -35,15 +39,20 @@ from .parts.buffers import ClassBalancedBuffer
 
 @dataclasses.dataclass
 class GDumbOptions(MethodOptions):
-    buffer_size: int = option(500, min=1, help="k, samples of the class-balanced memory (the paper's MNIST MLP "
-                                               "settings: 300, 500, 4400)")
-    epochs: int = option(128, min=1, help="epochs of each retraining on the memory (paper: 128 on MNIST)")
-    lr: float = option(0.05, min=0.0, help="largest learning rate of the SGDR cycles")
-    min_lr: float = option(0.0005, min=0.0, help="smallest learning rate of the SGDR cycles")
-    batch_size: int = option(16, min=1, help="batch size of the retraining")
-    momentum: float = option(0.9, min=0.0, max=1.0, help="SGD momentum of the retraining")
-    weight_decay: float = option(1e-6, min=0.0, help="weight decay of the retraining")
-    clip: float = option(10.0, min=0.0, help="clip the gradient norm to this value (0: no clipping)")
+    buffer_size: int = option(500, min=1, help="k, samples of the class-balanced memory (the authors' MNIST MLP "
+                                               "runs, scripts/replicate.sh: 300, 500, 4400)")
+    epochs: int = option(128, min=1, help="epochs of each retraining on the memory, the warm start included (the "
+                                          "authors' MNIST num_passes: 128)")
+    lr: float = option(0.05, min=0.0, help="largest learning rate of the SGDR cycles (the authors' maxlr)")
+    min_lr: float = option(0.0005, min=0.0, help="smallest learning rate of the SGDR cycles (the authors' minlr)")
+    batch_size: int = option(16, min=1, help="batch size of the retraining (the authors' 16)")
+    momentum: float = option(0.9, min=0.0, max=1.0, help="SGD momentum of the retraining (the authors' 0.9)")
+    weight_decay: float = option(1e-6, min=0.0, help="weight decay of the retraining (the authors' 1e-6)")
+    clip: float = option(10.0, min=0.0, help="clip the gradient norm to this value (the authors' 10; 0: no "
+                                             "clipping)")
+    warm_start: float | None = option(
+        0.1, min=0.0, max=1.0, help="lr factor of the first epoch, before the SGDR cycles begin (the authors' "
+                                    "src/main.py: 0.1); null: the cycles from the first epoch (cilearn's version 0.1)")
 
 
 class GDumb(Method):
@@ -88,6 +97,8 @@ class GDumb(Method):
         recipe = {"epochs": o.epochs, "lr": o.lr, "min_lr": o.min_lr, "batch_size": o.batch_size,
                   "momentum": o.momentum, "weight_decay": o.weight_decay, "scheduler": "warm_restarts",
                   "milestones": []}
+        if o.warm_start is not None:  # one epoch at lr × warm_start; the cycles start one epoch later
+            recipe.update(warmup=1, warmup_factor=o.warm_start)
         return [Stage("memory", recipe, self.memory.as_data(task.train.class_names))]
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:

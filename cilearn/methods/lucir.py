@@ -34,10 +34,11 @@ from .parts.rehearsal import CosineRehearsal, RehearsalOptions, feature_distilla
 @dataclasses.dataclass
 class LUCIROptions(RehearsalOptions):
     lambda_base: float = option(5.0, min=0.0, help="λ_base of the less-forget constraint (5 on CIFAR-100, "
-                                                   "10 on ImageNet in the paper)")
-    margin: float = option(0.5, min=0.0, help="m of the margin ranking loss")
-    hard_negatives: int = option(2, min=1, help="K, new classes ranked against each exemplar's ground truth")
-    ranking_weight: float = option(1.0, min=0.0, help="weight of the margin ranking loss")
+                                                   "10 on ImageNet: the paper and the authors' run.sh --lamda)")
+    margin: float = option(0.5, min=0.0, help="m of the margin ranking loss (0.5: the paper, run.sh --dist)")
+    hard_negatives: int = option(2, min=1, help="K, new classes ranked against each exemplar's ground truth (2: the "
+                                                "paper, run.sh --K)")
+    ranking_weight: float = option(1.0, min=0.0, help="weight of the margin ranking loss (1: run.sh --lw_mr)")
     imprint: bool = option(True, help="imprint the new classes' weights from their features before a task")
 
 

@@ -23,6 +23,11 @@ the mean over outputs divides by the number of classes seen.
 
 A parameter that does not affect the outputs on the task's data (say, the weight of an input pixel that
 is always zero) gets no importance.
+
+Departure: the authors' code (``MAS_utils/MAS_based_Training.py``, ``compute_importance_l2`` and
+``MAS_Omega_update``) takes the absolute value of each batch's summed gradient, ``|Σ_k ∂‖F(x_k)‖² / ∂θ|``,
+and averages it over the samples: never larger than the mean of the per-sample absolute values taken here,
+so the same λ penalises at least as much here as theirs.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from .parts.importance import ImportancePenalty, batch_gradient_mean, per_sample
 
 @dataclasses.dataclass
 class MASOptions(MethodOptions):
-    mas_lambda: float = option(1.0, min=0.0, help="λ, penalty strength (paper: 1)")
+    mas_lambda: float = option(1.0, min=0.0, help="λ, penalty strength (1: the paper's object-recognition value, "
+                                                  "the authors' MAS.py reg_lambda; with plain SGD on Seq-MNIST it "
+                                                  "diverges: configs/methods_mnist/mas.yaml uses 0.1)")
     importance_samples: int | None = option(None, min=1, help="training samples of each task the importance is "
                                                               "estimated on (default: all of them)")
     importance_gradients: Literal["per_sample", "batch"] = option(

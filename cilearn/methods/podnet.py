@@ -13,9 +13,9 @@ On the exemplar memory with a cosine head whose old classes stay fixed while a t
   · s_c,k`` (:class:`~cilearn.models.heads.CosineHead` with ``proxies=K``) of ``s_c,k = -‖f̂ - ŵ_c,k‖² =
   2·cos - 2`` (the official config's ``distance: neg_stable_cosine_distance``; ``classifier_distance: cosine``
   takes the cosines, as cilearn did before, so the softmaxes run at half the scale), trained with the NCA loss
-  ``-log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c))`` per sample (η learnable, from 1; the official
-  ``hinge_proxynca: false``, so a sample's loss can be negative; ``nca_hinge: true`` clips it at 0 as the
-  paper's ``[·]_+`` writes);
+  ``-log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c))`` per sample (η learnable, from 1; ``nca_hinge: false``, the
+  default, leaves it unclipped, so a sample whose ground truth wins clearly has a negative loss;
+  ``nca_hinge: true`` clips it at 0 as the paper's ``[·]_+`` writes);
 - the new classes' proxies are imprinted before a task: k-means (K clusters) of each class's normalised
   features, scaled to the old vectors' mean norm;
 - after training (from the second task on) a class-balanced fine-tuning stage: the memory, already updated
@@ -38,7 +38,15 @@ protocol the head ended at 0.1 % (NME 37.3 %, 3 seeds) against 76.6 % (NME 69.2 
 the code's effective 0; ``nca_margin: 0.6`` gives the paper's formula.
 
 Without the hinge, the loss of a sample whose ground truth already wins falls without bound as η grows; the
-official config has weight decay 5e-4 on every parameter, η included.  Without weight decay (the Seq-MNIST
+official config has weight decay 5e-4 on every parameter, η included.
+
+Open departure: the official loss with ``hinge_proxynca: false`` (``inclearn/lib/losses/base.py``, ``nca``) is
+not this unclipped NCA.  After subtracting each row's largest scaled similarity it sets the ground truth's
+entry of the denominator to 0 instead of removing it, so ``exp(0)`` stays in the sum: per sample
+``log(exp(max_c z_c) + Σ_{c≠y} exp(z_c)) - z_y`` with ``z = η(ŷ - δ)``.  That is never negative, and it is the
+softmax cross-entropy over ``z`` once the ground truth has the largest similarity; so with the official loss a
+correctly classified sample's loss does not fall without bound as η grows.  Neither ``nca_hinge`` setting
+computes it.  Without weight decay (the Seq-MNIST
 protocol) η reached ~1.2e3 after 5 tasks and the head 35.1 % against 76.4 % with ``nca_hinge: true`` (README,
 "Methods on Seq-MNIST").
 """
@@ -64,19 +72,25 @@ from .parts.rehearsal import CosineRehearsal, RehearsalOptions, feature_distilla
 
 @dataclasses.dataclass
 class PODNetOptions(RehearsalOptions):
-    proxies: int = option(10, min=1, help="K, proxies (weight vectors) per class of the local similarity classifier")
+    proxies: int = option(10, min=1, help="K, proxies (weight vectors) per class of the local similarity classifier "
+                                          "(10: the official configs' proxy_per_class)")
     nca_margin: float = option(0.0, min=0.0, help="δ, the NCA loss's margin on the ground-truth similarity (the "
                                                   "paper writes 0.6, the authors' code cancels it: see the docs)")
-    pod_spatial: float = option(3.0, min=0.0, help="λ_spatial (scaled by sqrt(classes seen / new classes))")
-    pod_flat: float = option(1.0, min=0.0, help="λ_flat (scaled by sqrt(classes seen / new classes))")
-    finetune_epochs: int = option(20, min=0, help="epochs of the class-balanced classifier fine-tuning (0: none)")
-    finetune_lr: float = option(0.05, min=0.0, help="learning rate of the class-balanced fine-tuning")
+    pod_spatial: float = option(3.0, min=0.0, help="λ_spatial (scaled by sqrt(classes seen / new classes); 3: the "
+                                                   "official CIFAR-100 config, ImageNet 8)")
+    pod_flat: float = option(1.0, min=0.0, help="λ_flat (scaled by sqrt(classes seen / new classes); 1: the official "
+                                                "CIFAR-100 config, ImageNet 10)")
+    finetune_epochs: int = option(20, min=0, help="epochs of the class-balanced classifier fine-tuning (0: none; 20: "
+                                                  "the official configs)")
+    finetune_lr: float = option(0.05, min=0.0, help="learning rate of the class-balanced fine-tuning (0.05: the "
+                                                    "official CIFAR-100 config, ImageNet 0.01)")
     imprint: bool = option(True, help="imprint the new classes' proxies (k-means of their features) before a task")
     classifier_distance: Literal["neg_squared", "cosine"] = option(
         "neg_squared", help="the proxies' similarity: neg_squared, -‖f̂ - ŵ‖² = 2·cos - 2 (the official config's "
                             "neg_stable_cosine_distance); cosine (cilearn's earlier default: half the softmax scale)")
-    nca_hinge: bool = option(False, help="clip each sample's NCA loss at 0 (the paper's [·]_+; the official code "
-                                         "runs with hinge_proxynca false)")
+    nca_hinge: bool = option(False, help="clip each sample's NCA loss at 0 (the paper's [·]_+); false: the plain "
+                                         "NCA, which can fall below 0 (the official hinge_proxynca false is not "
+                                         "this: its loss stays ≥ 0, see the docs)")
     finetune_scale: bool = option(False, help="the balanced fine-tuning also trains η (the official tuning: "
                                               "classifier keeps it fixed; true: cilearn's earlier default)")
 

@@ -25,7 +25,7 @@ from .parts.rehearsal import Rehearsal, RehearsalOptions, balanced_distillation
 
 @dataclasses.dataclass
 class WAOptions(RehearsalOptions):
-    temperature: float = option(2.0, min=1e-3, help="T of the distillation loss (the paper's 2)")
+    temperature: float = option(2.0, min=1e-3, help="T of the distillation loss (2: PyCIL's wa.py)")
     clip_weights: bool = option(True, help="clip the classifier's weights at 0 after every step (the paper's "
                                            "weight clipping)")
     align: bool = option(True, help="align the new classes' weight norms after each task (false: KD only)")

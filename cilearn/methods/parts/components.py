@@ -36,9 +36,12 @@ class DistillationOptions(MethodOptions):
         None, help="loss on the current labels (default: the variant's)")
     distillation_loss: Literal["bce", "mse", "kd"] | None = option(
         None, help="loss keeping the old classes' outputs close to the previous model's (default: the variant's)")
-    distillation_weight: float = option(1.0, min=0.0, help="λ, the weight of the distillation term")
-    temperature: float = option(2.0, min=1e-3, help="temperature of the kd distillation loss")
-    kd_t2_scaling: bool = option(False, help="multiply the kd loss by T² (Hinton et al.); LwF's paper does not")
+    distillation_weight: float = option(1.0, min=0.0, help="λ, the weight of the distillation term (1: Li & Hoiem's "
+                                                           "λ_o, their code's keep_response_lambda)")
+    temperature: float = option(2.0, min=1e-3, help="temperature of the kd distillation loss (2: Li & Hoiem's T, "
+                                                    "their code's _lockkeep_TEMP2)")
+    kd_t2_scaling: bool = option(False, help="multiply the kd loss by T² (Hinton et al.); LwF's paper and code do "
+                                             "not (their gradient is (softmax_T - target) / T)")
     classification_outputs: Literal["auto", "new", "all"] = option(
         "auto", help="outputs the classification loss uses: the new classes' only, or all seen; auto: new, "
                      "except ce/mse with an exemplar memory (all, so exemplars keep their labels)")
@@ -126,7 +129,8 @@ def check_full_head(options: MethodOptions, scenario: Scenario) -> None:
 
 @dataclasses.dataclass
 class MemoryOptions(MethodOptions):
-    memory_size: int = option(2000, min=1, help="K, total exemplars kept (K // classes seen per class)")
+    memory_size: int = option(2000, min=1, help="K, total exemplars kept (K // classes seen per class; 2000: "
+                                                "iCaRL's CIFAR-100 budget, 20 per class × 100)")
     per_class: Literal["floor", "ceil"] = option(
         "floor", help="exemplars per class: floor(K / classes), never more than K; ceil(K / classes) as iCaRL's "
                       "Theano code, up to classes - 1 more than K")
@@ -200,10 +204,13 @@ class StepReplayOptions(MethodOptions):
 
 @dataclasses.dataclass
 class BufferOptions(StepReplayOptions):
-    buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the DER paper's smallest)")
+    buffer_size: int = option(200, min=1, help="samples the replay buffer holds (200: the smallest of the DER "
+                                               "paper's 200, 500, 5120)")
     replay_batch_size: int | None = option(None, min=1, help="samples replayed per step (default: the stream "
-                                                             "batch size; the DER paper tunes it per method and "
-                                                             "buffer: Seq-MNIST, buffer 200: ER and DER 10, DER++ 128)")
+                                                             "batch size, as Chaudhry et al.'s ER script; the DER "
+                                                             "paper tunes it per method and buffer, Mammoth's "
+                                                             "utils/best_args.py: Seq-MNIST, buffer 200: ER and DER "
+                                                             "10, DER++ 128)")
 
 
 def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:
