@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/cilearn run configs/quickstart.yaml
 
+# Two worker processes, each test file on one of them (module fixtures such as the sweep's runs are built once);
+# most tests run one thread (tests/conftest.py), so two workers use both cores of a 2-core CI machine.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

@@ -451,7 +451,7 @@ def test_study_configs_parse():
 RESUME_CONFIG = digits_config(
     scenario={"num_tasks": 3}, model=SMALL_RESNET,
     method={"name": "icarl", "memory_size": 40, "exemplars": "deepinversion",
-            "deepinversion": {"iterations": 60, "adaptive": True, "init": "random_images", "flip": True}},
+            "deepinversion": {"iterations": 30, "adaptive": True, "init": "random_images", "flip": True}},
     train={"epochs": 1, "scheduler": "constant", "num_threads": 1, "checkpoint_every": 1},
     output={"max_feature_samples": 30}, seed=4)
 

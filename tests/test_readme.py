@@ -79,6 +79,10 @@ def test_the_quickstart_prints_the_readme_table_to_the_digit(tmp_path, isa):
     import subprocess
     import sys
 
+    import torch
+
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() == "AVX2":
+        pytest.skip("this CPU's own kernels are the AVX2 ones: the 'native' case ran them")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     [block] = re.findall(r"```\n(\$ cilearn run configs/quickstart\.yaml.*?)```", readme, flags=re.S)
     expected = quickstart_rows(block)
