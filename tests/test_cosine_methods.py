@@ -18,7 +18,7 @@ from cilearn.config import parse_config
 from cilearn.engine.runner import Run
 from cilearn.errors import ConfigError
 from cilearn.methods.lucir import adaptive_lambda, margin_ranking
-from cilearn.methods.podnet import nca_loss, pod_spatial
+from cilearn.methods.podnet import nca_loss, pod_spatial, warn_nca_hinge
 from cilearn.models import build_model
 from cilearn.models.heads import CosineHead
 
@@ -313,6 +313,7 @@ def test_nca_hinge_is_read_as_nca_form(caplog):
         return parse_config(raw).method
 
     assert (method().nca_form, method().nca_hinge) == ("official", None)
+    warn_nca_hinge.cache_clear()  # the warning comes once per process
     for hinge, form in ((True, "hinge"), (False, "plain")):
         with caplog.at_level("WARNING", logger="cilearn"):
             caplog.clear()
