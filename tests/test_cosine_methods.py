@@ -18,7 +18,7 @@ from cilearn.config import parse_config
 from cilearn.engine.runner import Run
 from cilearn.errors import ConfigError
 from cilearn.methods.lucir import adaptive_lambda, margin_ranking
-from cilearn.methods.podnet import nca_loss, pod_spatial
+from cilearn.methods.podnet import nca_loss, pod_spatial, warn_nca_hinge
 from cilearn.models import build_model
 from cilearn.models.heads import CosineHead
 
@@ -124,14 +124,77 @@ def test_local_similarity_classifier_and_nca_loss_by_hand():
     assert head.similarities(x).item() == pytest.approx(math.e / (math.e + 1))
     sims = torch.tensor([[0.8, 0.1, -0.2]])
     eta, delta = 2.0, 0.6
-    # [-log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c))]_+ for y = 0
-    expected = max(0.0, -eta * (0.8 - delta) + math.log(math.exp(eta * 0.1) + math.exp(-eta * 0.2)))
-    assert nca_loss(sims, torch.tensor([0]), torch.tensor(eta), delta).item() == pytest.approx(expected)
-    # no hinge by default (the official hinge_proxynca: false): a well-classified sample's loss is negative,
-    # -5·0.9 + log(exp(5·(-0.9))) = -9; the paper's [·]_+ (nca_hinge) clips it to 0
+    # -log(exp(η(ŷ_y - δ)) / Σ_{c≠y} exp(η ŷ_c)) for y = 0, the paper's NCA (here above 0: hinge or not)
+    expected = -eta * (0.8 - delta) + math.log(math.exp(eta * 0.1) + math.exp(-eta * 0.2))
+    for form in ("plain", "hinge"):
+        assert nca_loss(sims, torch.tensor([0]), torch.tensor(eta), delta, form).item() == pytest.approx(expected)
+    # plain: a well-classified sample's loss is negative, -5·0.9 + log(exp(5·(-0.9))) = -9; the paper's [·]_+
+    # (hinge) clips it to 0
     easy = torch.tensor([[0.9, -0.9]])
-    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0).item() == pytest.approx(-9.0)
-    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0, hinge=True).item() == 0.0
+    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0, "plain").item() == pytest.approx(-9.0)
+    assert nca_loss(easy, torch.tensor([0]), torch.tensor(5.0), 0.0, "hinge").item() == 0.0
+
+
+def official_nca_by_hand(sims: list[list[float]], labels: list[int], eta: float, delta: float,
+                         margin_on_every_class: bool = False) -> float:
+    """The authors' nca (inclearn/lib/losses/base.py, exclude_pos_denominator true, hinge_proxynca false,
+    class_weights None) step by step: scale (with the margin), subtract the row's max, zero the ground truth's
+    entry of the denominator, exp, sum, log; the mean of ``-(numerator - log denominator)``.  Their code
+    subtracts δ from every class (``margin_on_every_class``); cilearn from the ground truth's only."""
+    losses = []
+    for row, y in zip(sims, labels):
+        z = [eta * (s - delta) if (c == y or margin_on_every_class) else eta * s for c, s in enumerate(row)]
+        shifted = [v - max(z) for v in z]
+        denominator = [0.0 if c == y else v for c, v in enumerate(shifted)]
+        losses.append(-(shifted[y] - math.log(sum(math.exp(v) for v in denominator))))
+    return sum(losses) / len(losses)
+
+
+def test_official_nca_is_the_authors_loss_by_hand():
+    sims = [[0.8, 0.1, -0.2], [0.3, 0.5, -0.4], [-0.6, 0.2, 0.1]]  # sample 0 right, 1 and 2 wrong
+    labels = [0, 0, 2]
+    eta, delta = 3.0, 0.6
+    # sample 0 (δ = 0): z = (2.4, 0.3, -0.6), max 2.4: shifted (0, -2.1, -3.0), denominator exp(0) (the zeroed
+    # ground truth) + e^-2.1 + e^-3: the softmax cross-entropy, as the ground truth wins
+    first = -0.0 + math.log(1 + math.exp(-2.1) + math.exp(-3.0))
+    assert official_nca_by_hand(sims[:1], labels[:1], eta, 0.0) == pytest.approx(first)
+    loss = nca_loss(torch.tensor(sims[:1]), torch.tensor(labels[:1]), torch.tensor(eta), 0.0, "official")
+    assert loss.item() == pytest.approx(first, rel=1e-6)
+    # sample 1: z = (0.9, 1.5, -1.2), max 1.5 (a wrong class): shifted (-0.6, 0, -2.7), denominator
+    # exp(0) + exp(0) + e^-2.7: the largest wrong class counts twice
+    second = 0.6 + math.log(2 + math.exp(-2.7))
+    assert official_nca_by_hand(sims[1:2], labels[1:2], eta, 0.0) == pytest.approx(second)
+    three = nca_loss(torch.tensor(sims), torch.tensor(labels), torch.tensor(eta), 0.0)  # official: the default
+    assert three.item() == pytest.approx(official_nca_by_hand(sims, labels, eta, 0.0), rel=1e-6)
+    # the authors subtract δ from every class, where it cancels: their loss at any δ is cilearn's at δ = 0
+    assert three.item() == pytest.approx(official_nca_by_hand(sims, labels, eta, delta, True), rel=1e-6)
+    # cilearn's δ on the ground truth only (the paper's placement), in the same recipe
+    with_margin = nca_loss(torch.tensor(sims), torch.tensor(labels), torch.tensor(eta), delta, "official")
+    assert with_margin.item() == pytest.approx(official_nca_by_hand(sims, labels, eta, delta), rel=1e-6)
+    assert with_margin.item() > three.item()
+
+
+def test_official_nca_stays_above_zero_and_stops_pulling_eta_up():
+    torch.manual_seed(0)
+    sims, labels = torch.rand(64, 5) * 4 - 2, torch.randint(0, 5, (64,))
+    for eta in (0.1, 1.0, 10.0, 100.0, 1000.0):
+        for delta in (0.0, 0.6):
+            per_sample = [nca_loss(sims[i:i + 1], labels[i:i + 1], torch.tensor(eta), delta) for i in range(64)]
+            assert min(v.item() for v in per_sample) >= 0.0
+    # one correctly classified sample, ŷ = (0.5, 0, -0.5), y = 0.  Official: the cross-entropy over ηŷ,
+    # ∂L/∂η = Σ_c p_c ŷ_c - ŷ_y → 0 as η grows; plain: ∂L/∂η = E_{c≠y}[ŷ_c] - ŷ_y, which stays ≤ -0.5
+    right = [0.5, 0.0, -0.5]
+    for eta in (1.0, 10.0, 100.0):
+        weights = [math.exp(eta * s) for s in right]
+        expected = sum(w * s for w, s in zip(weights, right)) / sum(weights) - right[0]
+        grads = {}
+        for form in ("official", "plain"):
+            scale = torch.tensor(eta, requires_grad=True)
+            nca_loss(torch.tensor([right]), torch.tensor([0]), scale, 0.0, form).backward()
+            grads[form] = scale.grad.item()
+        assert grads["official"] == pytest.approx(expected, rel=1e-5, abs=1e-12)
+        assert grads["plain"] <= -0.5
+    assert abs(grads["official"]) < 1e-20  # at η = 100
 
 
 def test_neg_squared_distance_classifier_is_the_official_neg_stable_cosine_distance():
@@ -239,3 +302,24 @@ def test_reports_rebuild_a_cosine_head_from_the_checkpoint(tmp_path):
     x = torch.rand(3, 1, 8, 8)
     run.model.eval()
     assert torch.allclose(model(x), run.model(x.to(run.device)))
+
+
+def test_nca_hinge_is_read_as_nca_form(caplog):
+    """nca_hinge (before nca_form) still parses, as what it meant then: an old run folder's config.yaml has
+    nca_hinge: false (the plain NCA, the default then) and no nca_form."""
+    def method(**options):
+        raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2}, "model": {"name": "mlp"},
+               "method": {"name": "podnet", **options}}
+        return parse_config(raw).method
+
+    assert (method().nca_form, method().nca_hinge) == ("official", None)
+    warn_nca_hinge.cache_clear()  # the warning comes once per process
+    for hinge, form in ((True, "hinge"), (False, "plain")):
+        with caplog.at_level("WARNING", logger="cilearn"):
+            caplog.clear()
+            options = method(nca_hinge=hinge)
+        assert (options.nca_form, options.nca_hinge) == (form, None)  # config.yaml then says nca_form
+        assert f"read as nca_form: {form}" in caplog.text
+        assert method(nca_hinge=hinge, nca_form=form).nca_form == form
+    with pytest.raises(ConfigError, match="nca_hinge: false .* means nca_form: plain, but nca_form is hinge"):
+        method(nca_hinge=False, nca_form="hinge")

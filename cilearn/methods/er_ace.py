@@ -16,6 +16,13 @@ and the losses follow the authors' code (pclucas14/AML, ``methods/er_ace.py``): 
 also keeps the outputs from the largest label the stream has shown so far on (the classes not seen yet, so they
 are pushed down), and the replayed minibatch's cross-entropy covers every output.  ``seen``: a growing head,
 the stream over its present classes only and the replay over the classes seen so far (cilearn 0.1).
+
+Departures from the authors' code: their network ends in a cosine classifier for ER-ACE (``distLinear``,
+``model.py`` lines 17-35: ten times the cosine of the feature and each class's weight, no bias; chosen in
+``main.py`` lines 112-117 for every method whose name contains ``ace`` or ``aml``), where cilearn keeps the
+model's linear head; and they pass the stream batch and the replayed one through the network separately
+(``process_inc``, ``process_re``), where cilearn makes one forward pass over both (the same numbers unless
+the network has BatchNorm).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def present_class_mask(labels: torch.Tensor, num_outputs: int, distributed=None)
 
 class ERACE(BufferMethod):
     name = "er_ace"
-    description = "ER-ACE: replay with an asymmetric cross-entropy (stream: present classes only; replay: all seen)"
+    description = ("ER-ACE: replay with an asymmetric cross-entropy (stream: the present classes' outputs and those "
+                   "of classes not seen yet; replay: every output)")
     paper = ("Caccia et al., New Insights on Reducing Abrupt Representation Change in Online Continual "
              "Learning, ICLR 2022")
 

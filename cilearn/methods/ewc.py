@@ -10,8 +10,10 @@ of) the task's training data without augmentation, in evaluation mode: the mean 
   benchmark code and of van de Ven & Tolias' 2019 code, branch ``preprints``; their code today defaults to
   the expectation over every label, ``fisher_labels='all'``);
 - ``fisher: sampled``: a label drawn from the model's own predictive distribution ``p(·|x)``, one draw
-  per sample from a seeded generator: a Monte-Carlo estimate of the true Fisher, as Kirkpatrick et al.
-  compute it.
+  per sample from a seeded generator: a Monte-Carlo estimate of the true Fisher (the expectation over
+  ``y ~ p(·|x)``).  Which labels Kirkpatrick et al. used is not known: the paper does not say and no code
+  was released (van de Ven 2025, "On the Computation of the Fisher Information in Continual Learning",
+  arXiv:2502.11756), so none of the three is "their" Fisher.
 
 The penalty added to every batch's loss is
 
@@ -56,8 +58,8 @@ class EWCOptions(MethodOptions):
                                                       "paper's Seq-MNIST value, Mammoth's best_args)")
     fisher: Literal["empirical", "predicted", "sampled"] = option(
         "empirical", help="empirical: gradients of the true label's log-likelihood; predicted: of the model's most "
-                          "likely label; sampled: of a label drawn from the model's predictive distribution (the "
-                          "true Fisher, one draw per sample)")
+                          "likely label; sampled: of a label drawn from the model's predictive distribution (one draw "
+                          "per sample: a Monte-Carlo estimate of the true Fisher)")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
                                                   "(capped so that they take about 512 MB)")
