@@ -24,6 +24,7 @@ import numpy as np
 
 from .data import DatasetSplits, ImageData, load_dataset
 from .data.adapters import ImageDataset
+from .data.base import joined
 from .errors import ConfigError
 from .schema import build_section
 from .sections import ScenarioConfig
@@ -279,11 +280,11 @@ def _split(task: Task, split: str) -> ImageData:
 
 
 def concat(datasets: Sequence[ImageData]) -> ImageData:
-    """Concatenate datasets that share a label space."""
+    """Concatenate datasets that share a label space (a view, no copy, of consecutive tasks' data:
+    :func:`~cilearn.data.base.joined`)."""
     if len(datasets) == 1:
         return datasets[0]
-    return ImageData(images=np.concatenate([d.images for d in datasets]),
-                     labels=np.concatenate([d.labels for d in datasets]),
+    return ImageData(images=joined([d.images for d in datasets]), labels=joined([d.labels for d in datasets]),
                      class_names=datasets[0].class_names)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -10,6 +11,42 @@ from typing import Union
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``arrays`` one after the other (along the first axis): a view when they already lie one after the other
+    in one buffer (the tasks of a class-incremental scenario are consecutive blocks of one class-ordered copy of
+    the dataset, so the test data of tasks 0..t is one block), else a copy (``np.concatenate``).  Either way the
+    result holds the same values; a view shares memory with ``arrays`` (write to a copy)."""
+    parts = [a for a in arrays if len(a)] or list(arrays[:1])
+    if len(parts) == 1:
+        return parts[0]
+    return _consecutive_view(parts) if _consecutive(parts) else np.concatenate(parts)
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array at the root of ``array``'s chain of views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _consecutive(parts: list[np.ndarray]) -> bool:
+    first, owner = parts[0], _owner(parts[0])
+    if not owner.flags.c_contiguous:
+        return False
+    for before, after in zip(parts, parts[1:]):
+        if (after.dtype != first.dtype or after.shape[1:] != first.shape[1:] or _owner(after) is not owner
+                or not before.flags.c_contiguous or not after.flags.c_contiguous
+                or after.ctypes.data != before.ctypes.data + before.nbytes):
+            return False
+    return True
+
+
+def _consecutive_view(parts: list[np.ndarray]) -> np.ndarray:
+    first, owner = parts[0], _owner(parts[0])
+    shape = (sum(len(a) for a in parts), *first.shape[1:])
+    return np.ndarray(shape, dtype=first.dtype, buffer=owner, offset=first.ctypes.data - owner.ctypes.data)
 
 
 @dataclass
