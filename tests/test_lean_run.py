@@ -19,9 +19,10 @@ import cilearn.data.memo as memo
 from cilearn import Experiment
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
-from cilearn.data.base import joined
+from cilearn.data.base import JoinedData, joined
 from cilearn.engine.evaluate import balanced_sample
 from cilearn.engine.runner import Run
+from cilearn.engine.train import StageImages
 from cilearn.methods.parts.components import ExemplarClassifiers
 from cilearn.methods.parts.memory import ExemplarMemory
 from cilearn.scenarios import class_incremental, concat
@@ -386,3 +387,44 @@ def test_the_command_line_loads_no_plotting_library():
     comes only with the first figure, scikit-learn with the first classifier or k-means that needs it."""
     code = "import sys, cilearn.cli; assert not {'matplotlib', 'sklearn'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_task_and_its_memory_train_together_without_one_joined_array(tmp_path, monkeypatch):
+    """iCaRL trains on the task's data and the exemplars: the loop draws its batches from the two arrays (no
+    joined copy is made), and the network it trains is bit for bit the one trained on a joined copy."""
+    import cilearn.methods.parts.rehearsal
+
+    weights = []
+    for layout in ("parts", "copy"):
+        if layout == "copy":
+            monkeypatch.setattr(cilearn.methods.parts.rehearsal, "concat", lambda datasets: ImageData(
+                np.concatenate([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
+                datasets[0].class_names))
+        run = make_run(tmp_path / layout, {"name": "icarl", "memory_size": 40}, num_tasks=2, epochs=2)
+        trained_on = []
+        training_data = run.method.training_data
+        run.method.training_data = lambda task, record=trained_on, made=training_data: (
+            record.append(made(task)) or record[-1])
+        run.execute()
+        assert trained_on[0] is run.scenario[0].train  # no memory yet: the task's own data
+        if layout == "parts":
+            data = trained_on[1]
+            assert isinstance(data, JoinedData) and data._images is None  # trained on without joining
+            assert len(data) == len(run.scenario[1].train) + 40 and data.image_shape == (8, 8, 1)
+            assert data.parts[0] is run.scenario[1].train and len(data.parts[1]) == 40  # the memory after task 1
+            assert np.array_equal(data.images, np.concatenate([part.images for part in data.parts]))
+        weights.append(run.model.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_stage_images_draw_the_same_batches_from_parts_as_from_one_array():
+    rng = np.random.default_rng(0)
+    first = ImageData(rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), np.zeros(7, dtype=np.int64), ["a", "b"])
+    second = ImageData(rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8), np.ones(5, dtype=np.int64), ["a", "b"])
+    joined_data = JoinedData([first, second])
+    whole = StageImages(ImageData(joined_data.images.copy(), joined_data.labels, ["a", "b"]), torch.device("cpu"))
+    parts = StageImages(JoinedData([first, second]), torch.device("cpu"))
+    for indices in (torch.tensor([11, 0, 7, 6, 3]), torch.arange(12).flip(0), torch.tensor([2]), torch.tensor([8, 9])):
+        assert torch.equal(parts[indices], whole[indices])
+    assert np.shares_memory(parts.parts[1].numpy(), second.images)  # the parts themselves, not copies
