@@ -6,6 +6,7 @@ fit instead of computed again for the report."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -428,3 +429,25 @@ def test_stage_images_draw_the_same_batches_from_parts_as_from_one_array():
     for indices in (torch.tensor([11, 0, 7, 6, 3]), torch.arange(12).flip(0), torch.tensor([2]), torch.tensor([8, 9])):
         assert torch.equal(parts[indices], whole[indices])
     assert np.shares_memory(parts.parts[1].numpy(), second.images)  # the parts themselves, not copies
+
+
+def test_run_costs_reads_the_peaks_and_the_eval_and_end_share(tmp_path):
+    """benchmarks/run_costs.py: a run's memory and timing sections as a table or JSON, and a limit to check."""
+    root = Path(__file__).resolve().parents[1]
+    metrics = {"complete": True, "precision": "fp32",
+               "timing": {"train_seconds": 80.0, "eval_seconds": 6.0, "checkpoint_seconds": 2.0,
+                          "end_task_seconds": 12.0},
+               "memory": {"peak_rss_mib": {"data": 600.0, "train": 990.5, "eval": 900.0, "end_task": 910.0,
+                                           "checkpoint": 905.0}, "overall_peak_rss_mib": 990.5,
+                          "per_phase_exact": True}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    script = [sys.executable, str(root / "benchmarks" / "run_costs.py"), str(tmp_path / "run")]
+    out = subprocess.run([*script, "--json"], check=True, capture_output=True, text=True).stdout
+    figures = json.loads(out)[str(tmp_path / "run")]
+    assert figures["eval_and_end_task_share"] == pytest.approx(0.18)
+    assert figures["peak_mib"]["train"] == 990.5 and figures["timed_seconds"] == 100.0
+    table = subprocess.run(script, check=True, capture_output=True, text=True).stdout
+    assert "eval + end of task share" in table and "18.0 %" in table and "1.039" in table  # 990.5 MiB in GB
+    assert subprocess.run([*script, "--limit-gb", "1.0"], capture_output=True).returncode == 1
+    assert subprocess.run([*script, "--limit-gb", "1.1"], capture_output=True).returncode == 0
