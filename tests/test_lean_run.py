@@ -20,7 +20,7 @@ import cilearn.data.memo as memo
 from cilearn import Experiment
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
-from cilearn.data.base import JoinedData, joined
+from cilearn.data.base import JoinedData, consecutive_view, joined
 from cilearn.engine.evaluate import balanced_sample
 from cilearn.engine.runner import Run
 from cilearn.engine.train import StageImages
@@ -451,3 +451,10 @@ def test_run_costs_reads_the_peaks_and_the_eval_and_end_share(tmp_path):
     assert "eval + end of task share" in table and "18.0 %" in table and "1.039" in table  # 990.5 MiB in GB
     assert subprocess.run([*script, "--limit-gb", "1.0"], capture_output=True).returncode == 1
     assert subprocess.run([*script, "--limit-gb", "1.1"], capture_output=True).returncode == 0
+
+
+def test_read_only_blocks_are_copied():
+    base = np.arange(24, dtype=np.uint8).reshape(6, 4)
+    base.flags.writeable = False  # torch warns on a read-only array: the caller gets a writeable copy
+    assert consecutive_view([base[:2], base[2:]]) is None
+    assert joined([base[:2], base[2:]]).flags.writeable

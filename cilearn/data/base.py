@@ -28,7 +28,7 @@ def consecutive_view(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     if len(parts) == 1:
         return parts[0]
     first, owner = parts[0], _owner(parts[0])
-    if not owner.flags.c_contiguous:
+    if not owner.flags.c_contiguous or not all(a.flags.writeable for a in parts):  # read-only: a copy (torch warns)
         return None
     for before, after in zip(parts, parts[1:]):
         if (after.dtype != first.dtype or after.shape[1:] != first.shape[1:] or _owner(after) is not owner
