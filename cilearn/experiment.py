@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Config, apply_overrides, expand_runs, load_yaml, parse_config, run_label
 from .data import DatasetSplits
-from .data.memo import shared_datasets
+from .data.memo import release_shared_datasets, shared_datasets
 from .data.registry import is_registered, known_classes, list_datasets
 from .engine.runner import Run, say
 from .errors import CheckpointError, ConfigError, DataError, unknown_choice
@@ -124,6 +124,7 @@ class Experiment:
                                   f"writes a new version_N folder under it each time.") from None
             checked = validate_runs(out, self.runs, self.data)  # nothing is written before this passes
             if len(self.runs) == 1:
+                release_shared_datasets()  # the run has built its scenario: no other run needs the loaded splits
                 write_summary(out, [checked[0].execute()], files=False)
             else:
                 del checked  # each run builds its own again (the dataset is cached)
@@ -138,8 +139,7 @@ class Experiment:
         """Continue a run folder (one run, or the parent folder of several) from its checkpoints; a finished
         one is only read.  ``data``: the same dataset again, for runs made with ``data=``."""
         library_default_logging()
-        with shared_datasets():
-            return _resume(Path(run_dir), data)
+        return _resume(Path(run_dir), data)
 
 
 def new_version(root: Path) -> Path:
@@ -237,7 +237,8 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
                 say(f"'{out}' is already complete ({count(len(runs), 'run')}); nothing to resume.")
             else:
                 _check_data(files.experiment, data)
-                run_children(out, runs, resume=True, data=data)
+                with shared_datasets():  # the runs read the dataset once (a single run keeps no second copy)
+                    run_children(out, runs, resume=True, data=data)
         return collect(out, experiment_labels(out))
     if files.config.is_file():
         metrics = read_metrics(out)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .data import DatasetSplits, ImageData, load_dataset
 from .data.adapters import ImageDataset
+from .data.base import JoinedData, consecutive_view, joined
 from .errors import ConfigError
 from .schema import build_section
 from .sections import ScenarioConfig
@@ -279,12 +280,15 @@ def _split(task: Task, split: str) -> ImageData:
 
 
 def concat(datasets: Sequence[ImageData]) -> ImageData:
-    """Concatenate datasets that share a label space."""
+    """Concatenate datasets that share a label space, without copying images: consecutive tasks' data is one view
+    (:func:`~cilearn.data.base.consecutive_view`), other datasets (a task's and a memory) are a
+    :class:`~cilearn.data.base.JoinedData`, which joins its images only when asked for one array."""
     if len(datasets) == 1:
         return datasets[0]
-    return ImageData(images=np.concatenate([d.images for d in datasets]),
-                     labels=np.concatenate([d.labels for d in datasets]),
-                     class_names=datasets[0].class_names)
+    images = consecutive_view([d.images for d in datasets])
+    if images is None:
+        return JoinedData(datasets)
+    return ImageData(images=images, labels=joined([d.labels for d in datasets]), class_names=datasets[0].class_names)
 
 
 def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:

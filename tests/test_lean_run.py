@@ -6,17 +6,27 @@ fit instead of computed again for the report."""
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_run
+from helpers import digits_config, make_run
 
+import cilearn.data.memo as memo
+from cilearn import Experiment
 from cilearn.config import parse_config
 from cilearn.data import DatasetSplits, ImageData
+from cilearn.data.base import JoinedData, consecutive_view, joined
 from cilearn.engine.evaluate import balanced_sample
 from cilearn.engine.runner import Run
-from cilearn.scenarios import class_incremental
+from cilearn.engine.train import StageImages
+from cilearn.methods.parts.components import ExemplarClassifiers
+from cilearn.methods.parts.memory import ExemplarMemory
+from cilearn.scenarios import class_incremental, concat
 
 
 def test_balanced_sample_takes_the_same_number_from_every_group():
@@ -241,3 +251,210 @@ def test_training_on_a_view_of_the_data_trains_the_same_network(tmp_path, monkey
         weights.append(run.model.state_dict())
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
+
+
+# --- issue 24: leaner outside the gradient steps -------------------------------------------------------------
+def test_consecutive_blocks_are_joined_as_a_view_and_others_copied():
+    base = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3).copy()
+    parts = [base[0:2], base[2:3], base[3:5]]
+    view = joined(parts)
+    assert np.array_equal(view, np.concatenate(parts)) and view.shape == (5, 2, 2, 3)
+    assert np.shares_memory(view, base) and view.ctypes.data == base.ctypes.data  # no copy
+    inner = joined([base[1:2], base[2:4]])
+    assert np.array_equal(inner, base[1:4]) and np.shares_memory(inner, base)
+    for apart in ([base[0:2], base[3:5]], [base[2:3], base[0:2]], [base[0:2], base[2:4].copy()]):
+        copy = joined(apart)  # a gap, the wrong order, another buffer: a copy with the same values
+        assert np.array_equal(copy, np.concatenate(apart)) and not np.shares_memory(copy, base)
+    assert joined([base[0:0], base[1:3]]) is not None and np.array_equal(joined([base[0:0], base[1:3]]), base[1:3])
+    labels = np.arange(10)
+    assert np.shares_memory(joined([labels[:4], labels[4:]]), labels)
+
+
+def test_the_evaluators_test_set_is_a_view_of_the_tasks_test_data(tmp_path):
+    run = make_run(tmp_path, {"name": "finetune"}, num_tasks=3)
+    test = run.evaluator.test_set(2)
+    tasks = run.scenario[:3]
+    assert np.array_equal(test.labels, np.concatenate([t.test.labels for t in tasks]))
+    images = np.concatenate([t.test.images for t in tasks])
+    assert torch.equal(test.images, torch.as_tensor(images).permute(0, 3, 1, 2))
+    assert np.shares_memory(test.images.numpy(), tasks[0].test.images)  # the scenario's own arrays, no copy
+    assert np.shares_memory(test.labels, tasks[2].test.labels)
+
+
+def test_consecutive_tasks_train_together_on_a_view(tmp_path):
+    run = make_run(tmp_path, {"name": "joint"}, num_tasks=3)
+    pool = run.method.training_data(run.scenario[2])
+    assert len(pool) == sum(len(t.train) for t in run.scenario[:3])
+    assert np.shares_memory(pool.images, run.scenario[0].train.images)
+    memory = ImageData(pool.images[:4].copy(), pool.labels[:4].copy(), pool.class_names)
+    mixed = concat([run.scenario[1].train, memory])  # the task's data and a memory: one new array
+    assert not np.shares_memory(mixed.images, memory.images)
+    assert np.array_equal(mixed.images[-4:], memory.images)
+
+
+def test_a_single_run_does_not_keep_the_loaded_dataset(tmp_path, monkeypatch):
+    """The experiment's dataset cache serves several runs; one run builds its scenario (its own class-ordered
+    copy) and trains without the loaded splits beside it."""
+    held = []
+    execute = Run.execute
+
+    def watched(self, *args, **kwargs):
+        held.append(dict(memo._SPLITS_CACHE or {}))
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "execute", watched)
+    raw = digits_config(scenario={"num_tasks": 1}, method={"name": "finetune"}, train={"epochs": 1},
+                        output={"save_checkpoints": False, "save_features": False})
+    Experiment.from_dict(raw).run(out=tmp_path / "one")
+    assert held == [{}]
+    held.clear()
+    Experiment.from_dict({**raw, "seeds": [0, 1]}).run(out=tmp_path / "two")
+    assert len(held) == 2 and all(len(cache) == 1 for cache in held)  # several runs share one load
+
+
+def memory_and_classifiers(inference, fresh: bool, counted: list[int]):
+    """An iCaRL memory (24 exemplars, herding) over two steps of 2 classes (20 noise images each), with NME
+    fitted after each step; ``counted`` gets the size of every inference pass."""
+    def infer(images, flip=False):
+        counted.append(len(images))
+        return inference(images, flip=flip)
+
+    infer.folds = inference.folds
+    rng = np.random.default_rng(3)
+    data = ImageData(rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(4), 20),
+                     [f"c{c}" for c in range(4)])
+    memory = ExemplarMemory(24, "herding")
+    classifiers = ExemplarClassifiers(["nme", "head"], infer, flip=True, seed=0)
+    means = []
+    for step, classes in enumerate(([0, 1], [2, 3])):
+        memory.update(data, classes, 2 * (step + 1), lambda images: infer(images)[0], step)
+        classifiers.fit(memory, fresh=fresh)
+        means.append(classifiers.nme.means.clone())
+    return memory, classifiers, means
+
+
+@pytest.mark.parametrize("batch_size", [8, 32])
+def test_class_means_from_herdings_features_equal_recomputed_ones(batch_size):
+    """Herding computed the new exemplars' features under the model the class means are fitted with: reused,
+    the means (and the features the report saves) are the same to the bit, and the pass over the memory
+    covers only the old classes' exemplars (batch 8: every pass runs the folded copy; batch 32: none does)."""
+    _, inference = resnet_inference(fold=True, batch_size=batch_size)
+    recomputed_passes, reused_passes = [], []
+    _, recomputed, recomputed_means = memory_and_classifiers(inference, False, recomputed_passes)
+    memory, reused, reused_means = memory_and_classifiers(inference, True, reused_passes)
+    for before, after in zip(recomputed_means, reused_means):
+        assert torch.equal(before, after)
+    assert torch.equal(recomputed.memory_features, reused.memory_features)
+    # step 1: herding 20 + 20, then 24 flipped (nothing else); step 2: herding 20 + 20, the 12 old exemplars, 24 flipped
+    assert recomputed_passes == [20, 20, 24, 24, 20, 20, 24, 24]
+    assert reused_passes == [20, 20, 24, 20, 20, 12, 24]
+    assert len(memory) == 24 and set(memory.selection_features) == {2, 3}
+
+
+def test_class_means_recompute_every_feature_when_the_passes_would_differ():
+    """Batch 16: the herding passes (20 images) and the memory's (24) run the folded copy, the 12 old exemplars
+    alone would not; the features are then all computed in one pass over the memory, as before."""
+    _, inference = resnet_inference(fold=True, batch_size=16)
+    passes = []
+    _, _, means = memory_and_classifiers(inference, True, passes)
+    assert passes == [20, 20, 24, 20, 20, 24, 24]  # step 1 reused (24 flipped only); step 2 recomputed all 24
+    recomputed = []
+    _, _, recomputed_means = memory_and_classifiers(inference, False, recomputed)
+    assert all(torch.equal(a, b) for a, b in zip(means, recomputed_means))
+
+
+def test_stale_selection_features_are_never_reused():
+    rng = np.random.default_rng(0)
+    data = ImageData(rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8), np.repeat([0, 1], 10), ["a", "b"])
+    features = lambda images: torch.as_tensor(images.reshape(len(images), -1)[:, :5], dtype=torch.float32)  # noqa: E731
+    memory = ExemplarMemory(8, "herding")
+    memory.add(data, [0, 1], 4, features)
+    assert set(memory.selection_features) == {0, 1}
+    rows = memory.class_indices(1)
+    assert torch.equal(memory.selection_features[1].features, features(memory.images[rows]))
+    memory.reduce(2)  # the memory changed: what herding computed no longer describes it
+    assert memory.selection_features == {}
+    memory.add(data, [1], 2, features)
+    assert set(memory.selection_features) == {1}
+    memory.load_state_dict(memory.state_dict())
+    assert memory.selection_features == {}
+    random = ExemplarMemory(8, "random")
+    random.add(data, [0, 1], 4)
+    assert random.selection_features == {}  # no features were computed
+
+
+def test_the_command_line_loads_no_plotting_library():
+    """``cilearn run`` imports the report's commands with the rest of the CLI; matplotlib (~30 MiB resident)
+    comes only with the first figure, scikit-learn with the first classifier or k-means that needs it."""
+    code = "import sys, cilearn.cli; assert not {'matplotlib', 'sklearn'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_task_and_its_memory_train_together_without_one_joined_array(tmp_path, monkeypatch):
+    """iCaRL trains on the task's data and the exemplars: the loop draws its batches from the two arrays (no
+    joined copy is made), and the network it trains is bit for bit the one trained on a joined copy."""
+    import cilearn.methods.parts.rehearsal
+
+    weights = []
+    for layout in ("parts", "copy"):
+        if layout == "copy":
+            monkeypatch.setattr(cilearn.methods.parts.rehearsal, "concat", lambda datasets: ImageData(
+                np.concatenate([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
+                datasets[0].class_names))
+        run = make_run(tmp_path / layout, {"name": "icarl", "memory_size": 40}, num_tasks=2, epochs=2)
+        trained_on = []
+        training_data = run.method.training_data
+        run.method.training_data = lambda task, record=trained_on, made=training_data: (
+            record.append(made(task)) or record[-1])
+        run.execute()
+        assert trained_on[0] is run.scenario[0].train  # no memory yet: the task's own data
+        if layout == "parts":
+            data = trained_on[1]
+            assert isinstance(data, JoinedData) and data._images is None  # trained on without joining
+            assert len(data) == len(run.scenario[1].train) + 40 and data.image_shape == (8, 8, 1)
+            assert data.parts[0] is run.scenario[1].train and len(data.parts[1]) == 40  # the memory after task 1
+            assert np.array_equal(data.images, np.concatenate([part.images for part in data.parts]))
+        weights.append(run.model.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_stage_images_draw_the_same_batches_from_parts_as_from_one_array():
+    rng = np.random.default_rng(0)
+    first = ImageData(rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), np.zeros(7, dtype=np.int64), ["a", "b"])
+    second = ImageData(rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8), np.ones(5, dtype=np.int64), ["a", "b"])
+    joined_data = JoinedData([first, second])
+    whole = StageImages(ImageData(joined_data.images.copy(), joined_data.labels, ["a", "b"]), torch.device("cpu"))
+    parts = StageImages(JoinedData([first, second]), torch.device("cpu"))
+    for indices in (torch.tensor([11, 0, 7, 6, 3]), torch.arange(12).flip(0), torch.tensor([2]), torch.tensor([8, 9])):
+        assert torch.equal(parts[indices], whole[indices])
+    assert np.shares_memory(parts.parts[1].numpy(), second.images)  # the parts themselves, not copies
+
+
+def test_run_costs_reads_the_peaks_and_the_eval_and_end_share(tmp_path):
+    """benchmarks/run_costs.py: a run's memory and timing sections as a table or JSON, and a limit to check."""
+    root = Path(__file__).resolve().parents[1]
+    metrics = {"complete": True, "precision": "fp32",
+               "timing": {"train_seconds": 80.0, "eval_seconds": 6.0, "checkpoint_seconds": 2.0,
+                          "end_task_seconds": 12.0},
+               "memory": {"peak_rss_mib": {"data": 600.0, "train": 990.5, "eval": 900.0, "end_task": 910.0,
+                                           "checkpoint": 905.0}, "overall_peak_rss_mib": 990.5,
+                          "per_phase_exact": True}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    script = [sys.executable, str(root / "benchmarks" / "run_costs.py"), str(tmp_path / "run")]
+    out = subprocess.run([*script, "--json"], check=True, capture_output=True, text=True).stdout
+    figures = json.loads(out)[str(tmp_path / "run")]
+    assert figures["eval_and_end_task_share"] == pytest.approx(0.18)
+    assert figures["peak_mib"]["train"] == 990.5 and figures["timed_seconds"] == 100.0
+    table = subprocess.run(script, check=True, capture_output=True, text=True).stdout
+    assert "eval + end of task share" in table and "18.0 %" in table and "1.039" in table  # 990.5 MiB in GB
+    assert subprocess.run([*script, "--limit-gb", "1.0"], capture_output=True).returncode == 1
+    assert subprocess.run([*script, "--limit-gb", "1.1"], capture_output=True).returncode == 0
+
+
+def test_read_only_blocks_are_copied():
+    base = np.arange(24, dtype=np.uint8).reshape(6, 4)
+    base.flags.writeable = False  # torch warns on a read-only array: the caller gets a writeable copy
+    assert consecutive_view([base[:2], base[2:]]) is None
+    assert joined([base[:2], base[2:]]).flags.writeable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -10,6 +11,39 @@ from typing import Union
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``arrays`` one after the other (along the first axis): :func:`consecutive_view` when they lie one after the
+    other in one buffer, else a copy (``np.concatenate``).  A view shares memory with ``arrays``."""
+    view = consecutive_view(arrays)
+    return view if view is not None else np.concatenate(arrays)
+
+
+def consecutive_view(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+    """One view of ``arrays`` (along the first axis) when they already lie one after the other in one buffer, else
+    None.  The tasks of a class-incremental scenario are consecutive blocks of one class-ordered copy of the
+    dataset: the test data of tasks 0..t, or their training data together, is one block."""
+    parts = [a for a in arrays if len(a)] or list(arrays[:1])
+    if len(parts) == 1:
+        return parts[0]
+    first, owner = parts[0], _owner(parts[0])
+    if not owner.flags.c_contiguous or not all(a.flags.writeable for a in parts):  # read-only: a copy (torch warns)
+        return None
+    for before, after in zip(parts, parts[1:]):
+        if (after.dtype != first.dtype or after.shape[1:] != first.shape[1:] or _owner(after) is not owner
+                or not before.flags.c_contiguous or not after.flags.c_contiguous
+                or after.ctypes.data != before.ctypes.data + before.nbytes):
+            return None
+    shape = (sum(len(a) for a in parts), *first.shape[1:])
+    return np.ndarray(shape, dtype=first.dtype, buffer=owner, offset=first.ctypes.data - owner.ctypes.data)
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array at the root of ``array``'s chain of views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
 
 
 @dataclass
@@ -54,6 +88,35 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+
+class JoinedData(ImageData):
+    """Datasets of one label space (a task's training data and an exemplar memory) as one, without copying their
+    images into one array: ``parts`` keeps them as they are and the training loop draws its batches from them
+    (:class:`~cilearn.engine.train.StageImages`); ``images``, for code that wants one array, joins them on first
+    use (a copy, kept)."""
+
+    def __init__(self, parts: Sequence[ImageData]):  # not the dataclass's fields: no copy of the images
+        self.parts = [inner for part in parts for inner in (part.parts if isinstance(part, JoinedData) else [part])]
+        shapes = {(part.images.shape[1:], part.images.dtype) for part in self.parts}
+        if len(shapes) != 1:
+            raise ValueError(f"JoinedData: the parts' images differ in shape or type: {sorted(map(str, shapes))}")
+        self.labels = np.concatenate([part.labels for part in self.parts])
+        self.class_names = list(self.parts[0].class_names)
+        self._images: np.ndarray | None = None
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.concatenate([part.images for part in self.parts])
+        return self._images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.parts[0].image_shape
 
 
 @dataclass

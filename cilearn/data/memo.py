@@ -23,6 +23,13 @@ def shared_datasets():
         _SPLITS_CACHE = outer
 
 
+def release_shared_datasets() -> None:
+    """Forget the dataset kept for the experiment's other runs: with one run left, whose scenario holds its own
+    class-ordered copy of the data, the loaded splits would be a second copy of the dataset for the whole run."""
+    if _SPLITS_CACHE is not None:
+        _SPLITS_CACHE.clear()
+
+
 def load_splits(data_cfg):
     """``load_dataset`` for a DataConfig (through the cache of :func:`shared_datasets` when active)."""
     cache = _SPLITS_CACHE

@@ -12,7 +12,8 @@ import torch
 from torch.fx.experimental.optimization import fuse
 
 from .. import metrics
-from ..augment import BatchAugment, nchw_view, to_tensor_images
+from ..augment import BatchAugment, nchw_view
+from ..data.base import joined
 from ..distributed import Distributed
 from ..methods.parts.classifiers import top_k_correct
 from ..models.net import IncrementalNet
@@ -47,10 +48,18 @@ class Inference:
         self.distributed = distributed
         self._folded: tuple[tuple, torch.nn.Module | None] | None = None  # (weights' versions, folded copy)
 
+    def folds(self, n: int) -> bool:
+        """Whether a pass over ``n`` images computes the features with the folded copy (when it pays: more than
+        one batch).  Two passes of the same kind give an image the same features, whatever the other images of
+        each pass (to the bit on the CPU, where a sample's result does not depend on its batch): a method may use
+        an image's features from one pass in place of another's."""
+        return (self.fold_batchnorm and n > self.batch_size
+                and type(self.model).features is IncrementalNet.features)
+
     def _features_fn(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """What computes the features of ``n`` images: the folded copy when it pays, else the model."""
         model = self.model
-        if not self.fold_batchnorm or n <= self.batch_size or type(model).features is not IncrementalNet.features:
+        if not self.folds(n):
             return model.features
         backbone = model.backbone
         key = tuple((id(t), t._version) for t in backbone.state_dict(keep_vars=True).values())
@@ -62,7 +71,7 @@ class Inference:
     def __call__(self, images: np.ndarray | torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits for uint8 images (NHWC numpy or NCHW tensor); ``flip`` mirrors them first."""
         if isinstance(images, np.ndarray):
-            images = to_tensor_images(images, self.device)
+            images = nchw_view(images, self.device)  # no NCHW copy: each batch is normalised into the model's layout
         was_training = self.model.training
         self.model.eval()
         features_of = self._features_fn(len(images))
@@ -139,10 +148,10 @@ class Evaluator:
         key = len(self.scenario) - 1 if self.all_tasks else upto
         if key not in self._cache:
             tasks = self.scenario[: key + 1]
-            images = np.concatenate([t.test.images for t in tasks])
+            images = joined([t.test.images for t in tasks])  # a view of consecutive tasks' test data: no copy
             self._cache = {key: TestSet(
                 images=nchw_view(images, self.inference.device),
-                labels=np.concatenate([t.test.labels for t in tasks]),
+                labels=joined([t.test.labels for t in tasks]),
                 segment=np.concatenate([np.full(len(t.test), t.index) for t in tasks]))}
         return self._cache[key]
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..augment import BatchAugment, nchw_view
 from ..data import ImageData
+from ..data.base import JoinedData
 from ..distributed import Distributed
 from ..errors import ConfigError, TrainingDiverged
 from ..log import progress_disabled
@@ -52,6 +53,29 @@ def stage_config(cfg: TrainConfig, overrides: dict) -> TrainConfig:
     if "epochs" in overrides and "iterations" not in overrides:
         overrides = {**overrides, "iterations": None}
     return dataclasses.replace(cfg, **overrides)
+
+
+class StageImages:
+    """A stage's uint8 images on the device, drawn by index: one array's channels_last view (no copy on the CPU),
+    or, for a :class:`~cilearn.data.base.JoinedData` (a task's data and a memory), each part's view, so that the
+    parts are never copied into one array; a batch holds the same images in the same order either way."""
+
+    def __init__(self, data: ImageData, device: torch.device):
+        parts = data.parts if isinstance(data, JoinedData) else [data]
+        self.parts = [nchw_view(part.images, device) for part in parts]
+        self.starts = [sum(len(part) for part in self.parts[:i]) for i in range(len(self.parts))]
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0][indices]
+        batch = None
+        for part, start in zip(self.parts, self.starts):
+            inside = (indices >= start) & (indices < start + len(part))
+            rows = part[indices[inside] - start]
+            if batch is None:
+                batch = rows.new_empty((len(indices), *rows.shape[1:]))
+            batch[inside] = rows
+        return batch
 
 
 class Trainer:
@@ -162,7 +186,7 @@ class Trainer:
                 on_epoch_end: Callable[[EpochResult], None] | None, desc: str, task_index: int,
                 fixed: FixedPart) -> None:
         cfg, device = self.cfg, self.device
-        images = nchw_view(data.images, device)
+        images = StageImages(data, device)
         labels = torch.as_tensor(data.labels, device=device)
         n = len(labels)
         dist = self.distributed

@@ -4,21 +4,34 @@ no display needed).  Each function writes one PNG and returns its path."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-# No matplotlib.use("Agg"): every figure here has its own Agg canvas, and the module is imported with the API, so
-# choosing the global backend would stop a notebook's inline plots.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
-COLORS = matplotlib.colormaps["tab10"].colors
+
+
+def _matplotlib():
+    """matplotlib, imported with the first figure: the command line imports this module, and a ``cilearn run``
+    that draws nothing does not load matplotlib (~30 MiB of its resident memory).  No matplotlib.use("Agg"):
+    every figure here has its own Agg canvas, and choosing the global backend would stop a notebook's inline
+    plots."""
+    import matplotlib
+
+    return matplotlib
+
+
+def _colors() -> tuple:
+    return _matplotlib().colormaps["tab10"].colors
 
 
 def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -49,9 +62,9 @@ def accuracy_curve(series: list[dict], dataset: str, path: Path) -> Path:
     """``series``: {label, x (classes seen), mean, std, seeds, linestyle}; accuracies in [0, 1]."""
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
-    colors = {}
+    colors, palette = {}, _colors()
     for item in series:
-        color = colors.setdefault(item["method"], COLORS[len(colors) % len(COLORS)])
+        color = colors.setdefault(item["method"], palette[len(colors) % len(palette)])
         _errorbar(ax, item["x"], _pct(item["mean"]), _pct(item["std"]), item["label"], color,
                   item.get("linestyle", "-"))
     ax.set_title(f"Accuracy on all classes seen so far — {dataset}\n(mean ± std over seeds)")
@@ -70,8 +83,9 @@ def old_new_accuracy(series: list[dict], path: Path) -> Path:
     """``series``: {label, steps, old_mean, old_std, new_mean, new_std}."""
     figure = _figure(10, 4.2)
     axes = figure.subplots(1, 2, sharey=True)
+    palette = _colors()
     for i, item in enumerate(series):
-        color = COLORS[i % len(COLORS)]
+        color = palette[i % len(palette)]
         _errorbar(axes[0], item["steps"], _pct(item["old_mean"]), _pct(item["old_std"]), item["label"], color)
         _errorbar(axes[1], item["steps"], _pct(item["new_mean"]), _pct(item["new_std"]), item["label"], color)
     for ax, title in zip(axes, ("Old classes (learned in earlier tasks)", "New classes (the task just learned)")):
@@ -166,6 +180,7 @@ def training_curves(logs: list[dict], label: str, path: Path) -> Path:
               (ax_acc, "train_accuracy", "train accuracy (training batches)", 100.0),
               (ax_acc, "test_accuracy_current", "test accuracy, current task", 100.0),
               (ax_acc, "test_accuracy_seen", "test accuracy, all seen classes", 100.0)]
+    palette = _colors()
     for i, (ax, key, name, scale) in enumerate(curves):
         if key not in first:
             continue
@@ -174,7 +189,7 @@ def training_curves(logs: list[dict], label: str, path: Path) -> Path:
         if not valid.any():
             continue
         mean = np.nanmean(stacked[:, valid], axis=0)
-        color = COLORS[i % len(COLORS)]
+        color = palette[i % len(palette)]
         ax.plot(x[valid], mean, color=color, label=name, marker="." if len(x) <= 60 else None)
         if len(use) > 1:
             std = np.nanstd(stacked[:, valid], axis=0, ddof=1)
@@ -208,10 +223,13 @@ def tsne(embeddings: list, class_names: list[str], title: str, path: Path) -> Pa
     n = len(embeddings)
     figure = _figure(4.3 * n + 1.5, 4.6)
     axes = np.atleast_1d(figure.subplots(1, n))
+    from matplotlib.lines import Line2D
+
     handles: dict[str, Line2D] = {}
+    palette = _colors()
     for ax, emb in zip(axes, embeddings):
         for k, c in enumerate(emb.classes):
-            color = COLORS[k % len(COLORS)]
+            color = palette[k % len(palette)]
             name = class_names[c] if c < len(class_names) else str(c)
             points = emb.points[emb.labels == c]
             ax.scatter(points[:, 0], points[:, 1], s=10, color=color, alpha=0.6, linewidths=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ...errors import ConfigError
@@ -23,7 +24,7 @@ from ..base import Batch, Method, MethodOptions, Output
 from .buffers import ReservoirBuffer
 from .classifiers import MEMORY_CLASSIFIERS, SKLEARN_CLASSIFIERS, NearestMean, SklearnClassifier, exemplar_means
 from .distill import DistillationObjective, LossSetup
-from .memory import ExemplarMemory
+from .memory import ExemplarMemory, SelectionFeatures
 
 VARIANT_LOSSES = {"original": ("ce", "kd"), "icarl": ("bce", "bce")}
 
@@ -159,12 +160,15 @@ class ExemplarClassifiers:
         self.fitted: dict[str, SklearnClassifier] = {}
         self.memory_features: torch.Tensor | None = None  # of the memory as last fitted, under that model
 
-    def fit(self, memory: ExemplarMemory) -> None:
+    def fit(self, memory: ExemplarMemory, fresh: bool = False) -> None:
+        """Fit on ``memory``'s exemplars under the current model.  ``fresh``: the memory's last update ran under
+        this same model, so the features herding computed for the exemplars it added are theirs (not computed
+        again)."""
         self.memory_features = None
         wanted = [c for c in self.names if c in MEMORY_CLASSIFIERS]
         if not wanted or len(memory) == 0:
             return
-        features = self.memory_features = self.infer(memory.images)[0]
+        features = self.memory_features = self.exemplar_features(memory, memory.selection_features if fresh else {})
         labels = torch.as_tensor(memory.labels)
         if "nme" in wanted:
             flipped = self.infer(memory.images, flip=True)[0] if self.flip else None
@@ -172,6 +176,29 @@ class ExemplarClassifiers:
             self.nme.fit_means(exemplar_means(features, labels, classes, flipped), classes)
         self.fitted = {name: SklearnClassifier(name, self.seed).fit(features, labels)
                        for name in wanted if name in SKLEARN_CLASSIFIERS}
+
+    def exemplar_features(self, memory: ExemplarMemory, known: dict[int, SelectionFeatures]) -> torch.Tensor:
+        """Features of every exemplar under the current model, in the memory's order.  The exemplars of the
+        classes in ``known`` take herding's features (computed under this model a moment ago) when every pass
+        involved computes features as one pass over the whole memory would (:meth:`Inference.folds
+        <cilearn.engine.evaluate.Inference.folds>`): the result is then the same as that pass's."""
+        reused = np.isin(memory.labels, list(known))
+        rest = np.flatnonzero(~reused)
+        passes = [s.pass_size for s in known.values()] + ([len(rest)] if len(rest) else [])
+        folds = getattr(self.infer, "folds", None)
+        if not reused.any() or (folds is not None and any(folds(n) != folds(len(memory)) for n in passes)):
+            return self.infer(memory.images)[0]
+        sample = next(iter(known.values())).features
+        features = sample.new_empty((len(memory), sample.shape[1]))
+        if len(rest):
+            consecutive = rest[-1] - rest[0] + 1 == len(rest)  # the old classes come first: a view, no copy
+            images = memory.images[rest[0]:rest[-1] + 1] if consecutive else memory.images[rest]
+            features[torch.as_tensor(rest, device=features.device)] = self.infer(images)[0].to(features)
+        for label, selected in known.items():
+            rows = np.flatnonzero(memory.labels == label)
+            ranks = torch.as_tensor(memory.rank[rows], device=features.device)
+            features[torch.as_tensor(rows, device=features.device)] = selected.features[ranks]
+        return features
 
     def available(self) -> dict:
         return {"nme": self.nme, **self.fitted}

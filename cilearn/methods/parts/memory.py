@@ -90,6 +90,8 @@ class ExemplarBuilder(Protocol):
 class SelectedExemplars:
     """The default builder: the exemplars are the selected training images themselves."""
 
+    stores_selection = True  # exemplar k of a class is the k-th selected image: its selection features are its own
+
     def build(self, pools: list[ClassPool], per_class: int, select: Selector,
               step: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         built = []
@@ -100,6 +102,15 @@ class SelectedExemplars:
 
 
 PER_CLASS = ("floor", "ceil")
+
+
+@dataclass
+class SelectionFeatures:
+    """The features herding computed for a new class's exemplars (rows in selection order = the exemplars'
+    ranks), and how many images the pass that computed them covered."""
+
+    features: torch.Tensor
+    pass_size: int
 
 
 class ExemplarMemory:
@@ -125,6 +136,9 @@ class ExemplarMemory:
         self.labels = np.zeros(0, dtype=np.int64)
         self.rank = np.zeros(0, dtype=np.int64)
         self.kind = np.zeros(0, dtype=np.int8)
+        # label -> the features herding computed for the exemplars the last add() stored, under the model as it
+        # was then: the class means fitted right after it reuse them instead of computing them again
+        self.selection_features: dict[int, SelectionFeatures] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -153,17 +167,24 @@ class ExemplarMemory:
         self._keep(self.rank < per_class)
 
     def _keep(self, mask: np.ndarray) -> None:
+        self.selection_features = {}  # they describe the stored exemplars only until the memory changes
         if self.images is not None:
             self.images = self.images[mask]
         self.labels, self.rank, self.kind = self.labels[mask], self.rank[mask], self.kind[mask]
 
     def select(self, pool: ClassPool, m: int,
-               features: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
-        """Indices of the ``m`` best images of ``pool`` by this memory's selection, best first."""
+               features: Callable[[np.ndarray], torch.Tensor] | None = None,
+               record: dict[int, SelectionFeatures] | None = None) -> np.ndarray:
+        """Indices of the ``m`` best images of ``pool`` by this memory's selection, best first; herding's
+        features of them go into ``record`` under the pool's label."""
         if self.selection == "herding":
             if features is None:
                 raise ValueError("herding selection needs a feature extractor")
-            return herding(features(pool.images), m).cpu().numpy()
+            pool_features = features(pool.images)
+            picks = herding(pool_features, m)
+            if record is not None:
+                record[int(pool.label)] = SelectionFeatures(pool_features[picks], len(pool.images))
+            return picks.cpu().numpy()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(pool.label))
         return random_selection(len(pool.images), m, generator).numpy()
 
@@ -174,15 +195,21 @@ class ExemplarMemory:
         ``features(images) -> (n, d) tensor`` is needed for herding.
         """
         self._keep(~np.isin(self.labels, classes))
+        self.selection_features = {}
         pools = [ClassPool(int(label), data.images[data.labels == label]) for label in classes]
         pools = [pool for pool in pools if len(pool.images)]
         if not pools:
             return
-        built = self.builder.build(pools, per_class, lambda pool, m: self.select(pool, m, features), step)
+        record: dict[int, SelectionFeatures] = {}
+        built = self.builder.build(pools, per_class, lambda pool, m: self.select(pool, m, features, record), step)
         for pool, (images, kind) in zip(pools, built):
             if len(images) > per_class or len(kind) != len(images) or images.dtype != np.uint8:
                 raise ValueError(f"exemplar builder returned {len(images)} {images.dtype} images with "
                                  f"{len(kind)} kinds for class {pool.label} (budget {per_class})")
+            selected = record.get(pool.label)
+            if getattr(self.builder, "stores_selection", False) and selected is not None \
+                    and len(selected.features) == len(images):
+                self.selection_features[pool.label] = selected
             self.images = images if self.images is None else np.concatenate([self.images, images])
             self.labels = np.concatenate([self.labels, np.full(len(images), pool.label, dtype=np.int64)])
             self.rank = np.concatenate([self.rank, np.arange(len(images), dtype=np.int64)])
@@ -212,6 +239,7 @@ class ExemplarMemory:
                 "kind": torch.from_numpy(self.kind.copy())}
 
     def load_state_dict(self, state: dict) -> None:
+        self.selection_features = {}
         labels = state["labels"].cpu().numpy().astype(np.int64)
         self.images = state["images"].cpu().numpy().astype(np.uint8) if len(labels) else None
         self.labels = labels

@@ -85,7 +85,7 @@ class Rehearsal(Method):
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
         self.update_memory(task, task.train)
-        self.fitted.fit(self.memory)
+        self.fitted.fit(self.memory, fresh=True)  # the model herding ran under: its features of the new exemplars
 
     def update_memory(self, task: Task, data: ImageData) -> None:
         """iCaRL's step: shrink the old classes' exemplars, select the new classes' from ``data``."""
