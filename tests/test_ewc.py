@@ -145,6 +145,26 @@ def test_predicted_label_fisher_of_the_head_bias_by_hand(scenario) -> None:
                                rtol=1e-4, atol=1e-7)
 
 
+def test_full_head_fisher_uses_the_seen_classes_only(scenario) -> None:
+    """head: full (van de Ven & Tolias's 10 outputs, their allowed_classes): after task 1 the network has the
+    outputs of all 6 classes, but ŷ and p are taken over the 2 seen ones — the bias Fisher of the seen outputs is
+    the mean of (1[k = ŷ] − p_k)² with p the softmax of the first 2 logits — and later outputs get none."""
+    task = scenario[0]
+    method = make_ewc(scenario, fisher="predicted", fisher_samples=10_000, head="full")
+    method.grow_head(task)
+    method.begin_task(task)
+    assert method.model.num_classes == 6
+    x = method.context.augment.normalize(torch.from_numpy(task.train.images).permute(0, 3, 1, 2))
+    method.model.eval()
+    with torch.no_grad():
+        probs = F.softmax(method.model(x)[:, :2], dim=1)
+    expected = (F.one_hot(probs.argmax(1), 2).float() - probs).square().mean(0)
+    fisher = method.estimate_fisher(task.train)
+    torch.testing.assert_close(fisher["head.chunks.0.bias"], expected, rtol=1e-4, atol=1e-7)
+    for later in ("head.chunks.1", "head.chunks.2"):
+        assert not fisher[f"{later}.bias"].any() and not fisher[f"{later}.weight"].any()
+
+
 def test_sampled_fisher_is_the_true_fisher_in_expectation(scenario) -> None:
     """Labels drawn from p(·|x): for the bias, E_y[(1[k = y] − p_k)²] = p_k(1 − p_k), whatever the true
     label; the empirical Fisher of the same samples (all labelled 0) is (1[k = 0] − p_k)² instead."""

@@ -143,7 +143,7 @@ def test_replay_state_dict_roundtrip(rotated) -> None:
 
 
 def test_replay_options_checked(rotated) -> None:
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="not several"):
         make_method("replay", rotated, fraction=0.1, per_experience=5)
     with pytest.raises(ConfigError):
         method_options({"name": "replay", "metric": "loss"})
@@ -178,3 +178,42 @@ def test_collage_buffer_smaller_than_a_tasks_classes_is_refused(tmp_path) -> Non
     assert not (tmp_path / "small").exists()
     raw["method"]["per_experience"] = 2  # one collage per class: accepted
     assert Experiment.from_dict(raw).run(tmp_path / "enough").complete
+
+
+def test_shared_memory_with_balanced_repeat_is_hsus_naive_rehearsal() -> None:
+    """Hsu et al.'s Naive_Rehearsal (agents/exp_replay.py) with memory_size 100 on three tasks of 288, 288 and
+    290 samples: after task t each task keeps the first 100 // t of its random permutation (torch.randperm
+    there, the seeded permutation here), and the next task trains on its data plus the memory repeated
+    len(task) // 100 times."""
+    split = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3)
+    assert [len(t.train) for t in split] == [288, 288, 290]
+    method = make_method("replay", split, memory_total=100, repeat="balanced", metric="random")
+    perm = [np.random.RandomState(t).permutation(len(split[t].train)) for t in range(3)]  # seed 0 * 1000 + t
+    held = lambda t, n: split[t].train.images[perm[t][:n]]  # noqa: E731
+    method.begin_task(split[0])
+    assert method.training_data(split[0]) is split[0].train
+    method.end_task(split[0], split[0].train)
+    assert np.array_equal(method.buffer_images, held(0, 100))
+    method.begin_task(split[1])
+    data = method.training_data(split[1])
+    assert len(data) == 288 + 2 * 100  # 288 // 100 = 2 copies: 200 memory samples against 288 new ones
+    assert np.array_equal(data.images[288:388], held(0, 100)) and np.array_equal(data.images[388:], held(0, 100))
+    method.end_task(split[1], data)
+    assert method.buffer_task.tolist() == [0] * 50 + [1] * 50  # 100 // 2 each: task 1's share halves to a prefix
+    assert np.array_equal(method.buffer_images, np.concatenate([held(0, 50), held(1, 50)]))
+    method.begin_task(split[2])
+    assert len(method.training_data(split[2])) == 290 + 2 * 100
+    method.end_task(split[2], method.training_data(split[2]))
+    assert method.buffer_task.tolist() == [0] * 33 + [1] * 33 + [2] * 33  # 100 // 3 = 33 each
+    assert np.array_equal(method.buffer_images, np.concatenate([held(0, 33), held(1, 33), held(2, 33)]))
+    once = make_method("replay", split, memory_total=100, metric="random")  # repeat: once (default)
+    once.begin_task(split[0])
+    once.end_task(split[0], split[0].train)
+    assert len(once.training_data(split[1])) == 288 + 100
+
+
+def test_shared_memory_options_checked(rotated) -> None:
+    with pytest.raises(ConfigError, match="give method.memory_total"):
+        make_method("replay", rotated, per_experience=5, repeat="balanced")
+    with pytest.raises(ConfigError, match="not several"):
+        make_method("replay", rotated, per_experience=5, memory_total=100)

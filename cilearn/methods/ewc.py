@@ -30,6 +30,12 @@ Only parameters that are trained (``requires_grad``) are estimated.  Parameters 
 penalised on the overlapping leading slice only.  In task-incremental scenarios each sample's
 log-likelihood (and a sampled label) uses its own task's head.  Fishers and anchors are in the method
 state (resume).
+
+``head: full`` (class-incremental only) gives the network every class's output from the first task, as van de
+Ven & Tolias's code (10 outputs, the loss over the "active" classes seen so far) and Hsu et al.'s: the loss, the
+Fisher's log-likelihood and its predicted label use the classes seen so far, so the outputs of later classes
+get zero Fisher (no penalty) as with a growing head; what changes is the optimizer: one Adam over the whole
+layer, whose step count the outputs a task adds continue.  ``growing`` (default) adds outputs per task.
 """
 
 import dataclasses
@@ -40,9 +46,10 @@ import torch.nn.functional as F
 
 from ..data import ImageData
 from ..errors import ConfigError
-from ..scenarios import Task
+from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
+from .parts.components import check_full_head
 from .parts.importance import ImportancePenalty, per_sample_gradient_mean
 
 
@@ -60,6 +67,10 @@ class EWCOptions(MethodOptions):
         "empirical", help="empirical: gradients of the true label's log-likelihood; predicted: of the model's most "
                           "likely label; sampled: of a label drawn from the model's predictive distribution (one draw "
                           "per sample: a Monte-Carlo estimate of the true Fisher)")
+    head: Literal["growing", "full"] = option(
+        "growing", help="growing: outputs added per task; full: every class's output from the first task (the "
+                        "loss and the Fisher use the classes seen so far), as van de Ven & Tolias's and Hsu et "
+                        "al.'s code")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
                                                   "(capped so that they take about 512 MB)")
@@ -79,8 +90,12 @@ class EWC(Method):
 
     def __init__(self, options, model, context):
         super().__init__(options, model, context)
+        self.full_head = options.head == "full"
         # A single penalty for online EWC, one per past task (own Fisher, own anchor) for separate EWC.
         self.penalties: list[ImportancePenalty] = []
+
+    def check(self, scenario: Scenario) -> None:
+        check_full_head(self.options, scenario)
 
     @property
     def fisher(self) -> dict[str, torch.Tensor]:
@@ -121,6 +136,7 @@ class EWC(Method):
         normalize = getattr(self.context.augment, "normalize", self.context.augment)
 
         def own_head(logits, target):
+            logits = self.seen_logits(logits)  # head: full: the outputs of later classes take no part
             if owner is None:
                 return logits
             # multi-head: the sample's own task head only

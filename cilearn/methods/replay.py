@@ -6,6 +6,13 @@ of them, or a fixed ``per_experience`` count) joins a replay buffer; every later
 its own data plus the whole buffer (``training_data`` = task.train + buffer), shuffled together.  The
 buffer only grows: experience ``t`` keeps its samples for the rest of the stream.
 
+``memory_total: M`` with ``repeat: balanced`` is Hsu et al.'s (2018) naive rehearsal instead, as their
+``agents/exp_replay.py`` does it: a memory of ``M`` samples shared by the experiences seen — after
+experience ``t`` each keeps ``min(M // t, its size)``, the first of its own ranking (so a share only shrinks
+to a prefix of itself) — and the memory is repeated ``max(len(task.train) // M, 1)`` times in the next
+experience's training data, so that old and new samples are about 1:1 in every epoch.  ``repeat: once``
+(default) adds it once.
+
 Which samples are kept is decided by a metric computed with the model just trained on the experience
 (``context.infer``: evaluation mode, no augmentation), over the whole experience at once (no
 per-class stratification, on purpose: the metric alone decides):
@@ -123,6 +130,13 @@ class ReplayOptions(MethodOptions):
                          "class (the buffer counts collages)")
     collage: Literal["resized", "random_crop", "center_crop"] = option(
         "resized", help="exemplars: collage: each quadrant is a sample at half size, a random or the central patch")
+    memory_total: int | None = option(
+        None, min=1, help="a memory of this many samples shared equally by the experiences seen (M // t each after "
+                          "experience t, each share a prefix of its ranking), instead of fraction/per_experience")
+    repeat: Literal["once", "balanced"] = option(
+        "once", help="the memory joins the training data once, or (balanced, needs memory_total) "
+                     "max(task samples // memory_total, 1) times so that old and new data are about 1:1 "
+                     "(Hsu et al.'s naive rehearsal)")
 
 
 class Replay(Method):
@@ -139,8 +153,16 @@ class Replay(Method):
         self.buffer_kind = np.zeros(0, dtype=np.int8)   # memory.KINDS index: real sample or collage
 
     def check(self, scenario: Scenario) -> None:
-        if self.options.fraction is not None and self.options.per_experience is not None:
-            raise ConfigError("method.fraction / method.per_experience: give one of them, not both.")
+        sizes = [self.options.fraction, self.options.per_experience, self.options.memory_total]
+        if sum(size is not None for size in sizes) > 1:
+            raise ConfigError("method.fraction / method.per_experience / method.memory_total: give one of them, "
+                              "not several.")
+        if self.options.repeat == "balanced" and self.options.memory_total is None:
+            raise ConfigError("method.repeat: balanced repeats the memory task samples // memory_total times: "
+                              "give method.memory_total.")
+        if self.options.memory_total is not None and self.options.exemplars == "collage":
+            raise ConfigError("method.memory_total shares a memory of samples; exemplars: collage is not offered "
+                              "with it.")
         check_policy(self.options.exemplars, scenario.image_shape, self.model)
         if self.options.exemplars == "collage":  # as iCaRL: fewer collages than a task's classes leave some out
             for task in scenario:
@@ -174,19 +196,37 @@ class Replay(Method):
 
     def training_data(self, task: Task) -> ImageData:
         memory = self.buffer()
-        return task.train if memory is None else concat([task.train, memory])
+        if memory is None:
+            return task.train
+        copies = 1
+        if self.options.repeat == "balanced":
+            copies = max(len(task.train) // self.options.memory_total, 1)
+        return concat([task.train] + [memory] * copies)
 
     def selection_values(self, data: ImageData) -> np.ndarray:
         """The metric of every sample of ``data`` under the current model (no augmentation)."""
         return metric_values(self, data, self.options.metric)
 
+    def shrink_shares(self, share: int) -> None:
+        """Keep the first ``share`` samples of every experience in the buffer (memory_total)."""
+        keep = np.concatenate([np.flatnonzero(self.buffer_task == t)[:share] for t in np.unique(self.buffer_task)])
+        self.buffer_images, self.buffer_labels = self.buffer_images[keep], self.buffer_labels[keep]
+        self.buffer_task, self.buffer_kind = self.buffer_task[keep], self.buffer_kind[keep]
+
     def end_task(self, task: Task, train_data: ImageData) -> None:
         data = task.train  # only this experience's own samples join the buffer
-        count = buffer_size(len(data), self.options.fraction, self.options.per_experience)
         rng = np.random.RandomState(self.context.seed * 1000 + task.index)
         collage = self.options.exemplars == "collage"
-        keep = select(self.selection_values(data), 4 * count if collage else count, self.options.metric,
-                      self.options.keep, rng)
+        values = self.selection_values(data)
+        if self.options.memory_total is not None:
+            # The shares are stored in ranking order (not sorted by index): shrinking keeps the first of each.
+            count = min(self.options.memory_total // (task.index + 1), len(data))
+            if self.buffer_images is not None:
+                self.shrink_shares(count)
+            keep = rank(values, self.options.metric, self.options.keep, rng)[:count]
+        else:
+            count = buffer_size(len(data), self.options.fraction, self.options.per_experience)
+            keep = select(values, 4 * count if collage else count, self.options.metric, self.options.keep, rng)
         chosen, labels = data.images[keep], data.labels[keep]
         if collage:
             generator = torch.Generator().manual_seed(self.context.seed * 1000 + task.index)
