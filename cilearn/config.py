@@ -25,9 +25,10 @@ from .sections import DataConfig, ModelConfig, OutputConfig, ScenarioConfig, Tra
 from .shipped import find_config
 from .streams import STREAMS, stream_options
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "OutputConfig", "ScenarioConfig", "TrainConfig", "apply_overrides",
-           "expand_runs", "json_schema", "load_runs", "load_yaml", "parse_config", "parse_override", "run_label",
-           "set_value"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "OutputConfig", "ScenarioConfig", "TrainConfig",
+           "absent_from_old_run", "apply_overrides", "as_they_ran", "expand_runs", "json_schema", "load_runs",
+           "load_yaml", "method_section", "parse_config", "parse_override", "parse_stored_config", "run_label",
+           "set_value", "with_method_options"]
 
 
 @dataclasses.dataclass
@@ -297,6 +298,47 @@ def check_train(train: TrainConfig) -> None:
         raise ConfigError(f"train.no_weight_decay: {train.no_weight_decay} names a kind twice.")
     if isinstance(train.augment, list):
         parse_steps(train.augment)
+
+
+def method_section(raw: dict) -> dict:
+    """A raw config's ``method:`` as a mapping (``method: er`` is ``{name: er}``)."""
+    method = raw.get("method")
+    return method if isinstance(method, dict) else {"name": method}
+
+
+def absent_from_old_run(stored: dict) -> dict:
+    """The method options a run folder's resolved config.yaml ``stored`` does not list, with what their absence
+    meant when it was written: options added later with a new default, named by the options class's
+    ``absent_from_old_runs`` (ER-ACE's ``head: linear``).  {} for a config.yaml that lists them."""
+    method = method_section(stored)
+    if method.get("name") not in METHODS:  # parse_config says what is wrong
+        return {}
+    then = getattr(METHODS.get(method["name"]).options, "absent_from_old_runs", {})
+    return {key: value for key, value in then.items() if key not in method}
+
+
+def with_method_options(raw: dict, options: dict) -> dict:
+    """``raw`` with ``options`` added to its method section (keys it sets itself win)."""
+    if not options:
+        return raw
+    return {**raw, "method": {**options, **method_section(raw)}}
+
+
+def parse_stored_config(stored: dict) -> Config:
+    """A run folder's config.yaml, parsed as it meant when the run was written (:func:`absent_from_old_run`), so
+    that old run folders resume and report as they ran."""
+    return parse_config(with_method_options(stored, absent_from_old_run(stored)))
+
+
+def as_they_ran(raws: list[dict], stored: list[dict | None]) -> list[dict]:
+    """An experiment's runs (``raws``, from experiment.yaml as the user wrote it) with the method options that the
+    started runs' config.yaml (``stored``, None for a run not started) show were added after the experiment began,
+    set to what they meant then (:func:`absent_from_old_run`); the runs not started yet take the same, so that every
+    run of a method resumes as the first ones ran."""
+    then: dict[str, dict] = {}
+    for kept in filter(None, stored):
+        then.setdefault(str(method_section(kept).get("name")), {}).update(absent_from_old_run(kept))
+    return [with_method_options(raw, then.get(str(method_section(raw).get("name")), {})) for raw in raws]
 
 
 def load_runs(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[tuple[str, Config]]]:

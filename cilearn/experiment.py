@@ -23,7 +23,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, expand_runs, load_yaml, parse_config, run_label
+from .config import (
+    Config,
+    apply_overrides,
+    as_they_ran,
+    expand_runs,
+    load_yaml,
+    parse_config,
+    parse_stored_config,
+    run_label,
+)
 from .data import DatasetSplits
 from .data.memo import release_shared_datasets, shared_datasets
 from .data.registry import is_registered, known_classes, list_datasets
@@ -231,6 +240,8 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
             raw = load_yaml(files.experiment)
             raws = expand_runs(raw)
             many = len({r["seed"] for r in raws}) > 1
+            stored = [RunDir(out / run_label(r, many)).config for r in raws]  # the started runs' config.yaml
+            raws = as_they_ran(raws, [load_yaml(path) if path.is_file() else None for path in stored])
             runs = [(run_label(r, many), parse_config(r)) for r in raws]
             if files.summary_json.is_file() and all(
                     (read_metrics(out / label) or {}).get("complete") for label, _ in runs):
@@ -247,7 +258,7 @@ def _resume(out: Path, data: DatasetSplits | None) -> ExperimentResult:
                 f"nothing to resume.")
             return collect(out, [metrics.get("label", "")])
         try:
-            cfg = parse_config(load_yaml(files.config))
+            cfg = parse_stored_config(load_yaml(files.config))
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(message if str(out) in message else f"{files.config}: {message}") from None

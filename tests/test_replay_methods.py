@@ -12,21 +12,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_run
+from helpers import digits_config, make_run
 
 from cilearn.augment import BatchAugment
-from cilearn.config import TrainConfig
+from cilearn.config import TrainConfig, as_they_ran, load_yaml, parse_config, parse_stored_config
 from cilearn.data import load_dataset
 from cilearn.engine.evaluate import Inference
 from cilearn.engine.optim import make_scheduler
+from cilearn.engine.runner import Run
 from cilearn.engine.train import stage_config
 from cilearn.methods import Batch, MethodContext, method_class, method_options
 from cilearn.methods.agem import project
 from cilearn.methods.er import experience_shares
-from cilearn.methods.er_ace import present_class_mask
+from cilearn.methods.er_ace import ERACE, present_class_mask
 from cilearn.methods.parts.buffers import ReservoirBuffer
 from cilearn.methods.replay import metric_values, rank
 from cilearn.models import build_model
+from cilearn.models.net import IncrementalHead
+from cilearn.report.model import load_run_model
+from cilearn.rundir import write_yaml
 from cilearn.scenarios import class_incremental
 from cilearn.schema import to_dict
 
@@ -267,6 +271,54 @@ def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
     method.loss(method.forward(stream), stream).backward()
     grads = torch.cat([c.bias.grad for c in method.model.head.chunks])
     assert grads[1].item() == 0.0 and grads[3].item() == 0.0 and grads[0].item() != 0.0
+
+
+def test_er_ace_cosine_head_is_the_authors_distlinear_by_hand():
+    """pclucas14/AML model.py distLinear: 10 · (x / (‖x‖ + 1e-5)) · (w / (‖w‖ + 1e-5)), no bias, the scale fixed.
+    2 samples × 3 classes; the second sample's small norm shows the 1e-5 (F.normalize would give 10 for it)."""
+    head = ERACE.make_head(method_options({"name": "er_ace"}), 2)
+    head.grow(3)
+    with torch.no_grad():
+        head.chunks[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]]))
+    features = torch.tensor([[3.0, 4.0], [1e-4, 0.0]])
+    e, r2 = 1e-5, math.sqrt(2)
+    want = 10 * torch.tensor([
+        [3 / ((5 + e) * (1 + e)), 8 / ((5 + e) * (2 + e)), 1 / ((5 + e) * (r2 + e))],
+        [1e-4 / ((1e-4 + e) * (1 + e)), 0.0, -1e-4 / ((1e-4 + e) * (r2 + e))]], dtype=torch.float64)
+    assert torch.allclose(head(features).double(), want, rtol=1e-6, atol=0)
+    assert head(features)[1, 0].item() == pytest.approx(9.0908, abs=1e-4)
+    assert "scale" not in dict(head.named_parameters()) and head.state_dict()["scale"].item() == 10.0
+    assert ERACE.make_head(method_options({"name": "er_ace", "head": "linear"}), 2) is None  # the model's own
+    # their init: nn.Linear(bias=False)'s, U(±1/√in), the same draws for the same seed
+    torch.manual_seed(3)
+    theirs = torch.nn.Linear(100, 10, bias=False).weight
+    torch.manual_seed(3)
+    ours = ERACE.make_head(method_options({"name": "er_ace"}), 100).new_chunk(10).weight
+    assert torch.equal(ours, theirs)
+
+
+def test_er_ace_run_folders_written_before_the_head_option_keep_the_linear_head(tmp_path):
+    """A config.yaml without ``head`` was written when ER-ACE had the linear head: resumed and reported with it.
+    A config without it (written by a user) gets the cosine head."""
+    raw = digits_config(scenario={"num_tasks": 2}, model={"options": {"hidden": [16]}},
+                        method={"name": "er_ace", "buffer_size": 20, "head": "linear"},
+                        train={"epochs": 1, "eval_every": 0}, output={"save_features": False}, seed=0)
+    run = Run(parse_config(raw), tmp_path / "old")
+    run.execute()
+    stored = load_yaml(tmp_path / "old" / "config.yaml")
+    del stored["method"]["head"]  # as 0.2 wrote it
+    write_yaml(tmp_path / "old" / "config.yaml", stored)
+    assert parse_config(stored).method.head == "cosine"
+    assert parse_stored_config(stored).method.head == "linear"
+    model, _, _ = load_run_model(tmp_path / "old", 1)  # the linear checkpoint loads into the rebuilt head
+    x = torch.rand(3, 1, 8, 8)
+    run.model.eval()
+    assert type(model.head) is IncrementalHead and torch.allclose(model(x), run.model(x))
+    # an experiment: experiment.yaml as the user wrote it, the started runs' config.yaml without head
+    user = {**raw, "method": {"name": "er_ace"}}
+    ran = as_they_ran([user, user], [stored, None])
+    assert [parse_config(r).method.head for r in ran] == ["linear", "linear"]
+    assert [parse_config(r).method.head for r in as_they_ran([user], [parse_config(user).to_dict()])] == ["cosine"]
 
 
 # --- replay minibatches ------------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ class MethodOptions:
     name: str = option(help="method name (cilearn list)")
     label: str | None = option(None, help="name of this run in tables and folders (default: the method name)")
     classification_loss: Literal["ce", "bce", "mse"] = option("ce", help="loss on the current labels")
+    # Options added with a new default, and what their absence meant before: a run folder's config.yaml (every
+    # option written out) that lacks one was written then, and resumes and is reported with this value.
+    absent_from_old_runs: ClassVar[dict[str, Any]] = {}
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..augment import BatchAugment, to_tensor_images
-from ..config import Config, load_yaml, parse_config
+from ..config import Config, load_yaml, parse_stored_config
 from ..engine.assembly import model_with_head
 from ..engine.checkpoints import load_checkpoint
 from ..errors import CilearnError
@@ -51,7 +51,7 @@ def read_config(run_dir: Path) -> Config:
     path = RunDir(run_dir).config
     if not path.is_file():
         raise ReportError(f"'{path}' is missing: '{run_dir}' is not a cilearn run directory.")
-    return parse_config(load_yaml(path))
+    return parse_stored_config(load_yaml(path))
 
 
 def read_run_info(run_dir: Path) -> dict:
