@@ -483,6 +483,15 @@ def test_gdumb_learning_rates_are_the_authors_warm_start_then_sgdr(scenario):
     assert _stage_lrs(plain, 128)[-1] == pytest.approx(0.05)
 
 
+def test_gdumb_run_folders_written_before_the_warm_start_resume_without_it():
+    """0.2's resolved config.yaml lists every GDumb option but ``warm_start``: such a run resumes with the
+    schedule it started with; a user's config without it gets the authors' warm start."""
+    stored = parse_config(digits_config(method={"name": "gdumb", "buffer_size": 20})).to_dict()
+    assert stored["method"].pop("warm_start") == 0.1
+    assert parse_stored_config(stored).method.warm_start is None
+    assert parse_config(stored).method.warm_start == 0.1
+
+
 def test_gdumb_clips_the_gradient_norm(scenario):
     method = make_method(scenario, "gdumb", clip=10.0)
     start(method, scenario[0])

@@ -25,6 +25,7 @@ configs/gdumb_cifar10jpeg.yaml).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -53,6 +54,7 @@ class GDumbOptions(MethodOptions):
     warm_start: float | None = option(
         0.1, min=0.0, max=1.0, help="lr factor of the first epoch, before the SGDR cycles begin (the authors' "
                                     "src/main.py: 0.1); null: the cycles from the first epoch (cilearn's version 0.1)")
+    absent_from_old_runs: ClassVar[dict] = {"warm_start": None}  # 0.2's run folders: no warm-start epoch
 
 
 class GDumb(Method):
