@@ -355,3 +355,75 @@ def test_resume_reproduces_the_run(tmp_path, monkeypatch, method):
         assert resumed["complete"]
         for name, scores in full["classifiers"].items():
             assert resumed["classifiers"][name]["accuracy_matrix"] == scores["accuracy_matrix"], (out.name, name)
+
+
+# --- van de Ven & Tolias's iCaRL objective (GMvandeVen/continual-learning, branch preprints, encoder.py) ---
+def vandeven_icarl_loss(logits, labels, teacher_logits, n_seen, temperature=2.0):
+    """Their ``train_a_batch`` for the current batch, written plainly: only the active classes' outputs
+    (``y_hat[:, active_classes]``); targets one-hot for the task's new classes, ``sigmoid(scores / KD_temp)``
+    for the old ones; ``binary_cross_entropy_with_logits(reduction='none').sum(dim=1).mean()``."""
+    n = logits.shape[0]
+    n_old = 0 if teacher_logits is None else teacher_logits.shape[1]
+    total = torch.zeros((), dtype=logits.dtype)
+    for i in range(n):
+        for c in range(n_seen):
+            if c < n_old:
+                y = torch.sigmoid(teacher_logits[i, c] / temperature)
+            else:
+                y = torch.tensor(1.0 if c == labels[i] else 0.0, dtype=logits.dtype)
+            total = total + F.softplus(logits[i, c]) - logits[i, c] * y  # = BCE with logits
+    return total / n
+
+
+VANDEVEN_ICARL = {"name": "icarl", "memory_size": 40, "head": "full", "bce_outputs": "seen", "bce_reduction": "sum",
+                  "bce_target_temperature": 2.0}
+
+
+def test_vandeven_icarl_loss_on_a_case_computed_by_hand(tmp_path):
+    """One sample of new class 3 at the second task (2 old classes, 4 seen, 10 outputs): the terms are
+    softplus(x) − x·y per seen output; the outputs of classes not seen yet (logit 9) add nothing."""
+    run = make_run(tmp_path, VANDEVEN_ICARL, num_tasks=5)
+    objective = run.method.objective
+    logits = torch.tensor([[2.0, 0.0, 0.0, -1.0] + [9.0] * 6], dtype=torch.float64)
+    teacher = torch.tensor([[4.0, -2.0]], dtype=torch.float64)
+    loss = objective(logits, torch.tensor([3]), teacher, n_seen=4)
+    sp = lambda x: float(np.log1p(np.exp(x)))  # noqa: E731
+    sig = lambda x: 1 / (1 + float(np.exp(-x)))  # noqa: E731
+    # output 0: target σ(4/2) = σ(2); output 1: σ(−1), logit 0 → ln 2; output 2: target 0, logit 0 → ln 2;
+    # output 3: target 1, logit −1 → softplus(−1) + 1 = softplus(1)
+    by_hand = (sp(2.0) - 2.0 * sig(2.0)) + np.log(2) + np.log(2) + sp(1.0)
+    assert abs(float(loss) - by_hand) < 1e-12
+    assert abs(float(loss) - float(vandeven_icarl_loss(logits, torch.tensor([3]), teacher, 4))) < 1e-12
+    # each option on its own moves the loss: the original (all outputs, mean, T = 1) is another number
+    default = make_run(tmp_path / "default", {"name": "icarl", "memory_size": 40}, num_tasks=5).method.objective
+    assert abs(float(default(logits, torch.tensor([3]), teacher, n_seen=4)) - by_hand) > 0.1
+
+
+def test_vandeven_icarl_loss_and_gradient_equal_their_formula(tmp_path):
+    """Second task, a batch of new samples and exemplars of the old classes: loss and gradients of every
+    parameter equal their formula; outputs of classes not seen yet get no gradient."""
+    from cilearn.methods import Output
+
+    run = make_run(tmp_path, VANDEVEN_ICARL, num_tasks=5)
+    run.run_task(run.scenario[0])
+    task = run.scenario[1]
+    run.method.grow_head(task)
+    run.method.begin_task(task)
+    assert run.model.num_classes == 10
+    inputs = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2, 3, 2, 3])  # two exemplars of the old classes, four new samples
+    features = run.model.features(inputs)
+    logits = run.model.head(features)
+    loss = run.method.loss(Output(features, logits), _batch(inputs, labels))
+    teacher = run.method.teacher.model(inputs)[:, :2]
+    expected = vandeven_icarl_loss(logits, labels, teacher, n_seen=4)
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-6)
+    got = torch.autograd.grad(loss, [logits], retain_graph=True)[0]
+    want = torch.autograd.grad(expected, [logits])[0]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-8)
+    assert torch.all(got[:, 4:] == 0)
+
+
+def test_bce_sum_needs_the_bce_pair(tmp_path):
+    with pytest.raises(ConfigError, match="bce_reduction"):
+        make_run(tmp_path, {"name": "lwf", "bce_reduction": "sum"}, num_tasks=2)

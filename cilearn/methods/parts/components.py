@@ -56,6 +56,15 @@ class DistillationOptions(MethodOptions):
     bce_average: Literal["all_classes", "seen_classes"] = option(
         "all_classes", help="with a growing head, divide the BCE by every class of the scenario (the "
                             "original's gradient per output) or by the classes seen so far (cilearn 0.1)")
+    bce_outputs: Literal["all", "seen"] = option(
+        "all", help="with a full head, the BCE covers every output (the original iCaRL: classes still to come "
+                    "have target 0) or only the classes seen so far (van de Ven & Tolias's active_classes)")
+    bce_reduction: Literal["mean", "sum"] = option(
+        "mean", help="mean: each BCE averaged over its outputs, weighted as balance says; sum: summed over the "
+                     "outputs, averaged over the batch (van de Ven & Tolias's code since May 2019); bce pairs only")
+    bce_target_temperature: float = option(
+        1.0, min=1e-3, help="T of the old classes' BCE targets sigmoid(teacher logit / T) (1: the original "
+                            "iCaRL; van de Ven & Tolias's code divides by its --temp, default 2)")
 
 
 def resolve_losses(options: DistillationOptions, has_memory: bool) -> LossSetup:
@@ -87,8 +96,14 @@ def distillation_objective(options: DistillationOptions, setup: LossSetup, scena
     slices = None
     if scenario.task_incremental:
         slices = [slice(int(min(t.new_classes)), int(max(t.new_classes)) + 1) for t in scenario]
+    if options.bce_reduction == "sum" and (setup.classification, setup.distillation) != ("bce", "bce"):
+        raise ConfigError(f"method.bce_reduction: sum sums a binary cross-entropy over its outputs; this "
+                          f"objective is {setup.classification} + {setup.distillation}. Use bce_reduction: mean, "
+                          f"or classification_loss and distillation_loss bce.")
     return DistillationObjective(setup, options.distillation_weight, options.temperature, options.kd_t2_scaling,
-                                 normaliser, slices)
+                                 normaliser, slices, seen_outputs_only=full_head and options.bce_outputs == "seen",
+                                 bce_sum=options.bce_reduction == "sum",
+                                 bce_target_temperature=options.bce_target_temperature)
 
 
 @dataclasses.dataclass

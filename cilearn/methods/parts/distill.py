@@ -109,13 +109,23 @@ class DistillationObjective:
       (total / seen)× the original's gradient per output).
 
     Other pairs (CE, MSE, KD) use the seen outputs only: a softmax never includes classes not seen yet.
+
+    van de Ven & Tolias's iCaRL (GMvandeVen/continual-learning, branch ``preprints``, ``encoder.py``
+    ``train_a_batch``) is the BCE pair on their 10-output layer with three differences, each an option:
+    ``seen_outputs_only`` (their ``y_hat[:, active_classes]``: the outputs of classes not seen yet get no
+    loss), ``bce_sum`` (``.sum(dim=1).mean()``: summed over the outputs, averaged over the batch; no
+    balance weighting, the sum is one BCE over every covered entry) and ``bce_target_temperature``
+    (the old classes' targets ``sigmoid(scores / KD_temp)``, their ``--temp`` 2).
     """
 
     def __init__(self, setup: LossSetup, weight: float, temperature: float, t2_scaling: bool,
-                 normaliser: int | None, task_slices: list[slice] | None = None):
+                 normaliser: int | None, task_slices: list[slice] | None = None, seen_outputs_only: bool = False,
+                 bce_sum: bool = False, bce_target_temperature: float = 1.0):
         self.setup, self.weight, self.temperature, self.t2_scaling = setup, weight, temperature, t2_scaling
         self.normaliser = normaliser  # outputs a BCE averages over (None: the outputs it is given)
         self.task_slices = task_slices  # task-incremental: KD uses one softmax per old task's head
+        self.seen_outputs_only, self.bce_sum = seen_outputs_only, bce_sum
+        self.bce_target_temperature = bce_target_temperature
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
                  n_seen: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,6 +133,8 @@ class DistillationObjective:
         ``mask`` (N, n_seen): the multi-head mask of task-incremental training (each sample uses its own
         task's outputs), or None."""
         setup = self.setup
+        if self.seen_outputs_only:
+            logits = logits[:, :n_seen]
         n_old = 0 if teacher_logits is None else teacher_logits.shape[1]
         outputs = logits.shape[1]
         start = n_old if setup.outputs == "new" and n_old < n_seen else 0
@@ -136,12 +148,17 @@ class DistillationObjective:
         else:
             cls = self._softmax_new(setup.classification, logits[:, :n_seen], labels, start)
             cls_outputs = n_seen - start
-        if setup.balance == "outputs":
+        # per-entry means → a sum over the outputs (bce_sum), or weighted by the share of outputs (balance)
+        if self.bce_sum:
+            cls = cls * cls_outputs
+        elif setup.balance == "outputs":
             cls = cls * (cls_outputs / (self.normaliser or outputs))
         if teacher_logits is None or n_old == 0:
             return cls
         dist = self._distillation(logits[:, :n_old], teacher_logits.to(logits.dtype))
-        if setup.balance == "outputs":
+        if self.bce_sum:
+            dist = dist * n_old
+        elif setup.balance == "outputs":
             dist = dist * (n_old / (self.normaliser or outputs))
         return cls + self.weight * dist
 
@@ -164,6 +181,8 @@ class DistillationObjective:
 
     def _distillation(self, old_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         kind = self.setup.distillation
+        if kind == "bce":
+            teacher_logits = teacher_logits / self.bce_target_temperature
         if kind == "kd" and self.task_slices:  # one softmax per old task's head
             slices = [s for s in self.task_slices if s.stop <= old_logits.shape[1]]
             return sum(distillation_loss(kind, old_logits[:, s], teacher_logits[:, s], self.temperature,
