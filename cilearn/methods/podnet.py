@@ -154,13 +154,13 @@ def nca_loss(similarities: torch.Tensor, labels: torch.Tensor, scale: torch.Tens
     scaled = scale * similarities
     positive = scaled.gather(1, labels[:, None])[:, 0] - scale * margin
     negatives = scaled.scatter(1, labels[:, None], float("-inf"))
-    plain = torch.logsumexp(negatives, dim=1) - positive
+    log_negatives = torch.logsumexp(negatives, dim=1)
     if form == "plain":
-        return plain.mean()
+        return (log_negatives - positive).mean()
     if form == "hinge":
-        return F.relu(plain).mean()
+        return F.relu(log_negatives - positive).mean()
     largest = torch.maximum(positive, negatives.max(dim=1).values)
-    return (torch.logaddexp(largest, torch.logsumexp(negatives, dim=1)) - positive).mean()
+    return (torch.logaddexp(largest, log_negatives) - positive).mean()
 
 
 class PODNet(CosineRehearsal):
