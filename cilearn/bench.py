@@ -249,6 +249,7 @@ def run_bench(args) -> dict:
         config = str(ROOT / config)  # the shipped configs work from any folder
     # --methods with no names: only the bare step (and, with --synthesis, the exemplar synthesis)
     methods = args.methods if args.methods is not None else ([None] if args.protocol else ["finetune", "lwf", "icarl"])
+    seeds = args.seeds or [None]  # None: the config's own seed
     overrides = [f"train.device={device}", "train.progress=false"]
     for key, value in (("train.epochs", args.epochs), ("train.batch_size", args.batch_size)):
         if value is not None:
@@ -271,7 +272,8 @@ def run_bench(args) -> dict:
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
                     "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
         "settings": {"config": config, "protocol": args.protocol, "methods": methods, "overrides": overrides,
-                     "repeat": args.repeat, "precision": precision, "precision_note": setup["precision_note"],
+                     "repeat": args.repeat, "seeds": args.seeds, "precision": precision,
+                     "precision_note": setup["precision_note"],
                      "bare_step": {k: setup[k] for k in ("model", "model_options", "batch_size", "lr", "momentum",
                                                          "weight_decay")}},
     }
@@ -287,31 +289,37 @@ def run_bench(args) -> dict:
                                                           args.image_size, args.channels)
     with tempfile.TemporaryDirectory(prefix="cilearn-bench-") as tmp:
         runs_root = Path(args.keep_runs) if args.keep_runs else Path(tmp)
-        for repeat in range(args.repeat):
-            for method in methods:
-                name = method or "protocol"
-                folder = name if args.repeat == 1 else f"{name}/repeat{repeat + 1}"
-                spec = {"config": config, "overrides": method_overrides(method), "out": str(runs_root / folder)}
-                log.info(f"end to end: {name} (repeat {repeat + 1}/{args.repeat}) ...")
-                result = _run_worker(spec, name)
-                bares.append(bare_steps(setup, args.steps, device, precision))
-                # The bare step right before and right after this run, averaged: the machine's speed drifts.
-                bare = {k: (bares[-2][k] + bares[-1][k]) / 2 for k in bares[-1]}
-                result["repeat"] = repeat + 1
-                result["bare_step_images_per_second"] = bare
-                result["ratio_to_bare_channels_last"] = result["train_images_per_second"] / bare["channels_last"]
-                result["ratio_to_bare_with_teacher"] = (result["train_images_per_second"]
-                                                        / bare["channels_last_with_teacher"])
-                result["ratio_to_floor_same_precision"] = floor_ratio(result, bare)
-                result["wall_x_bare_images"] = result["wall_seconds"] * bare["channels_last"]
-                outside = result["outside_gradient_steps_seconds"]
-                result["eval_and_end_task_share"] = ((outside["eval_seconds"] + outside["end_task_seconds"])
-                                                     / result["wall_seconds"])
-                results.append(result)
+        for repeat, seed, method in ((r, s, m) for r in range(args.repeat) for s in seeds for m in methods):
+            name = method or "protocol"
+            folder = "/".join([name] + ([f"seed{seed}"] if seed is not None else [])
+                              + ([f"repeat{repeat + 1}"] if args.repeat > 1 else []))
+            seed_override = [f"seed={seed}"] if seed is not None else []
+            spec = {"config": config, "overrides": method_overrides(method) + seed_override,
+                    "out": str(runs_root / folder)}
+            log.info(f"end to end: {name}" + (f", seed {seed}" if seed is not None else "")
+                     + f" (repeat {repeat + 1}/{args.repeat}) ...")
+            result = _run_worker(spec, name)
+            bares.append(bare_steps(setup, args.steps, device, precision))
+            # The bare step right before and right after this run, averaged: the machine's speed drifts.
+            bare = {k: (bares[-2][k] + bares[-1][k]) / 2 for k in bares[-1]}
+            result["repeat"] = repeat + 1
+            result["seed"] = seed
+            result["bare_step_images_per_second"] = bare
+            result["ratio_to_bare_channels_last"] = result["train_images_per_second"] / bare["channels_last"]
+            result["ratio_to_bare_with_teacher"] = (result["train_images_per_second"]
+                                                    / bare["channels_last_with_teacher"])
+            result["ratio_to_floor_same_precision"] = floor_ratio(result, bare)
+            result["wall_x_bare_images"] = result["wall_seconds"] * bare["channels_last"]
+            outside = result["outside_gradient_steps_seconds"]
+            result["eval_and_end_task_share"] = ((outside["eval_seconds"] + outside["end_task_seconds"])
+                                                 / result["wall_seconds"])
+            results.append(result)
     report["bare_step_images_per_second"] = {k: statistics.mean(b[k] for b in bares) for k in bares[0]}
     report["bare_step_samples"] = bares
     report["end_to_end"] = results
     report["aggregate"] = aggregate(results)
+    if args.seeds:
+        report["over_seeds"] = over_seeds(results)
     report["projection"] = project_icarl_cifar100(results)
     return report
 
@@ -339,6 +347,30 @@ def aggregate(results: list[dict]) -> dict:
         mine = [r for r in results if r["method"] == method]
         out[method] = {key: {"min": min(r[key] for r in mine), "median": statistics.median(r[key] for r in mine),
                              "max": max(r[key] for r in mine)} for key in AGGREGATED}
+    return out
+
+
+def over_seeds(results: list[dict]) -> dict:
+    """Per method and classifier: each seed's average incremental and last accuracy (the first repeat's), their
+    mean and sample standard deviation (ddof 1), and the mean wall seconds -- the figures a precision or recipe
+    comparison is made of, since one seed decides nothing on a protocol this noisy."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        mine = [r for r in results if r["method"] == method and r["repeat"] == 1]
+        classifiers = {}
+        for classifier in mine[0]["classifiers"]:
+            entry = {}
+            for key in ("average_incremental_accuracy", "last_accuracy"):
+                values = [r["classifiers"][classifier][key] for r in mine]
+                entry[key] = {"per_seed": dict(zip((r["seed"] for r in mine), values)),
+                              "mean": statistics.mean(values),
+                              "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            classifiers[classifier] = entry
+        out[method] = {"seeds": [r["seed"] for r in mine], "classifiers": classifiers,
+                       "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in mine),
+                       "wall_x_bare_images_mean": statistics.mean(r["wall_x_bare_images"] for r in mine),
+                       "peak_rss_mib_max": max(r["peak_rss_mib"] for r in mine),
+                       "eval_and_end_task_share_mean": statistics.mean(r["eval_and_end_task_share"] for r in mine)}
     return out
 
 
@@ -384,6 +416,7 @@ def print_table(report: dict) -> None:
     for r in report["end_to_end"]:
         out = r["outside_gradient_steps_seconds"]
         name = r["method"] if settings["repeat"] == 1 else f"{r['method']}#{r['repeat']}"
+        name += f" s{r['seed']}" if r.get("seed") is not None else ""
         primary = r["classifiers"].get("nme") or next(iter(r["classifiers"].values()))
         print(f"{name:<12} {r['wall_seconds']:>7.1f} {r['wall_x_bare_images']:>9.3g} "
               f"{r['train_images_per_second']:>11.0f} {r['ratio_to_floor_same_precision']:>7.2f} "
@@ -408,6 +441,14 @@ def print_table(report: dict) -> None:
                   f"{agg['ratio_to_floor_same_precision']['min']:.2f} median "
                   f"{agg['ratio_to_floor_same_precision']['median']:.2f}; "
                   f"peak MiB max {agg['peak_rss_mib']['max']:.0f}")
+    for method, agg in (report.get("over_seeds") or {}).items():
+        accuracy = "; ".join(
+            f"{name} avg-inc {100 * c['average_incremental_accuracy']['mean']:.1f} ± "
+            f"{100 * c['average_incremental_accuracy']['std']:.1f}, last {100 * c['last_accuracy']['mean']:.1f} ± "
+            f"{100 * c['last_accuracy']['std']:.1f}" for name, c in agg["classifiers"].items())
+        print(f"  {method} over seeds {' '.join(map(str, agg['seeds']))} (mean ± std): {accuracy}; wall "
+              f"{agg['wall_seconds_mean']:.0f} s, wall×bare {agg['wall_x_bare_images_mean']:.3g}, eval+end "
+              f"{100 * agg['eval_and_end_task_share_mean']:.1f}%, peak MiB max {agg['peak_rss_mib_max']:.0f}")
     synthesis = report.get("synthesis")
     if synthesis:
         print(f"exemplars of one class ({synthesis['per_class']} images, {synthesis['classes']} classes per chunk): "
@@ -436,6 +477,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument("--steps", type=int, default=20, help="steps timed for the bare-step line")
     parser.add_argument("--repeat", type=int, default=1, help="run everything this many times (min/median)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run every method once per seed (overrides the config's seed) and print each "
+                             "classifier's accuracy as mean ± std over them")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -455,6 +499,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_bench(args) -> int:
     if args.repeat < 1:
         raise CilearnError("--repeat: give 1 or more.")
+    if args.seeds is not None and (any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds)):
+        raise CilearnError(f"--seeds: give distinct non-negative integers, got {args.seeds}.")
     report = run_bench(args)
     write_json(Path(args.json), report)
     print_table(report)

@@ -57,6 +57,35 @@ def test_protocol_runs_the_protocol_config_with_memory_per_phase(tmp_path, capsy
     assert "wall×bare" in printed and "peak RSS MiB per phase: data" in printed
 
 
+def test_seeds_run_once_each_and_give_mean_and_std(tmp_path, capsys):
+    """--seeds: one run per seed with that seed in its stored config, and mean ± std (ddof 1) of each
+    classifier's accuracies over them, recomputed here from the per-run results."""
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), *TINY, "--methods", "finetune",
+                 "--seeds", "3", "7", "--json", str(out), "--keep-runs", str(tmp_path / "runs"),
+                 "--set", "train.epochs=1", "--set", "scenario.num_tasks=2"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["end_to_end"]] == [3, 7]
+    for seed in (3, 7):
+        assert f"seed: {seed}\n" in (tmp_path / f"runs/finetune/seed{seed}/config.yaml").read_text()
+    values = [r["classifiers"]["head"]["average_incremental_accuracy"] for r in report["end_to_end"]]
+    assert values[0] != values[1]  # the seed reached the runs
+    summary = report["over_seeds"]["finetune"]["classifiers"]["head"]["average_incremental_accuracy"]
+    assert summary["per_seed"] == {"3": values[0], "7": values[1]}
+    assert summary["mean"] == pytest.approx(sum(values) / 2)
+    assert summary["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert "finetune over seeds 3 7 (mean ± std): head avg-inc" in capsys.readouterr().out
+
+
+def test_repeated_seeds_are_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), *TINY, "--seeds", "1", "1",
+                 "--json", str(out)])
+    assert code == 2 and not out.exists()
+    assert "--seeds: give distinct non-negative integers" in capsys.readouterr().err
+
+
 def test_floor_ratio_compares_distilling_tasks_with_the_bare_step_plus_teacher():
     bare = {"channels_last": 100.0, "channels_last_with_teacher": 50.0}
     # Task 1 at the bare step (10 s for 1000 images), task 2 at half the bare+teacher floor (40 s, not 20 s).
