@@ -143,6 +143,29 @@ def test_init_batchnorm_and_kaiming() -> None:
     assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.1)
 
 
+def test_icarl_init_is_he_normal_fan_in_with_a_gain_1_head() -> None:
+    """init: icarl (iCaRL's Theano code, Avalanche's initialize_icarl_net): every conv N(0, 2 / fan_in), the
+    classifier N(0, 1 / fan_in) with zero biases.  The stem (3 -> 16 channels, fan_in 27 vs fan_out 144) and a
+    stage's first conv (16 -> 32: fan_in 144 vs fan_out 288) are where fan_in and fan_out differ."""
+    torch.manual_seed(0)
+    net = build_model("resnet32", 3, 32, shortcut="A", last_relu=False, init="icarl")
+    net.add_classes(10)
+    net.add_classes(10)  # a second chunk: the same rule
+    stem = net.backbone.stem[0]
+    widening = net.backbone.stages[1][0].conv1
+    assert stem.weight.std().item() == pytest.approx((2 / 27) ** 0.5, rel=0.1)
+    assert widening.weight.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.1)
+    head = torch.cat([chunk.weight for chunk in net.head.chunks])
+    assert head.std().item() == pytest.approx((1 / 64) ** 0.5, rel=0.1)
+    assert all(torch.count_nonzero(chunk.bias) == 0 for chunk in net.head.chunks)
+    torch.manual_seed(0)
+    default = build_model("resnet32", 3, 32, shortcut="A", last_relu=False)
+    default.add_classes(10)
+    assert default.backbone.stem[0].weight.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.1)  # fan_out
+    assert torch.count_nonzero(default.head.chunks[0].bias) > 0  # nn.Linear's default
+    assert "init" in _config_error("resnet32", 3, 32, init="he")
+
+
 @pytest.mark.parametrize("name,size", [("resnet20", 8), ("resnet20", 40), ("resnet18", 8), ("resnet47b", 12)])
 def test_resnets_any_image_size_and_grey(name: str, size: int) -> None:
     net = build_model(name, 1, size).eval()

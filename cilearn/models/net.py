@@ -8,6 +8,15 @@ from torch import Tensor, nn
 from .mlp import xavier_uniform_zero_bias
 
 
+def he_normal_gain1_zero_bias(layer: nn.Module) -> None:
+    """iCaRL's classifier initialisation (Theano code; Avalanche's ``initialize_icarl_net``): weights
+    N(0, 1/fan_in) (He-normal, fan_in, gain 1: the sigmoid's gain), biases 0.  Row-wise, so a chunk of a
+    larger layer gets the same distribution as the whole layer."""
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="sigmoid")
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+
+
 class IncrementalHead(nn.Module):
     """Classifier made of one Linear chunk per task, outputs concatenated; growing keeps old weights.
 
@@ -89,8 +98,11 @@ class IncrementalNet(nn.Module):
         """Add ``k`` outputs (a chunk).  ``layer_outputs``: the outputs of the whole layer the chunks form (a full
         head's every class), which the Xavier bound of an MLP initialised as Mammoth's counts."""
         self.head.grow(k)
-        if getattr(self.backbone, "init", "default") == "xavier_uniform":
+        init = getattr(self.backbone, "init", "default")
+        if init == "xavier_uniform":
             xavier_uniform_zero_bias(self.head.chunks[-1], layer_outputs)
+        elif init == "icarl":
+            he_normal_gain1_zero_bias(self.head.chunks[-1])
 
     @property
     def num_classes(self) -> int:

@@ -33,6 +33,10 @@ class ResNetOptions:
         "B", help="A: zero-padding identity, no parameters (iCaRL's ResNet); B: 1x1 conv + BN projection")
     last_relu: bool = option(True, help="true: ReLU after the last block (features >= 0); false: none there, "
                                         "signed features (iCaRL's ResNet)")
+    init: Literal["torchvision", "icarl"] = option(
+        "torchvision", help="torchvision: convs He-normal fan_out, the head PyTorch's Linear default; icarl: convs "
+                            "He-normal fan_in and the head He-normal (gain 1) with zero biases, as iCaRL's Theano "
+                            "code and Avalanche's initialize_icarl_net")
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -52,6 +56,9 @@ class AnyDepthOptions:
     width: float = option(1.0, help="channel multiplier (> 0)")
     shortcut: Literal["A", "B"] = option("B", help="A: zero-padding identity; B: 1x1 conv + BN projection")
     last_relu: bool = option(True, help="ReLU after the last block")
+    init: Literal["torchvision", "icarl"] = option(
+        "torchvision", help="torchvision: convs He-normal fan_out; icarl: He-normal fan_in, head He-normal, "
+                            "zero biases")
 
     def __post_init__(self) -> None:
         ResNetOptions.__post_init__(self)  # type: ignore[arg-type]  (the same width rule)
@@ -91,7 +98,7 @@ def _cifar(depth: int | None, block: str | None = None):
         chosen_depth = depth or opts.depth
         check_depth(chosen_depth, chosen_block)
         return cifar_resnet(chosen_depth, chosen_block, in_channels, width=opts.width, shortcut=opts.shortcut,
-                            last_relu=opts.last_relu)
+                            last_relu=opts.last_relu, init=opts.init)
 
     return make
 
@@ -99,7 +106,7 @@ def _cifar(depth: int | None, block: str | None = None):
 def _imagenet(block: str, blocks: list[int]):
     def make(in_channels: int, image_size: int, opts: ResNetOptions) -> nn.Module:
         return imagenet_resnet(block, blocks, in_channels, width=opts.width, shortcut=opts.shortcut,
-                               last_relu=opts.last_relu)
+                               last_relu=opts.last_relu, init=opts.init)
 
     return make
 

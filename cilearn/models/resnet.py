@@ -25,9 +25,12 @@ the sum without the ReLU; the global average pool of that sum is the 64-d featur
 nearest-mean classifier use.  Known remaining differences from that code: its convs are initialised
 He-normal with fan_in (here fan_out, as torchvision), its BatchNorm uses eps 1e-4 (here 1e-5), and its
 100-output sigmoid layer is He-normal initialised (here the head is cilearn's default ``nn.Linear``).
+``init="icarl"`` removes the two initialisation differences: convs He-normal with fan_in (ReLU gain) and the
+classifier He-normal with gain 1 and zero biases (what Avalanche's ``initialize_icarl_net`` does too).
 
 Bottleneck blocks put the stride on the 3x3 conv (the torchvision "v1.5" variant).  Convs use
-Kaiming-normal init (fan_out, ReLU gain, as torchvision does); BatchNorm weight 1, bias 0.  All spatial
+Kaiming-normal init (fan_out, ReLU gain, as torchvision does; fan_in with ``init="icarl"``); BatchNorm weight 1,
+bias 0.  All spatial
 reductions use padded stride-2 convs and the features come from global average pooling, so any image
 size works as long as the registry's minimum is met; nothing calls ``.view``, so ``channels_last``
 inputs are fine.
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SHORTCUTS = ("A", "B")
+INITS = ("torchvision", "icarl")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -147,8 +151,12 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         shortcut: str = "B",
         last_relu: bool = True,
+        init: str = "torchvision",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init  # IncrementalNet reads it to initialise the classifier chunks it adds
         if len(blocks_per_stage) != len(stage_planes):
             raise ValueError("blocks_per_stage and stage_planes must have the same length")
         if shortcut not in SHORTCUTS:
@@ -176,7 +184,8 @@ class ResNet(nn.Module):
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                mode = "fan_in" if self.init == "icarl" else "fan_out"
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -205,7 +214,7 @@ BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "
 
 
 def cifar_resnet(depth: int, block: str = "basic", in_channels: int = 3, width: float = 1.0,
-                 shortcut: str = "B", last_relu: bool = True) -> ResNet:
+                 shortcut: str = "B", last_relu: bool = True, init: str = "torchvision") -> ResNet:
     """CIFAR ResNet; ``depth`` must already be valid for ``block`` (the registry checks it).
     ``cifar_resnet(32, shortcut="A", last_relu=False)`` is iCaRL's ResNet-32."""
     block_cls = BLOCKS[block]
@@ -213,14 +222,14 @@ def cifar_resnet(depth: int, block: str = "basic", in_channels: int = 3, width: 
     n = (depth - 2) // (3 * layers_per_block)
     planes = [_scaled(c, width) for c in (16, 32, 64)]
     return ResNet(block_cls, [n, n, n], planes, stem_channels=planes[0], in_channels=in_channels,
-                  shortcut=shortcut, last_relu=last_relu)
+                  shortcut=shortcut, last_relu=last_relu, init=init)
 
 
 def imagenet_resnet(
     block: str, blocks_per_stage: Sequence[int], in_channels: int = 3, width: float = 1.0,
-    shortcut: str = "B", last_relu: bool = True,
+    shortcut: str = "B", last_relu: bool = True, init: str = "torchvision",
 ) -> ResNet:
     """ImageNet ResNet for 32x32 inputs: 3x3 stride-1 stem, no max-pool."""
     planes = [_scaled(c, width) for c in (64, 128, 256, 512)]
     return ResNet(BLOCKS[block], blocks_per_stage, planes, stem_channels=planes[0], in_channels=in_channels,
-                  shortcut=shortcut, last_relu=last_relu)
+                  shortcut=shortcut, last_relu=last_relu, init=init)
