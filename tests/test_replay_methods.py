@@ -5,6 +5,7 @@ re-initialised and trained on the memory only)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -248,6 +249,31 @@ def test_er_ace_follows_the_authors_code_on_a_full_head(scenario):
     assert loss.item() == pytest.approx(stream_ce + replay_ce, rel=1e-6)
 
 
+def test_er_ace_forwards_stream_and_replay_separately_as_the_authors(scenario):
+    """pclucas14/AML: process_inc and process_re each run the network on their own batch.  On a BatchNorm MLP
+    (training mode) the default gives each half the logits of the network run on that half alone, and the running
+    statistics take two updates; forward_passes: joint normalises the two together (one update)."""
+    outputs = {}
+    for passes in ("separate", "joint"):
+        method = make_method(scenario, "er_ace", buffer_size=20, forward_passes=passes)
+        method.model = build_model("mlp", 1, 8, hidden=[16], batchnorm=True)
+        start(method, scenario[0])
+        method.model.train()
+        stream = stream_batch(method, scenario[0], np.arange(4))
+        stream.replay = stream_batch(method, scenario[0], np.arange(4, 10))
+        reference = copy.deepcopy(method.model)
+        out = method.forward(stream)
+        assert out.logits.shape == (10, method.model.num_classes)
+        outputs[passes] = (out, reference, method.model)
+    (out, reference, model), (joint, _, joint_model) = outputs["separate"], outputs["joint"]
+    by_hand = torch.cat([reference(stream.inputs), reference(stream.replay.inputs)])
+    assert torch.allclose(out.logits, by_hand, atol=1e-6)
+    assert not torch.allclose(joint.logits, by_hand, atol=1e-3)  # the two batches' statistics differ
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    joint_bn = next(m for m in joint_model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert bn.num_batches_tracked.item() == 2 and joint_bn.num_batches_tracked.item() == 1
+
+
 def test_er_ace_masks_the_stream_softmax_to_the_classes_in_the_batch(scenario):
     method = make_method(scenario, "er_ace", buffer_size=20, classification_outputs="seen")
     start(method, scenario[0])
@@ -306,10 +332,11 @@ def test_er_ace_run_folders_written_before_the_head_option_keep_the_linear_head(
     run = Run(parse_config(raw), tmp_path / "old")
     run.execute()
     stored = load_yaml(tmp_path / "old" / "config.yaml")
-    del stored["method"]["head"]  # as 0.2 wrote it
+    del stored["method"]["head"], stored["method"]["forward_passes"]  # as 0.2 wrote it
     write_yaml(tmp_path / "old" / "config.yaml", stored)
     assert parse_config(stored).method.head == "cosine"
     assert parse_stored_config(stored).method.head == "linear"
+    assert parse_stored_config(stored).method.forward_passes == "joint"  # 0.2's one forward pass
     model, _, _ = load_run_model(tmp_path / "old", 1)  # the linear checkpoint loads into the rebuilt head
     x = torch.rand(3, 1, 8, 8)
     run.model.eval()

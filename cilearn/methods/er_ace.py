@@ -24,12 +24,14 @@ no bias, the scale fixed; the weights drawn as ``nn.Linear``'s (U(±1/√in)).  
 linear head (cilearn 0.2; a run folder whose config.yaml does not name ``head`` was written then, and resumes
 with it).  Seq-MNIST (README "Methods on Seq-MNIST", seeds 0-2): cosine 85.0 ± 0.6, linear 83.4 ± 1.6.
 
-Departure from the authors' code: they pass the stream batch and the replayed one through the network separately
-(``process_inc``, ``process_re``, one optimizer step on the sum of the two losses), where cilearn makes one
-forward pass over both.  Only layers that mix the samples of a batch can tell the two apart: with BatchNorm the
-batch statistics differ (theirs: each batch its own; here: the two together).  The Seq-MNIST MLP (Linear + ReLU)
-and the cosine head (each row normalised alone) have none, so there each logit, and the gradient of the summed
-loss, is the same function of the parameters either way (up to floating-point summation order).
+Forward passes (``forward_passes``): the authors pass the stream batch and the replayed one through the network
+separately (``process_inc``, ``process_re``; one optimizer step on the sum of the two losses), which is the default
+here (``separate``); ``joint`` makes one forward pass over both (cilearn 0.2, and what the other replay methods
+do).  Only layers that mix the samples of a batch can tell the two apart: with BatchNorm in training mode each
+pass normalises with its own batch's statistics and updates the running statistics once per pass, as theirs
+does.  The Seq-MNIST MLP (Linear + ReLU) and the cosine head (each row normalised alone) have none, so there each
+logit, and the gradient of the summed loss, is the same function of the parameters either way (up to
+floating-point summation order).
 """
 
 from __future__ import annotations
@@ -51,7 +53,12 @@ class ERACEOptions(BufferOptions):
     head: Literal["cosine", "linear"] = option(
         "cosine", help="cosine: logits 10·cos(features, class weight), no bias, the scale fixed (the authors' "
                        "distLinear, pclucas14/AML model.py); linear: the model's linear head (cilearn 0.2)")
-    absent_from_old_runs: ClassVar[dict] = {"head": "linear"}  # 0.2's run folders: the linear head
+    forward_passes: Literal["separate", "joint"] = option(
+        "separate", help="separate: the stream batch and the replayed one through the network one after the other "
+                         "(the authors' process_inc / process_re; BatchNorm sees each batch alone); joint: one "
+                         "forward pass over both (cilearn 0.2)")
+    # 0.2's run folders (config.yaml without these keys): the linear head, one joint forward pass
+    absent_from_old_runs: ClassVar[dict] = {"head": "linear", "forward_passes": "joint"}
 
 
 def present_class_mask(labels: torch.Tensor, num_outputs: int, distributed=None) -> torch.Tensor:
@@ -82,6 +89,13 @@ class ERACE(BufferMethod):
     def __init__(self, options, model, context):
         super().__init__(options, model, context)
         self.largest_seen = -1  # the largest label of the stream so far (the authors' seen_so_far.max())
+
+    def forward(self, batch: Batch) -> Output:
+        if self.options.forward_passes == "joint" or batch.replay is None:
+            return super().forward(batch)
+        # The head acts row by row (linear or cosine), so one call on the two passes' features is the same as two.
+        features = torch.cat([self.model.features(batch.inputs), self.model.features(batch.replay.inputs)])
+        return Output(features, self.model.head(features))
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         n = len(batch)
