@@ -1,6 +1,8 @@
 """`cilearn bench` on tiny settings: it runs and writes every figure; timings are never asserted."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,18 @@ def test_projection_of_the_cifar100_icarl_protocol():
     assert projection["training_images"] == 4_760_000
     assert abs(projection["training_hours"] - 1.0) < 1e-9
     assert project_icarl_cifar100([{"method": "finetune", "train_images_per_second": 1.0}]) is None
+
+
+def test_seed_spread_script_reads_run_folders_and_tests_the_variance_ratio(tmp_path):
+    """benchmarks/seed_spread.py: per-task means over seeds from metrics.json, and the F test of two groups'
+    variances (here 4 and 1, F(2, 2): p = 2 · (1 - F_cdf(4)) = 2 / (1 + 4) = 0.4 by hand)."""
+    for seed, average in enumerate((0.50, 0.52, 0.54)):
+        folder = tmp_path / "runs" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        entry = {"seen_accuracy": [0.9, average], "average_incremental_accuracy": average}
+        (folder / "metrics.json").write_text(json.dumps({"complete": True, "seed": seed,
+                                                         "classifiers": {"nme": entry}}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/seed_spread.py"), f"a={tmp_path}/runs/seed*",
+                          "--values", "b=51,52,53"], capture_output=True, text=True, check=True).stdout
+    assert "after task 2:  50.0  52.0  54.0   mean  52.0 ±  2.0" in out
+    assert "variance ratio a/b = 4.00 (std ratio 2.00), F(2, 2) two-sided p = 0.400" in out
