@@ -45,7 +45,7 @@ from ..losses import classification_loss
 from ..models.heads import CosineHead
 from ..schema import option
 from .base import Batch, Output
-from .parts.components import BufferMethod, BufferOptions
+from .parts.components import BufferMethod, BufferOptions, forward_with_replay
 
 
 @dataclasses.dataclass
@@ -91,11 +91,7 @@ class ERACE(BufferMethod):
         self.largest_seen = -1  # the largest label of the stream so far (the authors' seen_so_far.max())
 
     def forward(self, batch: Batch) -> Output:
-        if self.options.forward_passes == "joint" or batch.replay is None:
-            return super().forward(batch)
-        # The head acts row by row (linear or cosine), so one call on the two passes' features is the same as two.
-        features = torch.cat([self.model.features(batch.inputs), self.model.features(batch.replay.inputs)])
-        return Output(features, self.model.head(features))
+        return forward_with_replay(self.model, batch, separate=self.options.forward_passes == "separate")
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
         n = len(batch)

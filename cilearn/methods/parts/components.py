@@ -255,11 +255,16 @@ class BufferOptions(StepReplayOptions):
                                                              "10, DER++ 128)")
 
 
-def forward_with_replay(model: torch.nn.Module, batch: Batch) -> Output:
-    """One forward pass over the stream batch and its replay minibatch: the stream rows first, then the
-    replayed ones (BatchNorm, if any, sees them together)."""
-    inputs = batch.inputs if batch.replay is None else torch.cat([batch.inputs, batch.replay.inputs])
-    features = model.features(inputs)
+def forward_with_replay(model: torch.nn.Module, batch: Batch, separate: bool = False) -> Output:
+    """The stream batch and its replay minibatch through the network, the stream rows first, then the replayed
+    ones: one forward pass (BatchNorm, if any, sees them together) or, with ``separate``, one pass each (BatchNorm
+    sees each alone).  The head acts row by row, so it runs once on the concatenated features either way."""
+    if batch.replay is None:
+        features = model.features(batch.inputs)
+    elif separate:
+        features = torch.cat([model.features(batch.inputs), model.features(batch.replay.inputs)])
+    else:
+        features = model.features(torch.cat([batch.inputs, batch.replay.inputs]))
     return Output(features, model.head(features))
 
 
