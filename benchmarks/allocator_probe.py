@@ -27,7 +27,9 @@ import sys
 import time
 
 SETTINGS = {"default": {}, "mmap_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
-            "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
+            "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"}, "mmap_4m_thp": {"MALLOC_MMAP_THRESHOLD_": "4194304", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "mmap_1m_thp": {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
 
 def probe(threads: int, steps: int, batch: int) -> dict:
