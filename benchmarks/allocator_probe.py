@@ -10,7 +10,8 @@ speed drifts).  The settings are glibc's environment variables:
 * ``mmap_128k``: ``MALLOC_MMAP_THRESHOLD_=131072`` fixes the threshold: every tensor over 128 KiB is its own
   mapping, returned to the system when freed (the peak is the live set), at the price of page faults on every
   new activation;
-* ``mmap_4m``: ``MALLOC_MMAP_THRESHOLD_=4194304``: only the tensors over 4 MiB (the first stages' activations).
+* ``mmap_1m`` / ``mmap_4m``: ``MALLOC_MMAP_THRESHOLD_=1048576`` / ``4194304``: only the tensors over 1 / 4 MiB;
+* ``arena_1``: ``MALLOC_ARENA_MAX=1``: one heap for all threads (whether the second thread's arena holds memory).
 
     python benchmarks/allocator_probe.py --threads 2 --steps 8 --rounds 2
 """
@@ -27,9 +28,8 @@ import sys
 import time
 
 SETTINGS = {"default": {}, "mmap_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
-            "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"}, "mmap_4m_thp": {"MALLOC_MMAP_THRESHOLD_": "4194304", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-            "mmap_1m_thp": {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-            "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+            "mmap_1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"}, "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
+            "arena_1": {"MALLOC_ARENA_MAX": "1"}}
 
 
 def probe(threads: int, steps: int, batch: int) -> dict:

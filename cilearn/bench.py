@@ -132,14 +132,18 @@ def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: 
     return {name: statistics.median(values[1:]) for name, values in timings.items()}
 
 
-def bare_steps(setup: dict, steps: int, device: str, precision: str) -> dict:
-    """The hardware line: every bare step the report compares against."""
+def bare_steps(setup: dict, steps: int, device: str, precision: str, unit_batch: int | None = None) -> dict:
+    """The hardware line: every bare step the report compares against.  ``unit_batch``: the batch of the
+    protocol's unit (wall × bare) when the run's own batch differs (a recipe at another batch is measured in the
+    protocol's unit, as the peers were), timed as ``unit_channels_last``."""
     common = dict(model_name=setup["model"], batch_size=setup["batch_size"], steps=steps, device=device,
                   image_size=setup["image_size"], channels=setup["channels"], model_options=setup["model_options"],
                   lr=setup["lr"], momentum=setup["momentum"], weight_decay=setup["weight_decay"])
     bare = {"default": bare_step_throughput(channels_last=False, **common),
             "channels_last": bare_step_throughput(channels_last=True, **common),
             "channels_last_with_teacher": bare_step_throughput(channels_last=True, teacher=True, **common)}
+    if unit_batch is not None and unit_batch != setup["batch_size"]:
+        bare["unit_channels_last"] = bare_step_throughput(channels_last=True, **{**common, "batch_size": unit_batch})
     if precision == "bf16":
         bare["bf16_channels_last"] = bare_step_throughput(channels_last=True, precision="bf16", **common)
         bare["bf16_channels_last_with_teacher"] = bare_step_throughput(channels_last=True, teacher=True,
@@ -265,6 +269,8 @@ def run_bench(args) -> dict:
 
     setups = [bench_setup(config, method_overrides(m)) for m in methods or [None]]  # every config checked first
     setup = {**setups[0], "image_size": args.image_size, "channels": args.channels}
+    # --protocol's unit is the protocol's own bare step (batch 128), whatever batch the config trains at
+    unit_batch = bench_setup(str(ROOT / PROTOCOL_CONFIG), [])["batch_size"] if args.protocol else None
     precision = setup["precision"]
     overrides.append(f"train.precision={precision}")  # the runs train in the precision the bare step was timed in
     report = {
@@ -279,7 +285,7 @@ def run_bench(args) -> dict:
     }
     log.info(f"bare {setup['model']} step, batch {setup['batch_size']}, {args.steps} steps on {device} "
              f"({precision}) ...")
-    results, bares = [], [bare_steps(setup, args.steps, device, precision)]
+    results, bares = [], [bare_steps(setup, args.steps, device, precision, unit_batch)]
     report["inference_images_per_second"] = inference_throughput(setup, device)
     if args.synthesis:
         log.info(f"exemplar synthesis: {args.synthesis_classes} classes x {args.synthesis_per_class} images, "
@@ -299,7 +305,7 @@ def run_bench(args) -> dict:
             log.info(f"end to end: {name}" + (f", seed {seed}" if seed is not None else "")
                      + f" (repeat {repeat + 1}/{args.repeat}) ...")
             result = _run_worker(spec, name)
-            bares.append(bare_steps(setup, args.steps, device, precision))
+            bares.append(bare_steps(setup, args.steps, device, precision, unit_batch))
             # The bare step right before and right after this run, averaged: the machine's speed drifts.
             bare = {k: (bares[-2][k] + bares[-1][k]) / 2 for k in bares[-1]}
             result["repeat"] = repeat + 1
@@ -309,7 +315,8 @@ def run_bench(args) -> dict:
             result["ratio_to_bare_with_teacher"] = (result["train_images_per_second"]
                                                     / bare["channels_last_with_teacher"])
             result["ratio_to_floor_same_precision"] = floor_ratio(result, bare)
-            result["wall_x_bare_images"] = result["wall_seconds"] * bare["channels_last"]
+            unit = bare.get("unit_channels_last", bare["channels_last"])
+            result["wall_x_bare_images"] = result["wall_seconds"] * unit
             outside = result["outside_gradient_steps_seconds"]
             result["eval_and_end_task_share"] = ((outside["eval_seconds"] + outside["end_task_seconds"])
                                                  / result["wall_seconds"])

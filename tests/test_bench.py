@@ -21,6 +21,7 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report["bare_step_images_per_second"]) == {"default", "channels_last", "channels_last_with_teacher"}
+    assert "unit_channels_last" not in report["bare_step_samples"][0]  # not --protocol: the config's own step
     assert len(report["bare_step_samples"]) == 2  # before and after the run
     inference = report["inference_images_per_second"]  # as trained at 256 and 128, folded at 128
     assert set(inference) == {"plain_batch_256", "plain_batch_128", "folded_batch_128"}
@@ -57,6 +58,24 @@ def test_protocol_runs_the_protocol_config_with_memory_per_phase(tmp_path, capsy
     assert 0 < result["eval_and_end_task_share"] < 1
     printed = capsys.readouterr().out
     assert "wall×bare" in printed and "peak RSS MiB per phase: data" in printed
+
+
+def test_protocol_unit_stays_the_protocols_bare_step_when_a_recipe_changes_the_batch(tmp_path):
+    """A recipe at batch 64 is still measured in the protocol's unit: wall × the bare step at the protocol's batch
+    (128), timed beside the run's own bare step, not × the batch-64 step the peers were never normalised by."""
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--protocol", *TINY, "--json", str(out), "--set", "data={name: digits}",
+                 "--set", "model={name: mlp, options: {hidden: [32]}}", "--set", "scenario.num_tasks=2",
+                 "--set", "train.epochs=1", "--set", "train.augment=none", "--set", "method.memory_size=40",
+                 "--set", "train.batch_size=64"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["bare_step"]["batch_size"] == 64
+    assert all("unit_channels_last" in sample for sample in report["bare_step_samples"])
+    (result,) = report["end_to_end"]
+    bare = result["bare_step_images_per_second"]
+    assert result["wall_x_bare_images"] == pytest.approx(result["wall_seconds"] * bare["unit_channels_last"])
+    assert bare["unit_channels_last"] != bare["channels_last"]  # two timings of two batches
 
 
 def test_seeds_run_once_each_and_give_mean_and_std(tmp_path, capsys):
