@@ -11,7 +11,8 @@ speed drifts).  The settings are glibc's environment variables:
   mapping, returned to the system when freed (the peak is the live set), at the price of page faults on every
   new activation;
 * ``mmap_1m`` / ``mmap_4m``: ``MALLOC_MMAP_THRESHOLD_=1048576`` / ``4194304``: only the tensors over 1 / 4 MiB;
-* ``arena_1``: ``MALLOC_ARENA_MAX=1``: one heap for all threads (whether the second thread's arena holds memory).
+* ``arena_1``: ``MALLOC_ARENA_MAX=1``: one heap for all threads (whether the second thread's arena holds memory);
+* ``jemalloc`` / ``tcmalloc``: the process run with another allocator (``LD_PRELOAD``), where one is installed.
 
     python benchmarks/allocator_probe.py --threads 2 --steps 8 --rounds 2
 """
@@ -19,6 +20,7 @@ speed drifts).  The settings are glibc's environment variables:
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import resource
@@ -30,6 +32,17 @@ import time
 SETTINGS = {"default": {}, "mmap_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
             "mmap_1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"}, "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
             "arena_1": {"MALLOC_ARENA_MAX": "1"}}
+# Other allocators, where installed (Debian: apt install libjemalloc2 libtcmalloc-minimal4), preloaded
+PRELOADS = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc_minimal"}
+
+
+def available_settings() -> dict[str, dict[str, str]]:
+    settings = dict(SETTINGS)
+    for name, library in PRELOADS.items():
+        found = ctypes.util.find_library(library)
+        if found:
+            settings[name] = {"LD_PRELOAD": found}
+    return settings
 
 
 def probe(threads: int, steps: int, batch: int) -> dict:
@@ -72,9 +85,10 @@ def main() -> int:
     if args.child:
         print(json.dumps(probe(args.threads, args.steps, args.batch)))
         return 0
-    results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    settings = available_settings()
+    results: dict[str, list[dict]] = {name: [] for name in settings}
     for _ in range(args.rounds):
-        for name, env in SETTINGS.items():
+        for name, env in settings.items():
             out = subprocess.run([sys.executable, __file__, "--child", "--threads", str(args.threads), "--steps",
                                   str(args.steps), "--batch", str(args.batch)], env={**os.environ, **env},
                                  capture_output=True, text=True, check=True)

@@ -276,7 +276,9 @@ def run_bench(args) -> dict:
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
-                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
+                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                    # another allocator (tcmalloc, jemalloc) changes peak memory and speed, never the numbers
+                    "ld_preload": os.environ.get("LD_PRELOAD") or None},
         "settings": {"config": config, "protocol": args.protocol, "methods": methods, "overrides": overrides,
                      "repeat": args.repeat, "seeds": args.seeds, "precision": precision,
                      "precision_note": setup["precision_note"],
@@ -402,7 +404,8 @@ def print_table(report: dict) -> None:
     bare = report["bare_step_images_per_second"]
     machine, settings = report["machine"], report["settings"]
     print(f"\nmachine: {machine['device']} {machine['gpu'] or ''} torch {machine['torch']}, "
-          f"{machine['torch_threads']} threads; precision {settings['precision']} ({settings['precision_note']})")
+          f"{machine['torch_threads']} threads; precision {settings['precision']} ({settings['precision_note']})"
+          + (f"; LD_PRELOAD={machine['ld_preload']}" if machine.get("ld_preload") else ""))
     line = (f"bare step (img/s, mean of {len(report['bare_step_samples'])} timings): default {bare['default']:.0f}, "
             f"channels_last {bare['channels_last']:.0f}, + frozen teacher forward "
             f"{bare['channels_last_with_teacher']:.0f}")

@@ -1,6 +1,7 @@
 """`cilearn bench` on tiny settings: it runs and writes every figure; timings are never asserted."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert set(report["bare_step_images_per_second"]) == {"default", "channels_last", "channels_last_with_teacher"}
     assert "unit_channels_last" not in report["bare_step_samples"][0]  # not --protocol: the config's own step
+    assert report["machine"]["ld_preload"] == (os.environ.get("LD_PRELOAD") or None)
     assert len(report["bare_step_samples"]) == 2  # before and after the run
     inference = report["inference_images_per_second"]  # as trained at 256 and 128, folded at 128
     assert set(inference) == {"plain_batch_256", "plain_batch_128", "folded_batch_128"}

@@ -474,6 +474,12 @@ def test_image_folder_directory_grey_and_cache(tmp_path: Path, cache: Path,
     assert again.test.labels.tolist() == ds.test.labels.tolist()
     # A relative path that is not under the current directory is looked up in the data root.
     assert len(load_dataset("image_folder", root=tmp_path, path="imgs").train) == 9
+    # The same folder spelled through '..' or a symbolic link reads the same cache file (no second decode).
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "imgs")
+    for spelling in (tmp_path / "sub" / ".." / "imgs", tmp_path / "link"):
+        assert np.array_equal(load_dataset("image_folder", path=spelling).train.images, ds.train.images)
+    assert len(list((cache / "image_folder").glob("*.npz"))) == 1
 
 
 def test_image_folder_tar_gz_with_wrapper_and_mixed_modes(tmp_path: Path, cache: Path) -> None:

@@ -312,7 +312,9 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
 # ---------------------------------------------------------------------------------------------
 
 def _cache_file(path: Path, kind: str, size: tuple[int, int] | None) -> Path:
-    """Cache file named by the sha1 of the source's absolute path, size and mtime (and options)."""
+    """Cache file named by the sha1 of the source's resolved path, size and mtime (and options): one file however
+    the path is spelled (``../shared/data`` or ``/work/shared/data``, a symbolic link or its target)."""
+    path = path.resolve()
     st = path.stat()
     signature: dict = {"version": _CACHE_VERSION, "path": str(path), "size": st.st_size,
                        "mtime_ns": st.st_mtime_ns, "image_size": size}
