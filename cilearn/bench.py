@@ -46,7 +46,7 @@ from .methods.parts.exemplars.deepinversion import DeepInversionBuilder, DeepInv
 from .methods.parts.memory import ClassPool
 from .models import build_model
 from .rundir import write_json
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, native_bf16, resolve_device, resolve_precision
 from .schema import to_dict
 
 log = get_logger(__name__)
@@ -106,7 +106,8 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
 def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: int = 5) -> dict:
     """Images per second of evaluation-mode feature extraction (``inference_mode``, channels_last) on random
     data: the network as trained at batch 256 (0.1's evaluation) and at the eval batch 128, and with its
-    BatchNorms folded (:func:`~cilearn.engine.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now.
+    BatchNorms folded (:func:`~cilearn.engine.evaluate.fold_batchnorm`) at 128, as evaluation and herding run now,
+    and that under bf16 autocast (``train.inference_precision: bf16``) where the device computes bf16 natively.
     Median of ``repeats`` timings, the variants interleaved (the machine's speed drifts)."""
 
 
@@ -119,6 +120,11 @@ def inference_throughput(setup: dict, device: str, images: int = 1024, repeats: 
     variants = {"plain_batch_256": (model.features, 256), "plain_batch_128": (model.features, 128)}
     if folded is not None:
         variants["folded_batch_128"] = (folded, 128)
+        if native_bf16(torch.device(device))[0]:
+            def folded_bf16(batch: torch.Tensor) -> torch.Tensor:
+                with autocast("bf16", torch.device(device)):
+                    return folded(batch)
+            variants["folded_batch_128_bf16"] = (folded_bf16, 128)
     timings: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first round warms up (discarded)
@@ -197,6 +203,7 @@ def worker(spec: dict) -> dict:
     return {
         "method": label,
         "precision": result.get("precision"),
+        "inference_precision": result.get("inference_precision"),
         "uses_teacher": bool(getattr(run.method, "teacher", None) is not None),
         "wall_seconds": wall,
         "train_seconds": timing["train_seconds"],
@@ -405,7 +412,9 @@ def print_table(report: dict) -> None:
     machine, settings = report["machine"], report["settings"]
     print(f"\nmachine: {machine['device']} {machine['gpu'] or ''} torch {machine['torch']}, "
           f"{machine['torch_threads']} threads; precision {settings['precision']} ({settings['precision_note']})"
-          + (f"; LD_PRELOAD={machine['ld_preload']}" if machine.get("ld_preload") else ""))
+          + (f"; LD_PRELOAD={machine['ld_preload']}" if machine.get("ld_preload") else "")
+          + "".join(sorted({f"; inference in {r['inference_precision']}" for r in report["end_to_end"]
+                            if r.get("inference_precision") not in (None, settings["precision"])})))
     line = (f"bare step (img/s, mean of {len(report['bare_step_samples'])} timings): default {bare['default']:.0f}, "
             f"channels_last {bare['channels_last']:.0f}, + frozen teacher forward "
             f"{bare['channels_last_with_teacher']:.0f}")

@@ -98,24 +98,26 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
 
 def resolve_precision(requested: str, device: torch.device,
-                      detect: Callable[[torch.device], tuple[bool, str]] | None = None) -> tuple[str, str]:
+                      detect: Callable[[torch.device], tuple[bool, str]] | None = None,
+                      setting: str = "train.precision") -> tuple[str, str]:
     """``train.precision`` → ("fp32" or "bf16", a one-line note on why).  The one place where ``auto`` is
     decided: bf16 where the device computes it natively, else fp32; an explicit ``bf16`` is honoured on any
     device (emulated where there is no native support, with a warning: correct but slow).  ``detect``
-    replaces the hardware check (default :func:`native_bf16`), so that either path can be tested on any CPU."""
+    replaces the hardware check (default :func:`native_bf16`), so that either path can be tested on any CPU;
+    ``setting`` names the option in messages."""
     if requested == "fp32":
         return "fp32", "fp32 as configured"
     if requested not in ("auto", "bf16"):
-        raise ConfigError(f"train.precision: '{requested}' is not a precision; use fp32, bf16 or auto.")
+        raise ConfigError(f"{setting}: '{requested}' is not a precision; use fp32, bf16 or auto.")
     fast, why = (detect or native_bf16)(device)
     if requested == "bf16":
         if not fast:
-            log.warning(f"train.precision bf16 on {device}: {why}; training will be slower than fp32.")
+            log.warning(f"{setting} bf16 on {device}: {why}; it will be slower than fp32.")
         return "bf16", f"bf16 as configured ({why})"
     if fast:
         return "bf16", f"auto: bf16 ({why})"
     note = f"auto: fp32 ({why})"
-    log.info(f"train.precision {note}")
+    log.info(f"{setting} {note}")
     return "fp32", note
 
 

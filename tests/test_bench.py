@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from cilearn.bench import PHASES, aggregate, floor_ratio, project_icarl_cifar100
+from cilearn import bench
+from cilearn.bench import PHASES, aggregate, floor_ratio, inference_throughput, project_icarl_cifar100
 from cilearn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--image-size", "8", "--channels", "1", "--steps", "2", "--threads", "1"]
 
 
-def test_bench_smoke_writes_json(tmp_path, capsys):
+def test_bench_smoke_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "native_bf16", lambda device: (False, "test: no bf16"))  # the same keys on every CPU
     out = tmp_path / "bench.json"
     code = main(["bench", "--config", str(ROOT / "configs/quickstart.yaml"), *TINY, "--methods", "finetune",
                  "--json", str(out), "--set", "train.epochs=1", "--set", "scenario.num_tasks=2"])
@@ -37,6 +39,17 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     assert not result["uses_teacher"] and result["precision"] == "fp32"
     printed = capsys.readouterr().out
     assert "÷ floor" in printed and "inference (img/s, median of 5): plain batch 256" in printed
+
+
+def test_inference_timing_adds_bf16_where_the_device_has_it(monkeypatch):
+    """The bf16 inference row (train.inference_precision: bf16) is timed only where bf16 is native; the
+    detection is injected, so both answers are exercised on any CPU (emulated bf16 is slow but runs)."""
+    setup = {"model": "mlp", "channels": 1, "image_size": 8, "model_options": {"hidden": [16]}}
+    for native, expected in ((False, set()), (True, {"folded_batch_128_bf16"})):
+        monkeypatch.setattr(bench, "native_bf16", lambda device, native=native: (native, "test"))
+        timed = inference_throughput(setup, "cpu", images=256, repeats=1)
+        assert set(timed) - {"plain_batch_256", "plain_batch_128", "folded_batch_128"} == expected
+        assert all(v > 0 for v in timed.values())
 
 
 def test_protocol_runs_the_protocol_config_with_memory_per_phase(tmp_path, capsys):

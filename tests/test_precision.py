@@ -186,3 +186,33 @@ def test_an_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision"):
         parse_config({"data": {"name": "digits"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
                       "scenario": {"classes_per_task": 2}, "train": {"precision": "fp16"}})
+
+
+def test_bf16_inference_with_fp32_training_leaves_the_training_as_it_was(tmp_path):
+    """train.inference_precision bf16: evaluation and feature extraction in bf16, the gradient steps in fp32 —
+    a fine-tuning run (whose training never reads an inference result) ends with the same weights to the bit
+    as the all-fp32 run; the inference is bf16's, and both run.json and metrics.json say what ran."""
+    def run(out, **train):
+        raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "num_tasks": 2},
+               "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": {"name": "finetune"},
+               "train": {"epochs": 1, "batch_size": 32, "progress": False, "precision": "fp32", **train},
+               "output": {"save_checkpoints": False, "save_features": False}}
+        r = Run(parse_config(raw), tmp_path / out)
+        return r, r.execute()
+
+    plain, plain_metrics = run("fp32")
+    mixed, mixed_metrics = run("mixed", inference_precision="bf16")
+    for a, b in zip(plain.model.state_dict().values(), mixed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (mixed.trainer.precision, mixed.inference.precision) == ("fp32", "bf16")
+    assert plain.inference.precision == "fp32"
+    images = mixed.scenario[0].test.images
+    features = mixed.inference(images)[0]
+    assert torch.equal(features, Inference(mixed.model, mixed.augment, CPU, 128, "bf16")(images)[0])
+    assert not torch.equal(features, Inference(mixed.model, mixed.augment, CPU, 128, "fp32")(images)[0])
+    assert (mixed_metrics["precision"], mixed_metrics["inference_precision"]) == ("fp32", "bf16")
+    assert plain_metrics["inference_precision"] == "fp32"
+    assert json.loads((tmp_path / "mixed/run.json").read_text())["inference_precision"] == "bf16"
+    with pytest.raises(Exception, match="inference_precision"):
+        parse_config({"data": {"name": "digits"}, "method": {"name": "finetune"},
+                      "model": {"name": "mlp"}, "train": {"inference_precision": "fp16"}})

@@ -42,9 +42,11 @@ class Recorder:
     """The epoch rows (``log.csv``), the evaluation of every finished task (``history``) and the time spent in
     each phase; ``metrics.json`` is built from them.  ``primary``: the method's primary classifier."""
 
-    def __init__(self, files: RunDir, cfg: Config, scenario: Scenario, label: str, precision: str, primary: str,
+    def __init__(self, files: RunDir, cfg: Config, scenario: Scenario, label: str, precision: str,
+                 inference_precision: str, primary: str,
                  loggers: list[Logger], meter: PhaseMeter):
         self.files, self.cfg, self.scenario, self.label, self.precision = files, cfg, scenario, label, precision
+        self.inference_precision = inference_precision
         # In task-incremental scenarios the headline is the head's accuracy with task ids (task-aware); the
         # task-agnostic one stays beside it under ``classifiers``.
         self.primary = "head_task_aware" if primary == "head" and scenario.task_incremental else primary
@@ -192,6 +194,7 @@ class Recorder:
             "tasks_done": len(self.history),
             "classes_per_step": [len(h["seen_classes"]) for h in self.history],
             "precision": self.precision,
+            "inference_precision": self.inference_precision,
             "classifier": self.primary,
             "headline_accuracy": headline,
             "spread": self.cfg.output.spread,
@@ -216,7 +219,7 @@ class Recorder:
             "dataset": scenario.dataset_name, "kind": scenario.kind, "task_incremental": scenario.task_incremental,
             "class_names": list(scenario.class_names), "class_order": [int(c) for c in scenario.class_order],
             "image_shape": list(scenario.image_shape), "mean": list(scenario.mean), "std": list(scenario.std),
-            "augment": cfg.train.augment, "precision": self.precision,
+            "augment": cfg.train.augment, "precision": self.precision, "inference_precision": self.inference_precision,
             "model": cfg.model.name, "method": cfg.method.name, "label": self.label,
             "seed": cfg.seed, "tasks": [{"name": t.name, "new_classes": [int(c) for c in t.new_classes]}
                                         for t in scenario]})

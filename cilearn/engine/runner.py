@@ -53,13 +53,14 @@ class Run:
         check_distributed_config(cfg.train, self.device)
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
         self.precision = self.resolved_precision()
+        self.inference_precision = self.resolved_inference_precision()
         with self.meter.phase("data"):
             self.scenario = scenario_from(cfg, self.data)
         self.model = model_from(cfg, self.scenario, self.device, self.distributed)
         self.augment = BatchAugment.from_mode(cfg.train.augment, self.scenario.mean, self.scenario.std,
                                               self.scenario.image_shape[2], cfg.train.channels_last)
         self.inference = Inference(self.model, self.augment, self.device, cfg.train.eval_batch_size,
-                                   self.precision, fold_batchnorm=cfg.train.fold_batchnorm,
+                                   self.inference_precision, fold_batchnorm=cfg.train.fold_batchnorm,
                                    distributed=self.distributed)
         context = MethodContext(scenario=self.scenario, device=self.device, seed=cfg.seed,
                                 infer=self.inference, augment=self.augment, build_model=self.build_model,
@@ -86,6 +87,14 @@ class Run:
             return recorded
         return resolve_precision(self.cfg.train.precision, self.device)[0]
 
+    def resolved_inference_precision(self) -> str:
+        """What evaluation and feature extraction run in: the training precision unless train.inference_precision
+        asks for another."""
+        requested = self.cfg.train.inference_precision
+        if requested == "same":
+            return self.precision
+        return resolve_precision(requested, self.device, setting="train.inference_precision")[0]
+
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised network of this run's architecture, on its device (no classes yet)."""
         return fresh_model(self.cfg, self.scenario, self.device)
@@ -94,7 +103,7 @@ class Run:
     @cached_property
     def recorder(self) -> Recorder:
         """The run's record (epoch rows, task history, timings), result files and loggers; after setup()."""
-        return Recorder(self.files, self.cfg, self.scenario, self.label, self.precision,
+        return Recorder(self.files, self.cfg, self.scenario, self.label, self.precision, self.inference_precision,
                         self.method.primary_classifier, self.loggers, self.meter)
 
     # --- checkpoints ---
