@@ -80,6 +80,9 @@ class TrainConfig:
     no_weight_decay: list[Literal["bias", "norm"]] = option(
         default_factory=list, help="parameters without weight decay: bias (every bias, normalisation shifts "
                                    "included), norm (normalisation scales); iCaRL's Theano code: [bias]")
+    clip_grad_value: float | None = option(
+        None, min=1e-12, help="clip every gradient element to [-v, v] after the backward pass, before the method's "
+                            "before_step and the optimizer step (null: no clipping; the DER paper's SI code: 1)")
     scheduler: Literal["multistep", "cosine", "warm_restarts", "constant"] = option(
         "multistep", help="cosine: from lr down to min_lr over the epochs; warm_restarts: cosine cycles of 1, 2, 4, "
                           "... epochs (SGDR)")

@@ -313,3 +313,23 @@ def test_optimizer_state_keep_carries_adagrads_sums_of_squares():
 def test_optimizer_state_reset_starts_every_task_fresh():
     trainer, model, _, _ = _two_tasks("reset")
     assert all(not trainer.optimizer.state[p] for p in model.parameters())
+
+
+def test_clip_grad_value_bounds_every_gradient_before_the_step(tmp_path):
+    """train.clip_grad_value v: each gradient element is clipped to [−v, v] before the step, so with plain SGD at
+    lr 1 no weight moves by more than v per step (one step here: the whole task in one batch); unclipped, the
+    same first step moves some weight by more."""
+    from helpers import make_run
+
+    def first_step(**train):
+        run = make_run(tmp_path / str(len(train)), {"name": "finetune"}, num_tasks=1,
+                       train={"lr": 1.0, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 4096, **train})
+        before = [p.detach().clone() for p in run.model.backbone.parameters()]
+        run.execute()
+        return max((p.detach() - b).abs().max().item() for p, b in zip(run.model.backbone.parameters(), before))
+
+    assert first_step(clip_grad_value=1e-3) == pytest.approx(1e-3, rel=1e-4)  # the largest gradients hit the bound
+    assert first_step() > 2e-3
+    with pytest.raises(ConfigError, match="clip_grad_value"):
+        parse_config({"data": {"name": "digits"}, "method": {"name": "finetune"}, "model": {"name": "mlp"},
+                      "train": {"clip_grad_value": 0}})

@@ -131,6 +131,46 @@ def test_si_integrates_the_task_gradient_without_the_penalty(scenario):
     assert method.path["head.chunks.0.weight"][0, 0].item() == pytest.approx(0.7, rel=1e-5)
 
 
+def test_si_path_gradient_total_is_mammoths_lr_times_the_squared_total_gradient(scenario):
+    """The DER paper's code (Mammoth 2020, models/si.py): ``small_omega += lr · g²`` with g the gradient of the
+    whole objective, penalty included; under plain SGD that is ``−g·Δθ`` with the total gradient."""
+    method = make(scenario, "si", si_c=2.0, xi=0.01, path_gradient="total")
+    start(method, scenario[0])
+    optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
+    grad = torch.zeros(2, 3)
+    grad[0, 0] = 1.0
+    for _ in range(3):
+        sgd_step(method, optimizer, {"head.chunks.0.weight": grad})
+    method.end_task(scenario[0], scenario[0].train)  # no penalty yet: Ω[0, 0] = 0.3 / (0.09 + 0.01) = 3 as above
+    start(method, scenario[1])
+    weight = dict(method.model.named_parameters())["head.chunks.0.weight"]
+    with torch.no_grad():
+        weight[0, 0] += 0.5
+    total = torch.zeros(2, 3)
+    total[0, 0] = 1.0 + 6.0  # the task's 1 + the penalty's 2cΩΔ = 6
+    sgd_step(method, optimizer, {"head.chunks.0.weight": total})
+    assert method.path["head.chunks.0.weight"][0, 0].item() == pytest.approx(0.1 * 7.0 ** 2, rel=1e-5)
+
+
+def test_si_classification_outputs_all_covers_the_classes_not_seen_yet(scenario):
+    method = make(scenario, "si", classification_outputs="all")
+    method.grow_head(scenario[0])
+    assert method.model.num_classes == 4  # every class's output from the first task
+    method.begin_task(scenario[0])
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+    labels = torch.tensor([0])
+    zeros = torch.zeros(1, dtype=torch.long)
+    batch = Batch(torch.zeros(1, 3), torch.zeros(1, 3, 1, 1, dtype=torch.uint8), labels, zeros, zeros)
+    loss = method.loss(Output(torch.zeros(1, 3), logits), batch)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    seen = make(scenario, "si")
+    seen.grow_head(scenario[0])
+    seen.begin_task(scenario[0])
+    assert seen.model.num_classes == 2
+    loss = seen.loss(Output(torch.zeros(1, 3), logits[:, :2]), batch)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:, :2], labels).item())
+
+
 def test_si_on_a_real_run_gives_no_importance_to_a_pixel_that_is_always_zero(scenario):
     method = make(scenario, "si", si_c=0.1)
     start(method, scenario[0])

@@ -193,6 +193,7 @@ class Trainer:
         plan = self.plan(n, model)
         per_iteration = bool(cfg.iterations)  # the schedule's positions are iterations
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip = self.cfg.clip_grad_value
         forward, objective = self.stage.forward or method.forward, self.stage.loss or method.loss
         reduced = self.precision == "bf16"
         gathers = type(method).after_step is not Method.after_step  # under torchrun: after_step sees the whole batch
@@ -236,6 +237,8 @@ class Trainer:
                 loss.backward()
                 if dist is not None:
                     dist.average_gradients(parameters, len(batch), total)
+                if clip is not None:
+                    torch.nn.utils.clip_grad_value_(parameters, clip)
                 method.before_step(self.optimizer)
                 self.optimizer.step()
                 if dist is None or not gathers:

@@ -10,11 +10,19 @@ anchor ``θ*`` becomes the current weights.  Training adds ``c · Σ Ω (θ − 
 
 A parameter that never moved, or moved without changing the loss, gets no importance.  ``g`` is read in
 ``before_step`` as the full gradient minus the penalty's closed-form gradient ``2cΩ(θ − θ*)``.
+
+Two options reproduce the DER paper's code (Mammoth's ``models/si.py``, 2020), which departs from the authors':
+``path_gradient: total`` integrates the gradient of the whole objective, penalty included (Mammoth adds
+``lr · g²`` of the total, clipped gradient: the same as ``−g·Δθ`` under plain SGD), and ``classification_outputs:
+all`` gives the network every class's output from the first task with the cross-entropy over all of them
+(Mammoth's 10-output MLP; the penalty then also covers the outputs of classes not seen yet).  Mammoth also clips
+every gradient to [−1, 1]: ``train.clip_grad_value: 1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 
@@ -32,6 +40,12 @@ class SIOptions(MethodOptions):
     xi: float = option(1e-3, min=1e-12, help="ξ, damping of the importance's denominator (1e-3: the authors' split "
                                              "MNIST and split CIFAR; permuted MNIST 0.1; the DER paper's "
                                              "Seq-MNIST, SGD: 0.9)")
+    path_gradient: Literal["task_loss", "total"] = option(
+        "task_loss", help="the gradient the path integral ω takes: task_loss (without the penalty, as the authors' "
+                          "code) or total (the whole objective's, as the DER paper's code, Mammoth 2020)")
+    classification_outputs: Literal["seen", "all"] = option(
+        "seen", help="outputs the cross-entropy covers: seen (outputs added per task) or all (every class's output "
+                     "from the first task, the classes not seen yet included, as Mammoth's 10-output MLP)")
 
 
 class SI(Method):
@@ -42,6 +56,7 @@ class SI(Method):
 
     def __init__(self, options: SIOptions, model, context):
         super().__init__(options, model, context)
+        self.full_head = options.classification_outputs == "all" and not context.scenario.task_incremental
         self.quadratic = ImportancePenalty()
         self.path: dict[str, torch.Tensor] = {}   # ω: the running path integral of this task
         self.start: dict[str, torch.Tensor] = {}  # the weights as the task began
@@ -54,14 +69,18 @@ class SI(Method):
         self.start = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
-        loss = super().loss(out, batch)
+        if self.full_head:
+            loss = self.classification_loss(out.logits, batch.labels)
+        else:
+            loss = super().loss(out, batch)
         if self.quadratic and self.options.si_c > 0:
             loss = loss + self.options.si_c * self.quadratic(self.model)
         return loss
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
-        penalty = self.quadratic.gradient(self.model) if self.quadratic and self.options.si_c > 0 else {}
+        without_penalty = self.options.path_gradient == "task_loss" and self.quadratic and self.options.si_c > 0
+        penalty = self.quadratic.gradient(self.model) if without_penalty else {}
         self._step = []
         for name, param in self.model.named_parameters():
             if name in self.path and param.grad is not None:
