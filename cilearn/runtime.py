@@ -121,6 +121,20 @@ def resolve_precision(requested: str, device: torch.device,
     return "fp32", note
 
 
+def run_precisions(train, device: torch.device, recorded: str | None = None) -> tuple[str, str]:
+    """(training, inference) precision of a run: what ``train.precision`` means on this machine (config.yaml keeps
+    what the user wrote, ``auto`` stays ``auto``; run.json and metrics.json record what ran) — a resumed ``auto``
+    run keeps the precision it ``recorded`` when it started, even where auto would decide otherwise — and
+    ``train.inference_precision`` (``same``: the training one)."""
+    if train.precision == "auto" and recorded in ("fp32", "bf16"):
+        precision = recorded
+    else:
+        precision = resolve_precision(train.precision, device)[0]
+    if train.inference_precision == "same":
+        return precision, precision
+    return precision, resolve_precision(train.inference_precision, device, setting="train.inference_precision")[0]
+
+
 def autocast(precision: str, device: torch.device):
     """The context the network's forward passes run in: bf16 autocast (convolutions and matrix products
     in bf16, BatchNorm statistics and weights in fp32) or nothing."""

@@ -22,7 +22,7 @@ from ..errors import TrainingDiverged
 from ..loggers import make_loggers
 from ..methods import MethodContext
 from ..rundir import RunDir, check_fresh
-from ..runtime import configure_torch, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+from ..runtime import configure_torch, resolve_device, rng_state, run_precisions, seed_everything, set_rng_state
 from .assembly import fresh_model, method_from, model_from, scenario_from
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore, resume_point
 from .evaluate import Evaluator, Inference
@@ -52,8 +52,7 @@ class Run:
         configure_torch(cfg.train, self.device)
         check_distributed_config(cfg.train, self.device)
         self.distributed = Distributed.from_environment(self.device, cfg.train.dist_timeout)
-        self.precision = self.resolved_precision()
-        self.inference_precision = self.resolved_inference_precision()
+        self.precision, self.inference_precision = self.resolved_precision()
         with self.meter.phase("data"):
             self.scenario = scenario_from(cfg, self.data)
         self.model = model_from(cfg, self.scenario, self.device, self.distributed)
@@ -78,22 +77,10 @@ class Run:
         self.loggers = make_loggers(cfg.output.loggers)  # csv, tensorboard, wandb: checked here, started in execute
         self.ready = True
 
-    def resolved_precision(self) -> str:
-        """fp32 or bf16: what train.precision means on this machine.  config.yaml keeps what the user wrote
-        (auto stays auto); run.json and metrics.json record what ran.  A resumed run keeps the precision it
-        started in, even on a machine where auto would decide otherwise."""
+    def resolved_precision(self) -> tuple[str, str]:
+        """(training, inference) precision on this machine; a resumed run keeps the one it started in."""
         recorded = (self.files.read_info() or {}).get("precision") if self.files.info.is_file() else None
-        if self.cfg.train.precision == "auto" and recorded in ("fp32", "bf16"):
-            return recorded
-        return resolve_precision(self.cfg.train.precision, self.device)[0]
-
-    def resolved_inference_precision(self) -> str:
-        """What evaluation and feature extraction run in: the training precision unless train.inference_precision
-        asks for another."""
-        requested = self.cfg.train.inference_precision
-        if requested == "same":
-            return self.precision
-        return resolve_precision(requested, self.device, setting="train.inference_precision")[0]
+        return run_precisions(self.cfg.train, self.device, recorded)
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised network of this run's architecture, on its device (no classes yet)."""
