@@ -12,7 +12,10 @@
   the ``t``-th fine class of every superclass (fine classes in label order, or shuffled per run seed
   with ``fine_order: seed``);
 - ``{stream: buckets}``: one experience per bucket (year) of a dataset that carries bucket indices,
-  e.g. the ``clear`` dataset (CLEAR-10-style folders, see :mod:`cilearn.data.clear`).
+  e.g. the ``clear`` dataset (CLEAR-10-style folders, see :mod:`cilearn.data.clear`);
+- ``{stream: split, classes_per_task: 2, class_order: vandeven}``: experience ``t`` brings the classes at
+  positions ``t·k .. t·k + k − 1`` of the class order, each labelled by its position within the experience
+  (van de Ven & Tolias's Domain-IL split MNIST: "first or second digit of the task?", k labels in all).
 
 Rotated and permuted streams accept ``train_samples``: each experience then trains on its own seeded
 random subset of that many training images (disjoint while the data lasts), to keep runs small.
@@ -69,6 +72,15 @@ class BucketsOptions:
     num_tasks: int | None = option(None, min=1, help="use only the first buckets")
 
 
+
+
+@dataclasses.dataclass
+class SplitOptions:
+    stream: str = option(help="split")
+    classes_per_task: int = option(2, min=1, help="classes per experience = the labels of the stream")
+    class_order: str | list[int] = option("sorted", help="order of the dataset's classes, as scenario.class_order "
+                                                        "('vandeven': van de Ven & Tolias's order for the run seed)")
+    num_tasks: int | None = option(None, min=1, help="experiences (default: all the order fills)")
 
 
 # --- image transforms ---------------------------------------------------------------------------------
@@ -196,6 +208,32 @@ def _buckets(opts: BucketsOptions, splits: DatasetSplits, seed: int):
             for b in range(count)]
 
 
+def _split_by_position(opts: SplitOptions, splits: DatasetSplits, seed: int):
+    from .scenarios import resolve_class_order  # the scenarios module builds on this one
+
+    k = opts.classes_per_task
+    order = resolve_class_order(opts.class_order, splits.num_classes, seed)
+    available = len(order) // k
+    count = available if opts.num_tasks is None else opts.num_tasks
+    if count > available or available == 0:
+        need = k * max(count, 1)
+        raise ConfigError(f"scenario.options: {max(count, 1)} experience(s) of {k} classes need {need} classes; "
+                          f"{splits.display_name} has {len(order)}. Lower classes_per_task or num_tasks.")
+    position = np.full(splits.num_classes, -1, dtype=np.int64)  # each class's place within its experience
+    experience = np.full(splits.num_classes, -1, dtype=np.int64)
+    for i, c in enumerate(order[: count * k]):
+        position[c], experience[c] = i % k, i // k
+    names = [f"class {i + 1} of the experience" for i in range(k)]
+    out = []
+    for t in range(count):
+        keep = [experience[data.labels] == t for data in (splits.train, splits.test)]
+        parts = [ImageData(data.images[kept], position[data.labels[kept]], names)
+                 for data, kept in zip((splits.train, splits.test), keep)]
+        classes = ", ".join(splits.class_names[c] for c in order[t * k:(t + 1) * k])
+        out.append((parts[0], parts[1], f"classes {classes}"))
+    return out, names
+
+
 # Each stream: (options, splits, seed) -> ([(train, test, name) per experience], label names)
 STREAMS = Registry("stream", "scenario.options.stream")
 STREAMS.add("rotated", lambda o, splits, seed: (_rotated(o, splits, seed), list(splits.class_names)), RotatedOptions,
@@ -206,6 +244,8 @@ STREAMS.add("superclass", _superclass, SuperclassOptions,
             "CIFAR-100's 20 superclasses as labels; experience t brings the t-th fine class of each")
 STREAMS.add("buckets", lambda o, splits, seed: (_buckets(o, splits, seed), list(splits.class_names)),
             BucketsOptions, "one experience per time bucket of a dataset with buckets (e.g. clear)")
+STREAMS.add("split", _split_by_position, SplitOptions,
+            "a class split whose labels are each class's position within its experience (Domain-IL split MNIST)")
 STREAM_OPTIONS = {name: component.options for name, component in STREAMS.components().items()}
 
 

@@ -234,3 +234,24 @@ train: {{epochs: 1, batch_size: 8, lr: 0.05, scheduler: constant, progress: fals
         assert len(matrix) == 3 and all(len(row) == 3 and None not in row for row in matrix)
         assert metrics["average_accuracy_all_experiences"] == pytest.approx([np.mean(r) for r in matrix])
         assert metrics["classes_per_step"] == [2, 2, 2]
+
+
+# --- split (Domain-IL split MNIST) ------------------------------------------------------------------------
+def test_split_stream_labels_each_digit_as_van_de_ven_and_tolias_domain_scenario(digits) -> None:
+    """Their data.py for scenario "domain": digit y becomes perm[y] (perm: numpy's permutation after
+    np.random.seed(seed)), task k holds the relabelled classes 2k and 2k + 1, and its target is perm[y] mod 2."""
+    seed = 3
+    scenario = stream({"stream": "split", "classes_per_task": 2, "class_order": "vandeven"}, digits, seed=seed)
+    check_domain_structure(scenario, 2)
+    np.random.seed(seed)
+    perm = np.random.permutation(list(range(10)))
+    for k, task in enumerate(scenario):
+        for part, data in ((task.train, digits.train), (task.test, digits.test)):
+            kept = (perm[data.labels] // 2) == k
+            assert np.array_equal(part.images, data.images[kept])
+            assert np.array_equal(part.labels, perm[data.labels[kept]] % 2)
+    assert len(scenario) == 5 and sum(len(t.test) for t in scenario) == len(digits.test)
+    three = stream({"stream": "split", "classes_per_task": 3}, digits)  # sorted order, the last digit left out
+    assert len(three) == 3 and sorted(set(three[2].train.labels.tolist())) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="need 22 classes"):
+        stream({"stream": "split", "classes_per_task": 2, "num_tasks": 11}, digits)

@@ -1,6 +1,6 @@
-"""van de Ven & Tolias's Task-IL protocol (configs/published/vandeven2019_split_mnist_task_il.yaml): each task's
-loss covers only its own two outputs (their ``active_classes`` for scenario "task"), and a test sample is scored
-by its own task's outputs."""
+"""van de Ven & Tolias's Task-IL and Domain-IL protocols (configs/published/vandeven2019_split_mnist_{task,domain}_il
+.yaml): in Task-IL each task's loss covers only its own two outputs (their ``active_classes`` for scenario "task");
+in Domain-IL two outputs serve every task (the stream's labels: tests/test_streams.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import yaml
 from cilearn.config import load_runs, parse_config
 from cilearn.engine.runner import Run
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs/published/vandeven2019_split_mnist_task_il.yaml"
+PUBLISHED = Path(__file__).resolve().parents[1] / "configs/published"
+CONFIG = PUBLISHED / "vandeven2019_split_mnist_task_il.yaml"
 
 
 def their_task_il_loss(logits: torch.Tensor, labels: torch.Tensor, task_classes: list[int]) -> torch.Tensor:
@@ -65,3 +66,17 @@ def test_the_shipped_task_il_config_has_their_task_hyper_parameters():
     assert options["si"].si_c == 50.0
     assert all(cfg.scenario.type == "task_incremental" for _, cfg in runs)
     assert sorted({cfg.seed for _, cfg in runs}) == list(range(1, 21))  # their compare_all.py: seeds 1-20
+
+
+def test_the_shipped_domain_il_config_has_their_domain_hyper_parameters():
+    """param_values.py (branch preprints), scenario "domain", splitMNIST: EWC lambda 1e6, online EWC 1e8 with
+    gamma 0.7 (0.7e8 here), SI c 500; their relabelled digits as targets 0/1 of a 2-output head."""
+    _, runs = load_runs(PUBLISHED / "vandeven2019_split_mnist_domain_il.yaml")
+    options = {label.split("/")[0]: cfg.method for label, cfg in runs}
+    assert float(options["ewc"].ewc_lambda) == 1.0e6
+    assert float(options["online_ewc"].ewc_lambda) == 0.7e8 and options["online_ewc"].gamma == 0.7
+    assert options["si"].si_c == 500.0
+    scenario = runs[0][1].scenario
+    assert scenario.type == "domain_incremental"
+    assert (scenario.options.stream, scenario.options.classes_per_task, scenario.options.class_order) == \
+        ("split", 2, "vandeven")
