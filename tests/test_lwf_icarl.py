@@ -427,3 +427,46 @@ def test_vandeven_icarl_loss_and_gradient_equal_their_formula(tmp_path):
 def test_bce_sum_needs_the_bce_pair(tmp_path):
     with pytest.raises(ConfigError, match="bce_reduction"):
         make_run(tmp_path, {"name": "lwf", "bce_reduction": "sum"}, num_tasks=2)
+
+
+# --- van de Ven & Tolias's LwF (branch preprints: train.py replay_mode "current", encoder.py, utils.py) -------
+def vandeven_lwf_loss(logits, labels, teacher_logits, task, temperature=2.0):
+    """Their ``train_a_batch`` with the current batch replayed (``x_ = x``) through the previous model:
+    ``rnt · CE(y_hat[:, active], y) + (1 − rnt) · loss_fn_kd(y_hat[:, previous active], scores_, T)``, rnt = 1/task;
+    ``loss_fn_kd`` = −Σ softmax(target/T)·log_softmax(scores/T), summed over classes, batch mean, × T²."""
+    n, n_seen = logits.shape
+    ce = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(n)) / n
+    n_old = teacher_logits.shape[1]
+    kd = 0.0
+    for i in range(n):
+        target = torch.softmax(teacher_logits[i] / temperature, 0)
+        kd = kd - (target * torch.log_softmax(logits[i, :n_old] / temperature, 0)).sum()
+    kd = kd / n * temperature ** 2
+    rnt = 1.0 / task
+    return rnt * ce + (1 - rnt) * kd
+
+
+VANDEVEN_LWF = {"name": "lwf", "classification_outputs": "all", "distillation_loss": "kd", "temperature": 2.0,
+                "kd_t2_scaling": True, "balance": "classes"}
+
+
+def test_vandeven_lwf_loss_and_gradient_equal_their_formula(tmp_path):
+    """Third task (4 old classes, 6 seen): cilearn's lwf with balance: classes is their LwF, loss and gradient;
+    the default balance (sum) is another loss."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([4, 5, 5, 4, 5])
+    objective = make_run(tmp_path, VANDEVEN_LWF, num_tasks=5).method.objective
+    loss = objective(logits, labels, teacher, n_seen=6)
+    expected = vandeven_lwf_loss(logits, labels, teacher, task=3)
+    assert abs(float(loss) - float(expected)) < 1e-12
+    got, = torch.autograd.grad(loss, [logits])
+    want, = torch.autograd.grad(expected, [logits])
+    assert torch.allclose(got, want, atol=1e-12)
+    plain = make_run(tmp_path / "sum", {**VANDEVEN_LWF, "balance": "sum"}, num_tasks=5).method.objective
+    assert abs(float(plain(logits, labels, teacher, n_seen=6)) - float(expected)) > 0.1
+    # the first task has no teacher: the plain cross-entropy, as their rnt = 1
+    first_labels = torch.tensor([0, 1, 1, 0, 1])
+    first = objective(logits[:, :2], first_labels, None, n_seen=2)
+    assert abs(float(first) - float(F.cross_entropy(logits[:, :2], first_labels))) < 1e-12

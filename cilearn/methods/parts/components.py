@@ -46,9 +46,11 @@ class DistillationOptions(MethodOptions):
     classification_outputs: Literal["auto", "new", "all"] = option(
         "auto", help="outputs the classification loss uses: the new classes' only, or all seen; auto: new, "
                      "except ce/mse with an exemplar memory (all, so exemplars keep their labels)")
-    balance: Literal["auto", "sum", "outputs"] = option(
+    balance: Literal["auto", "sum", "outputs", "classes"] = option(
         "auto", help="sum: cls + λ·dist; outputs: each term weighted by the share of outputs it covers "
-                     "(iCaRL's single BCE over all outputs); auto: outputs for variant icarl, else sum")
+                     "(iCaRL's single BCE over all outputs); classes: (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist "
+                     "(van de Ven & Tolias's LwF: 1/t and 1 - 1/t for t equal tasks); auto: outputs for variant "
+                     "icarl, else sum")
     head: Literal["auto", "full", "growing"] = option(
         "auto", help="full: every class's output exists from the first task (the original iCaRL network); "
                      "growing: outputs are added per task; auto: full for a BCE classification loss in "

@@ -90,7 +90,8 @@ class LossSetup:
     classification: str   # ce | bce | mse
     distillation: str     # bce | mse | kd
     outputs: str          # "new": classification on the new classes' outputs only; "all": every seen output
-    balance: str          # "sum": cls + λ·dist; "outputs": each term weighted by the share of outputs it covers
+    balance: str          # "sum": cls + λ·dist; "outputs": each term weighted by the share of outputs it covers;
+    #                       "classes": (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist
 
 
 class DistillationObjective:
@@ -160,6 +161,11 @@ class DistillationObjective:
             dist = dist * n_old
         elif setup.balance == "outputs":
             dist = dist * (n_old / (self.normaliser or outputs))
+        elif setup.balance == "classes":
+            # van de Ven & Tolias's LwF (train.py: rnt = 1/task): the current data's loss weighted by the new
+            # classes' share of those seen, its replay through the previous model by the old classes' share
+            old_share = n_old / n_seen
+            return (1.0 - old_share) * cls + old_share * self.weight * dist
         return cls + self.weight * dist
 
     @staticmethod
