@@ -433,21 +433,24 @@ def test_bce_sum_needs_the_bce_pair(tmp_path):
 def vandeven_lwf_loss(logits, labels, teacher_logits, task, temperature=2.0):
     """Their ``train_a_batch`` with the current batch replayed (``x_ = x``) through the previous model:
     ``rnt · CE(y_hat[:, active], y) + (1 − rnt) · loss_fn_kd(y_hat[:, previous active], scores_, T)``, rnt = 1/task;
-    ``loss_fn_kd`` = −Σ softmax(target/T)·log_softmax(scores/T), summed over classes, batch mean, × T²."""
+    ``loss_fn_kd`` = −Σ softmax(target/T)·log_softmax(scores/T), summed over classes, batch mean, × T², where
+    ``scores`` are the replay's ``y_hat[:, active_classes]``, every class seen so far, and the target distribution
+    over the old classes gets zeros appended for the new ones."""
     n, n_seen = logits.shape
     ce = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(n)) / n
     n_old = teacher_logits.shape[1]
     kd = 0.0
     for i in range(n):
-        target = torch.softmax(teacher_logits[i] / temperature, 0)
-        kd = kd - (target * torch.log_softmax(logits[i, :n_old] / temperature, 0)).sum()
+        target = torch.cat([torch.softmax(teacher_logits[i] / temperature, 0),
+                            torch.zeros(n_seen - n_old, dtype=logits.dtype)])
+        kd = kd - (target * torch.log_softmax(logits[i] / temperature, 0)).sum()
     kd = kd / n * temperature ** 2
     rnt = 1.0 / task
     return rnt * ce + (1 - rnt) * kd
 
 
 VANDEVEN_LWF = {"name": "lwf", "classification_outputs": "all", "distillation_loss": "kd", "temperature": 2.0,
-                "kd_t2_scaling": True, "balance": "classes"}
+                "kd_t2_scaling": True, "balance": "classes", "distillation_outputs": "seen"}
 
 
 def test_vandeven_lwf_loss_and_gradient_equal_their_formula(tmp_path):
@@ -464,9 +467,15 @@ def test_vandeven_lwf_loss_and_gradient_equal_their_formula(tmp_path):
     got, = torch.autograd.grad(loss, [logits])
     want, = torch.autograd.grad(expected, [logits])
     assert torch.allclose(got, want, atol=1e-12)
-    plain = make_run(tmp_path / "sum", {**VANDEVEN_LWF, "balance": "sum"}, num_tasks=5).method.objective
-    assert abs(float(plain(logits, labels, teacher, n_seen=6)) - float(expected)) > 0.1
+    for other in ({"balance": "sum"}, {"distillation_outputs": "old"}):  # each option on its own changes the loss
+        plain = make_run(tmp_path / str(other), {**VANDEVEN_LWF, **other}, num_tasks=5).method.objective
+        assert abs(float(plain(logits, labels, teacher, n_seen=6)) - float(expected)) > 0.1, other
     # the first task has no teacher: the plain cross-entropy, as their rnt = 1
     first_labels = torch.tensor([0, 1, 1, 0, 1])
     first = objective(logits[:, :2], first_labels, None, n_seen=2)
     assert abs(float(first) - float(F.cross_entropy(logits[:, :2], first_labels))) < 1e-12
+
+
+def test_distillation_over_seen_outputs_needs_kd(tmp_path):
+    with pytest.raises(ConfigError, match="distillation_outputs"):
+        make_run(tmp_path, {"name": "lwf", "distillation_loss": "bce", "distillation_outputs": "seen"}, num_tasks=2)

@@ -51,6 +51,10 @@ class DistillationOptions(MethodOptions):
                      "(iCaRL's single BCE over all outputs); classes: (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist "
                      "(van de Ven & Tolias's LwF: 1/t and 1 - 1/t for t equal tasks); auto: outputs for variant "
                      "icarl, else sum")
+    distillation_outputs: Literal["old", "seen"] = option(
+        "old", help="kd only: old: the softmax of both models over the old classes (Li & Hoiem); seen: the new "
+                    "model's softmax over every seen class against the teacher's over the old ones, padded with 0 "
+                    "for the new classes (van de Ven & Tolias's loss_fn_kd with their active classes)")
     head: Literal["auto", "full", "growing"] = option(
         "auto", help="full: every class's output exists from the first task (the original iCaRL network); "
                      "growing: outputs are added per task; auto: full for a BCE classification loss in "
@@ -102,10 +106,15 @@ def distillation_objective(options: DistillationOptions, setup: LossSetup, scena
         raise ConfigError(f"method.bce_reduction: sum sums a binary cross-entropy over its outputs; this "
                           f"objective is {setup.classification} + {setup.distillation}. Use bce_reduction: mean, "
                           f"or classification_loss and distillation_loss bce.")
+    if options.distillation_outputs == "seen" and (setup.distillation != "kd" or scenario.task_incremental):
+        raise ConfigError(f"method.distillation_outputs: seen pads the teacher's softmax over the old classes with "
+                          f"zeros for the new ones: a kd distillation in a class-incremental scenario only (this "
+                          f"one: {setup.distillation}, {scenario.kind}). Use distillation_outputs: old.")
     return DistillationObjective(setup, options.distillation_weight, options.temperature, options.kd_t2_scaling,
                                  normaliser, slices, seen_outputs_only=full_head and options.bce_outputs == "seen",
                                  bce_sum=options.bce_reduction == "sum",
-                                 bce_target_temperature=options.bce_target_temperature)
+                                 bce_target_temperature=options.bce_target_temperature,
+                                 distill_seen_outputs=options.distillation_outputs == "seen")
 
 
 @dataclasses.dataclass

@@ -121,12 +121,13 @@ class DistillationObjective:
 
     def __init__(self, setup: LossSetup, weight: float, temperature: float, t2_scaling: bool,
                  normaliser: int | None, task_slices: list[slice] | None = None, seen_outputs_only: bool = False,
-                 bce_sum: bool = False, bce_target_temperature: float = 1.0):
+                 bce_sum: bool = False, bce_target_temperature: float = 1.0, distill_seen_outputs: bool = False):
         self.setup, self.weight, self.temperature, self.t2_scaling = setup, weight, temperature, t2_scaling
         self.normaliser = normaliser  # outputs a BCE averages over (None: the outputs it is given)
         self.task_slices = task_slices  # task-incremental: KD uses one softmax per old task's head
         self.seen_outputs_only, self.bce_sum = seen_outputs_only, bce_sum
         self.bce_target_temperature = bce_target_temperature
+        self.distill_seen_outputs = distill_seen_outputs  # kd: the student's softmax over every seen output
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
                  n_seen: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,7 +157,13 @@ class DistillationObjective:
             cls = cls * (cls_outputs / (self.normaliser or outputs))
         if teacher_logits is None or n_old == 0:
             return cls
-        dist = self._distillation(logits[:, :n_old], teacher_logits.to(logits.dtype))
+        if self.distill_seen_outputs:
+            # van de Ven & Tolias's loss_fn_kd: the teacher's distribution over the old classes padded with zeros
+            # (a logit of -inf) for the new ones, against the student's softmax over every seen class
+            padded = F.pad(teacher_logits.to(logits.dtype), (0, n_seen - n_old), value=float("-inf"))
+            dist = self._distillation(logits[:, :n_seen], padded)
+        else:
+            dist = self._distillation(logits[:, :n_old], teacher_logits.to(logits.dtype))
         if self.bce_sum:
             dist = dist * n_old
         elif setup.balance == "outputs":
