@@ -1,0 +1,103 @@
+"""van de Ven & Tolias's LwF on split MNIST Class-IL, as their code trains it, written out plainly without cilearn's
+loop: a second implementation to hold cilearn's ``lwf`` entry of ``configs/published/vandeven2019_split_mnist_class_il
+.yaml`` against (README, "Published results").
+
+From GMvandeVen/continual-learning, branch ``preprints`` (``train.py`` replay_mode "current" with ``--distill``,
+``encoder.py`` ``train_a_batch``, ``utils.py`` ``loss_fn_kd``): MLP 784-400-400-10 (ReLU), one Adam (lr 0.001)
+for the whole sequence, batches of 128, 2000 iterations per task, pixels in [0, 1], digit ``y`` relabelled
+``perm[y]`` (numpy's permutation after ``np.random.seed(seed)``), task k = labels 2k, 2k + 1. Each step:
+``(1/t)·CE(y_hat[:, seen], y) + (1 − 1/t)·KD``, where KD replays the same batch through the model of the
+previous task: ``−Σ q·log_softmax(y_hat[:, seen] / T)``, ``q`` = softmax(old logits / T) over the old classes
+padded with zeros for the new ones, batch mean, × T², T = 2. ``--kd-outputs old`` gives the student's softmax over
+the old classes only (Li & Hoiem's form) instead.
+
+    CILEARN_DATA=../shared/data python benchmarks/vandeven2019_lwf_replica.py --seeds 1 2 3 4 5
+
+prints, per seed, each task's accuracy after the last task and their task mean (%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cilearn.data import load_dataset
+
+
+def distill(scores: torch.Tensor, old_scores: torch.Tensor, temperature: float, pad: bool) -> torch.Tensor:
+    if not pad:
+        scores = scores[:, : old_scores.shape[1]]
+    q = F.softmax(old_scores / temperature, dim=1)
+    q = torch.cat([q, q.new_zeros(len(q), scores.shape[1] - q.shape[1])], dim=1)
+    return -(q * F.log_softmax(scores / temperature, dim=1)).sum(1).mean() * temperature ** 2
+
+
+def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0, per_task: int = 2) -> list[float]:
+    np.random.seed(seed)
+    num_classes = splits.train.num_classes
+    perm = np.random.permutation(list(range(num_classes)))
+    x_train = torch.tensor(splits.train.images, dtype=torch.float32).flatten(1) / 255.0
+    y_train = torch.tensor(perm[splits.train.labels])
+    x_test = torch.tensor(splits.test.images, dtype=torch.float32).flatten(1) / 255.0
+    y_test = torch.tensor(perm[splits.test.labels])
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(x_train.shape[1], 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
+                          nn.Linear(400, num_classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001, betas=(0.9, 0.999))
+    generator = torch.Generator().manual_seed(seed)
+    previous = None
+    tasks = num_classes // per_task
+    for task in range(1, tasks + 1):
+        seen = list(range(per_task * task))
+        pool = torch.nonzero(y_train // per_task == task - 1).flatten()
+        order, position = pool[torch.randperm(len(pool), generator=generator)], 0
+        for _ in range(iterations):
+            if position + 128 > len(order):  # a fresh pass, the last partial batch dropped (their data loader)
+                order, position = pool[torch.randperm(len(pool), generator=generator)], 0
+            batch = order[position:position + 128]
+            position += 128
+            y_hat = model(x_train[batch])[:, seen]
+            loss = F.cross_entropy(y_hat, y_train[batch])
+            if previous is not None:
+                with torch.no_grad():
+                    old_scores = previous(x_train[batch])[:, : per_task * (task - 1)]
+                loss = loss / task + (1 - 1 / task) * distill(y_hat, old_scores, temperature, pad)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        previous = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        predicted = model(x_test).argmax(1)
+    return [float((predicted[y_test // per_task == k] == y_test[y_test // per_task == k]).float().mean())
+            for k in range(tasks)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--dataset", default="mnist", help="a cilearn dataset name (tests: digits)")
+    parser.add_argument("--kd-outputs", choices=["seen", "old"], default="seen")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    splits = load_dataset(args.dataset)
+    means = []
+    for seed in args.seeds:
+        accuracies = run(splits, seed, args.iterations, args.kd_outputs == "seen")
+        means.append(100 * float(np.mean(accuracies)))
+        print(f"seed {seed}: " + " ".join(f"{100 * a:.1f}" for a in accuracies) + f"  task mean {means[-1]:.2f}",
+              flush=True)
+    if len(means) > 1:
+        sem = np.std(means, ddof=1) / len(means) ** 0.5
+        print(f"task mean over seeds {args.seeds}: {np.mean(means):.2f} ± {sem:.2f} (± SEM)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

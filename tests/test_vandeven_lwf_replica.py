@@ -1,0 +1,43 @@
+"""benchmarks/vandeven2019_lwf_replica.py, the plain second implementation of van de Ven & Tolias's LwF that the
+README holds cilearn's ``lwf`` entry against: its distillation term is cilearn's ``distillation_outputs: seen``
+(and ``old``) on the same numbers, and it trains and reports on digits."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from helpers import make_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks/vandeven2019_lwf_replica.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("vandeven2019_lwf_replica", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_replica_s_distillation_is_cilearn_s(tmp_path):
+    replica = load_script()
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([4, 5, 4, 4, 5, 5, 4])
+    for outputs, pad in (("seen", True), ("old", False)):
+        method = {"name": "lwf", "classification_outputs": "all", "distillation_loss": "kd", "temperature": 2.0,
+                  "kd_t2_scaling": True, "balance": "classes", "distillation_outputs": outputs}
+        objective = make_run(tmp_path / outputs, method, num_tasks=5).method.objective
+        cilearn_loss = objective(logits, labels, teacher, n_seen=6)
+        theirs = torch.nn.functional.cross_entropy(logits, labels) / 3 + \
+            (1 - 1 / 3) * replica.distill(logits, teacher, 2.0, pad)
+        assert abs(float(cilearn_loss) - float(theirs)) < 1e-12, outputs
+
+
+def test_the_replica_trains_on_digits_and_reports_each_task(capsys):
+    replica = load_script()
+    assert replica.main(["--dataset", "digits", "--iterations", "20", "--seeds", "1", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("seed 1:") and len(lines[0].split(":")[1].split("task mean")[0].split()) == 5
+    assert lines[-1].startswith("task mean over seeds [1, 2]:")
