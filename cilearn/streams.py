@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .class_orders import resolve_class_order
 from .data import DatasetSplits, ImageData
 from .errors import ConfigError
 from .registry import Registry
@@ -209,8 +210,6 @@ def _buckets(opts: BucketsOptions, splits: DatasetSplits, seed: int):
 
 
 def _split_by_position(opts: SplitOptions, splits: DatasetSplits, seed: int):
-    from .scenarios import resolve_class_order  # the scenarios module builds on this one
-
     k = opts.classes_per_task
     order = resolve_class_order(opts.class_order, splits.num_classes, seed)
     available = len(order) // k
