@@ -463,21 +463,21 @@ def test_vandeven_lwf_loss_and_gradient_equal_their_formula(tmp_path):
     objective = make_run(tmp_path, VANDEVEN_LWF, num_tasks=5).method.objective
     loss = objective(logits, labels, teacher, n_seen=6)
     expected = vandeven_lwf_loss(logits, labels, teacher, task=3)
-    assert abs(float(loss) - float(expected)) < 1e-12
+    assert abs(loss.item() - expected.item()) < 1e-12
     got, = torch.autograd.grad(loss, [logits])
     want, = torch.autograd.grad(expected, [logits])
     assert torch.allclose(got, want, atol=1e-12)
     for other in ({"balance": "sum"}, {"distillation_outputs": "old"}):  # each option on its own changes the loss
         plain = make_run(tmp_path / str(other), {**VANDEVEN_LWF, **other}, num_tasks=5).method.objective
-        assert abs(float(plain(logits, labels, teacher, n_seen=6)) - float(expected)) > 0.1, other
+        assert abs(plain(logits, labels, teacher, n_seen=6).item() - expected.item()) > 0.1, other
     # the first task has no teacher: the plain cross-entropy, as their rnt = 1
     # their 10-output layer (head: full): the outputs of classes not seen yet take no part
     full = make_run(tmp_path / "full", {**VANDEVEN_LWF, "head": "full"}, num_tasks=5).method.objective
     wide = torch.cat([logits.detach(), torch.full((5, 4), 7.0, dtype=torch.float64)], dim=1)
-    assert abs(float(full(wide, labels, teacher, n_seen=6)) - float(expected)) < 1e-12
+    assert abs(full(wide, labels, teacher, n_seen=6).item() - expected.item()) < 1e-12
     first_labels = torch.tensor([0, 1, 1, 0, 1])
     first = objective(logits[:, :2], first_labels, None, n_seen=2)
-    assert abs(float(first) - float(F.cross_entropy(logits[:, :2], first_labels))) < 1e-12
+    assert abs(first.item() - F.cross_entropy(logits[:, :2], first_labels).item()) < 1e-12
 
 
 def test_distillation_over_seen_outputs_needs_kd(tmp_path):
