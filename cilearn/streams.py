@@ -223,11 +223,11 @@ def _split_by_position(opts: SplitOptions, splits: DatasetSplits, seed: int):
     for i, c in enumerate(order[: count * k]):
         position[c], experience[c] = i % k, i // k
     names = [f"class {i + 1} of the experience" for i in range(k)]
+    owners = [experience[data.labels] for data in (splits.train, splits.test)]  # each sample's experience, once
     out = []
     for t in range(count):
-        keep = [experience[data.labels] == t for data in (splits.train, splits.test)]
-        parts = [ImageData(data.images[kept], position[data.labels[kept]], names)
-                 for data, kept in zip((splits.train, splits.test), keep)]
+        parts = [ImageData(data.images[owner == t], position[data.labels[owner == t]], names)
+                 for data, owner in zip((splits.train, splits.test), owners)]
         classes = ", ".join(splits.class_names[c] for c in order[t * k:(t + 1) * k])
         out.append((parts[0], parts[1], f"classes {classes}"))
     return out, names
