@@ -45,7 +45,7 @@ def test_inference_timing_adds_bf16_where_the_device_has_it(monkeypatch):
     """The bf16 inference row (train.inference_precision: bf16) is timed only where bf16 is native; the
     detection is injected, so both answers are exercised on any CPU (emulated bf16 is slow but runs)."""
     setup = {"model": "mlp", "channels": 1, "image_size": 8, "model_options": {"hidden": [16]}}
-    for native, expected in ((False, set()), (True, {"folded_batch_128_bf16"})):
+    for native, expected in ((False, set()), (True, {"folded_batch_128_bf16", "folded_batch_256_bf16"})):
         monkeypatch.setattr(bench, "native_bf16", lambda device, native=native: (native, "test"))
         timed = inference_throughput(setup, "cpu", images=256, repeats=1)
         assert set(timed) - {"plain_batch_256", "plain_batch_128", "folded_batch_128"} == expected

@@ -132,7 +132,7 @@ def test_exemplar_features_saved_for_the_report_are_the_current_models(tmp_path)
     np.testing.assert_allclose(last["features"], infer(last["images"])[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def resnet_inference(fold: bool, batch_size: int = 16):
+def resnet_inference(fold: bool, batch_size: int = 16, precision: str = "fp32"):
     """iCaRL's ResNet-32 (shortcut A, signed features) with non-trivial BatchNorm statistics, eval inference."""
     from cilearn.augment import BatchAugment
     from cilearn.engine.evaluate import Inference
@@ -145,7 +145,7 @@ def resnet_inference(fold: bool, batch_size: int = 16):
         for _ in range(3):
             model(torch.rand(32, 3, 32, 32) * 2)
     augment = BatchAugment((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-    return model, Inference(model, augment, torch.device("cpu"), batch_size, fold_batchnorm=fold)
+    return model, Inference(model, augment, torch.device("cpu"), batch_size, precision, fold_batchnorm=fold)
 
 
 def test_folded_batchnorm_gives_the_networks_features_and_the_same_decisions():
@@ -190,6 +190,30 @@ def test_the_folded_copy_follows_the_weights():
         model(torch.rand(8, 3, 32, 32))
     assert not folded(images)[0].equal(after)
     assert model.training  # inference puts the model back in the mode it was in
+
+
+def test_bf16_inference_casts_the_folded_copy_once_and_computes_what_autocast_computes():
+    """train.inference_precision: bf16 casts the folded copy's weights to bf16 when it is made, not in every
+    batch: the features and logits are those of bf16 autocast over the fp32 folded copy, to the bit (exact on
+    CPUs with and without bf16 instructions: the same bf16 operands reach the same kernels)."""
+    from cilearn.engine.evaluate import fold_batchnorm
+    from cilearn.runtime import autocast
+
+    images = np.random.default_rng(2).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    model, infer = resnet_inference(fold=True, precision="bf16")
+    features, logits = infer(images)
+    copy_made = infer._folded[1]
+    assert {p.dtype for p in copy_made.parameters()} == {torch.bfloat16}
+    assert features.dtype == logits.dtype == torch.float32
+    folded = fold_batchnorm(model.backbone)
+    batches = torch.as_tensor(images).permute(0, 3, 1, 2)
+    with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        expected = [folded(infer.augment.normalize(batches[i:i + 16])) for i in range(0, 40, 16)]
+        expected_logits = [model.head(f).float() for f in expected]
+    assert torch.equal(features, torch.cat(expected).float())
+    assert torch.equal(logits, torch.cat(expected_logits))
+    infer(images)
+    assert infer._folded[1] is copy_made  # cast once, reused while the weights stay the same
 
 
 def test_a_backbone_fx_cannot_trace_runs_as_it_is():
