@@ -145,13 +145,14 @@ def test_a_dead_process_ends_the_job_with_one_message_and_nothing_half_written(r
 
 REPLAY_METHODS = [{"name": "derpp", "buffer_size": 60, "replay_batch_size": 16},
                   {"name": "er_ace", "buffer_size": 60}, {"name": "er", "buffer_size": 60},
-                  {"name": "agem", "buffer_size": 60, "replay_batch_size": 32}]
+                  {"name": "agem", "buffer_size": 60, "replay_batch_size": 32},
+                  {"name": "gem", "memory_total": 60, "train_on_memory": True}]
 
 
 def test_replay_methods_on_two_processes_match_one(tmp_path):
-    """ER, DER++, ER-ACE and A-GEM keep per-step state (a reservoir with stored logits, a second replayed
-    minibatch, present-class masks, reference gradients): on 2 processes each reservoir receives the whole
-    batch and the results equal one process's (the MLP has no BatchNorm)."""
+    """ER, DER++, ER-ACE, A-GEM and GEM keep per-step state (a reservoir with stored logits, a second replayed
+    minibatch, present-class masks, reference gradients, GEM's QP on the whole-batch gradient): on 2 processes
+    each reservoir receives the whole batch and the results equal one process's (the MLP has no BatchNorm)."""
     raw = config({"name": "finetune"})
     raw.pop("method")
     raw["methods"] = REPLAY_METHODS
@@ -166,11 +167,12 @@ def test_replay_methods_on_two_processes_match_one(tmp_path):
         label = method["name"]
         want, got = scores(tmp_path / "one" / label), scores(tmp_path / "two" / label)
         np.testing.assert_allclose(got["head"], want["head"], atol=TOLERANCE, equal_nan=True, err_msg=label)
-        buffers = [torch.load(tmp_path / run / label / "checkpoints" / "task_02.pt", weights_only=True)["method"]
-                   ["buffer"] for run in ("one", "two")]
+        states = [torch.load(tmp_path / run / label / "checkpoints" / "task_02.pt", weights_only=True)["method"]
+                  for run in ("one", "two")]
+        buffers = [state.get("buffer", state) for state in states]  # GEM keeps replay's memory, not a reservoir
         assert torch.equal(buffers[0]["labels"], buffers[1]["labels"]), label  # the same samples kept
         assert torch.equal(buffers[0]["images"], buffers[1]["images"]), label
-        for key, value in buffers[0]["extras"].items():  # DER++'s stored logits: gathered from both shares
+        for key, value in buffers[0].get("extras", {}).items():  # DER++'s stored logits: gathered from both shares
             torch.testing.assert_close(buffers[1]["extras"][key], value, atol=TOLERANCE, rtol=0, msg=label)
 
 

@@ -231,13 +231,16 @@ class Replay(Method):
         if collage:
             generator = torch.Generator().manual_seed(self.context.seed * 1000 + task.index)
             chosen, labels = collages_by_class(chosen, labels, self.options.collage, generator)
+        self.add_to_buffer(chosen, labels, task.index, "collage" if collage else "real")
+
+    def add_to_buffer(self, images: np.ndarray, labels: np.ndarray, group: int, kind: str = "real") -> None:
+        """Append samples to the buffer as one share (``group``: the experience they came from)."""
         if not len(labels):
             return
-        self.buffer_images = chosen if self.buffer_images is None else np.concatenate([self.buffer_images, chosen])
+        self.buffer_images = images if self.buffer_images is None else np.concatenate([self.buffer_images, images])
         self.buffer_labels = np.concatenate([self.buffer_labels, labels])
-        self.buffer_task = np.concatenate([self.buffer_task, np.full(len(labels), task.index, dtype=np.int64)])
-        kind = KIND_CODES["collage" if collage else "real"]
-        self.buffer_kind = np.concatenate([self.buffer_kind, np.full(len(labels), kind, dtype=np.int8)])
+        self.buffer_task = np.concatenate([self.buffer_task, np.full(len(labels), group, dtype=np.int64)])
+        self.buffer_kind = np.concatenate([self.buffer_kind, np.full(len(labels), KIND_CODES[kind], dtype=np.int8)])
 
     def state_dict(self) -> dict:
         images = self.buffer_images if self.buffer_images is not None else np.zeros((0, 1, 1, 1), np.uint8)
