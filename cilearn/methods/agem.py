@@ -27,6 +27,7 @@ from ..schema import option
 from .base import Batch, Output
 from .parts.buffers import TensorStore
 from .parts.components import StepReplayOptions, StoredReplay
+from .parts.gradients import flat_gradient, loss_gradient, set_gradient, stepped_parameters
 
 
 @dataclasses.dataclass
@@ -68,21 +69,16 @@ class AGEM(StoredReplay):
         reference, self.reference = self.reference, None
         if reference is None:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = stepped_parameters(optimizer)
         reference_loss = self.classification_loss(self.ce_logits(self.model(reference.inputs)), reference.labels)
-        reference_grads = torch.autograd.grad(reference_loss, params, allow_unused=True)
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
-        ref = torch.cat([(torch.zeros_like(p) if r is None else r).reshape(-1)
-                         for p, r in zip(params, reference_grads)])
+        ref = loss_gradient(reference_loss, params)
+        grad = flat_gradient(params)
         if self.context.distributed is not None:  # torchrun: the whole minibatch's gradient, from each share's
             ref = self.context.distributed.weighted_mean(ref, len(reference))
         projected = project(grad, ref)
         if projected is not grad:
             self.projected += 1
-            offset = 0
-            for p in params:
-                p.grad.copy_(projected[offset: offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
+            set_gradient(params, projected)
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
         count = min(self.options.buffer_size // len(self.context.scenario), len(task.train))

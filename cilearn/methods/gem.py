@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import MethodOptions
+from .parts.gradients import flat_gradient, loss_gradient, set_gradient, stepped_parameters
 from .replay import Replay
 
 DIAGONAL = 1e-3  # added to GGᵀ, as the authors' code (keeps the dual strictly convex)
@@ -129,20 +130,11 @@ class GEM(Replay):
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.buffer_images is None:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
-        memories = []
-        for inputs, labels in self.constraints():
-            loss = self.classification_loss(self.seen_logits(self.model(inputs)), labels)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            memories.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                       for p, g in zip(params, grads)]))
-        memories = torch.stack(memories)
+        params = stepped_parameters(optimizer)
+        grad = flat_gradient(params)
+        memories = torch.stack([loss_gradient(self.classification_loss(self.seen_logits(self.model(inputs)), labels),
+                                              params) for inputs, labels in self.constraints()])
         if not bool((memories @ grad < 0).any()):
             return
         self.projected += 1
-        update = project_to_cone(grad, memories, self.options.margin)
-        offset = 0
-        for p in params:
-            p.grad.copy_(update[offset: offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+        set_gradient(params, project_to_cone(grad, memories, self.options.margin))
