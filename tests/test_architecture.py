@@ -9,8 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cilearn"
 # Imported where they are used, because they are optional extras (Ray, W&B, MLflow, TensorBoard) or slow to import
-# and needed by few commands (scikit-learn, its threadpoolctl, matplotlib).
-LAZY_ALLOWED = ("sklearn", "threadpoolctl", "matplotlib", "ray", "wandb", "mlflow", "tensorboard",
+# and needed by few commands or methods (scikit-learn, its threadpoolctl, matplotlib; scipy.optimize, ~0.9 s, for
+# GEM's QP only).
+LAZY_ALLOWED = ("sklearn", "threadpoolctl", "matplotlib", "scipy", "ray", "wandb", "mlflow", "tensorboard",
                 "torch.utils.tensorboard")
 
 
