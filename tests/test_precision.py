@@ -155,6 +155,8 @@ def test_a_run_records_the_precision_it_used_beside_the_config(tmp_path, monkeyp
         assert json.loads((out / "run.json").read_text())["precision"] == precision
         # config.yaml keeps what the user wrote: the same config means 'auto' on every machine
         assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "auto"
+        # the thread count the config left to the machine (BatchNorm networks' numbers depend on it)
+        assert json.loads((out / "run.json").read_text())["torch_threads"] == torch.get_num_threads()
 
     raw = {"data": {"name": "digits"}, "scenario": {"classes_per_task": 2, "num_tasks": 1},
            "model": {"name": "mlp", "options": {"hidden": [32]}}, "method": {"name": "finetune"},

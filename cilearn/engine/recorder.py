@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from .. import metrics
 from ..log import get_logger
@@ -220,6 +221,9 @@ class Recorder:
             "class_names": list(scenario.class_names), "class_order": [int(c) for c in scenario.class_order],
             "image_shape": list(scenario.image_shape), "mean": list(scenario.mean), "std": list(scenario.std),
             "augment": cfg.train.augment, "precision": self.precision, "inference_precision": self.inference_precision,
+            # BatchNorm networks' numbers change with the CPU thread count (their batch statistics are reduced in
+            # thread-sized pieces): what a rerun needs (train.num_threads) when the config left it to the machine
+            "torch_threads": torch.get_num_threads(),
             "model": cfg.model.name, "method": cfg.method.name, "label": self.label,
             "seed": cfg.seed, "tasks": [{"name": t.name, "new_classes": [int(c) for c in t.new_classes]}
                                         for t in scenario]})
