@@ -13,7 +13,8 @@ from cilearn.data import ImageData
 from cilearn.engine.evaluate import Inference
 from cilearn.errors import ConfigError
 from cilearn.methods import Batch, MethodContext, Output, method_class, method_options
-from cilearn.methods.parts.importance import ImportancePenalty, batch_gradient_mean
+from cilearn.methods.parts import importance
+from cilearn.methods.parts.importance import ImportancePenalty, batch_gradient_mean, per_sample_gradient_mean
 from cilearn.models.net import IncrementalNet
 from cilearn.scenarios import class_incremental
 
@@ -291,6 +292,72 @@ def test_batch_gradient_mean_is_hsu_et_als_loop():
                               batch_size, torch.device("cpu"))
     for n in expected:
         torch.testing.assert_close(got[n], expected[n])
+
+
+
+class TwoHeads(torch.nn.Module):
+    """An MLP with two task heads and an in-place ReLU after a Linear (the case the closed form must survive)."""
+
+    def __init__(self, norm_layer: bool = False, reuse: bool = False) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6),
+                                        torch.nn.BatchNorm1d(6) if norm_layer else torch.nn.Identity(),
+                                        torch.nn.ReLU(inplace=True))
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(6, 2), torch.nn.Linear(6, 3)])
+        self.reuse = reuse
+
+    def forward(self, x):
+        features = self.body(x)
+        if self.reuse:  # one layer applied twice: a sample's gradient is no longer one outer product
+            features = features + self.heads[0](features).sum(1, keepdim=True)
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+
+def per_sample_loop(model, images, targets, objective, reduce):
+    """The definition: one backward pass per sample, the squared (or absolute) gradient averaged."""
+    model.eval()
+    inputs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    for x, y in zip(inputs, targets):
+        model.zero_grad()
+        objective(model(x[None]), y[None]).backward()
+        for n in expected:
+            g = model.get_parameter(n).grad
+            expected[n] += (g.square() if reduce == "square" else g.abs()) / len(images)
+    return expected
+
+
+@pytest.mark.parametrize("reduce", ["square", "abs"])
+@pytest.mark.parametrize("variant", ["linear", "norm_layer", "reuse", "frozen_body"])
+def test_per_sample_gradient_mean_is_the_per_sample_loop(variant, reduce, monkeypatch):
+    """Both estimators (the Linear closed form and the vmap one, which a BatchNorm or a layer used twice selects)
+    equal the per-sample definition; the closed form is taken exactly when every trained parameter is a Linear's."""
+    torch.manual_seed(5)
+    model = TwoHeads(norm_layer=variant == "norm_layer", reuse=variant == "reuse")
+    if variant == "frozen_body":  # a frozen BatchNorm-free body: only the heads are trained
+        model.body.requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    images = np.random.RandomState(2).randint(0, 256, (9, 2, 2, 3), dtype=np.uint8)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3])
+
+    def objective(logits, target):
+        return -torch.nn.functional.cross_entropy(logits, target) + logits[:, :2].square().sum()
+
+    closed_form = []
+    original = importance._linear_gradient_sums
+    monkeypatch.setattr(importance, "_linear_gradient_sums",
+                        lambda *a, **k: closed_form.append(result := original(*a, **k)) or result)
+    got = per_sample_gradient_mean(model, images, targets, objective, lambda x: x.float() / 255, reduce, 4,
+                                   torch.device("cpu"))
+    expected = per_sample_loop(model, images, targets, objective, reduce)
+    assert set(got) == set(expected)
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-5, atol=1e-7)
+    # norm_layer: BatchNorm's parameters are trained, not a Linear's; reuse: the closed form declines the double use
+    assert [r is not None for r in closed_form] == {"linear": [True], "frozen_body": [True], "norm_layer": [],
+                                                    "reuse": [False]}[variant]
 
 
 # --- L2 -------------------------------------------------------------------------------------------------
