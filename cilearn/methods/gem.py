@@ -37,7 +37,7 @@ from ..scenarios import Scenario, Task, concat
 from ..schema import option
 from .base import MethodOptions
 from .parts.gradients import flat_gradient, loss_gradient, set_gradient, stepped_parameters
-from .replay import Replay
+from .replay import Replay, balanced_copies
 
 DIAGONAL = 1e-3  # added to GGᵀ, as the authors' code (keeps the dual strictly convex)
 
@@ -96,7 +96,7 @@ class GEM(Replay):
         memory = self.buffer()
         if not self.options.train_on_memory or memory is None:
             return task.train
-        return concat([task.train] + [memory] * max(len(task.train) // self.options.memory_total, 1))
+        return concat([task.train] + [memory] * balanced_copies(task.train, self.options.memory_total))
 
     def end_task(self, task: Task, train_data: ImageData) -> None:
         data = task.train

@@ -139,6 +139,12 @@ class ReplayOptions(MethodOptions):
                      "(Hsu et al.'s naive rehearsal)")
 
 
+def balanced_copies(task_data: ImageData, memory_total: int) -> int:
+    """How many times a memory of ``memory_total`` joins a task's data so that old and new samples are about 1:1
+    in every epoch (Hsu et al.'s naive rehearsal and GEM)."""
+    return max(len(task_data) // memory_total, 1)
+
+
 class Replay(Method):
     name = "replay"
     description = ("experience replay, buffer joins the training data: keep a share of every experience "
@@ -198,9 +204,7 @@ class Replay(Method):
         memory = self.buffer()
         if memory is None:
             return task.train
-        copies = 1
-        if self.options.repeat == "balanced":
-            copies = max(len(task.train) // self.options.memory_total, 1)
+        copies = balanced_copies(task.train, self.options.memory_total) if self.options.repeat == "balanced" else 1
         return concat([task.train] + [memory] * copies)
 
     def selection_values(self, data: ImageData) -> np.ndarray:
