@@ -2,8 +2,8 @@
 
 After each task, the diagonal Fisher information ``F_task`` is estimated on (up to ``fisher_samples``
 of) the task's training data without augmentation, in evaluation mode: the mean over samples of the
-**per-sample** squared gradient of a log-likelihood ``log p(y|x)`` (exact per-sample gradients with
-``torch.func``, in chunks of ``fisher_batch_size``), where ``y`` is
+**per-sample** squared gradient of a log-likelihood ``log p(y|x)`` (exact: in closed form for Linear layers,
+else per-sample gradients with ``torch.func`` in chunks of ``fisher_batch_size``), where ``y`` is
 
 - ``fisher: empirical`` (default): the sample's true label (the "empirical Fisher");
 - ``fisher: predicted``: the model's most likely label ``argmax p(·|x)`` (the default of Hsu et al.'s
@@ -73,7 +73,8 @@ class EWCOptions(MethodOptions):
                         "al.'s code")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
-                                                  "(capped so that they take about 512 MB)")
+                                                  "(capped so that they take about 512 MB; networks of Linear "
+                                                  "layers only use a closed form that needs none)")
 
     def __post_init__(self) -> None:
         if self.variant == "separate" and self.gamma != 1.0:

@@ -13,9 +13,10 @@ shape grew is penalised on the overlapping leading slice only.
 
 :func:`per_sample_gradient_mean` is the estimator EWC and MAS need: the mean over samples of the
 squared (EWC) or absolute (MAS) **per-sample** gradient of a scalar function of the network's output,
-computed exactly with ``torch.func`` (vmap over samples) in chunks.  :func:`batch_gradient_mean` is the
-cheaper one of Hsu et al.'s benchmark code for MAS: the absolute gradient of a whole minibatch's objective,
-averaged over the minibatches.
+computed exactly: in closed form from each Linear layer's inputs and output gradients when Linear layers
+hold every trained parameter (an MLP), else with ``torch.func`` (vmap over samples) in chunks.
+:func:`batch_gradient_mean` is the cheaper one of Hsu et al.'s benchmark code for MAS: the absolute
+gradient of a whole minibatch's objective, averaged over the minibatches.
 """
 
 from __future__ import annotations
