@@ -23,6 +23,7 @@ from .der import DER, DERpp
 from .er_ace import ERACE
 from .agem import AGEM
 from .gem import GEM
+from .dgr import DGR
 from .gdumb import GDumb
 from .si import SI
 from .mas import MAS
@@ -31,7 +32,7 @@ from .l2 import L2
 from ..registry import Component, Registry
 
 BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet,
-                                     ER, DER, DERpp, ERACE, AGEM, GEM, GDumb, SI, MAS, L2)
+                                     ER, DER, DERpp, ERACE, AGEM, GEM, DGR, GDumb, SI, MAS, L2)
 
 
 def _component(name: str, cls: Any) -> Component:
