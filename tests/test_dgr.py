@@ -18,7 +18,7 @@ from cilearn.cli import main
 from cilearn.data import load_dataset
 from cilearn.models.vae import VAE
 from cilearn.rundir import write_yaml
-from cilearn.scenarios import class_incremental
+from cilearn.scenarios import class_incremental, create
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,13 @@ def test_vae_loss_is_their_averaged_bce_plus_kl_per_pixel():
 def second_task(scenario, **options):
     """A DGR method in its second task (t = 2), after a short first task, and a stream batch of it."""
     method = make_method(scenario, "dgr", generator_hidden=[12], z_dim=4, **options)
-    start(method, scenario[0])
+    method.grow_head(scenario[0])  # as the run does (a domain stream adds no outputs after the first experience)
+    method.begin_task(scenario[0])
     first = stream_batch(method, scenario[0], list(range(0, 40)))
     for _ in range(3):
         method.after_step(first, method.forward(first))
-    start(method, scenario[1])
+    method.grow_head(scenario[1])
+    method.begin_task(scenario[1])
     return method, stream_batch(method, scenario[1], list(range(0, 16)))
 
 
@@ -157,3 +159,28 @@ def test_dgr_refuses_task_incremental_scenarios_before_writing(tmp_path, capsys)
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) != 0
     assert "task-incremental variant is not built" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("metrics.json"))
+
+
+def test_dgr_in_a_domain_stream_replays_over_the_shared_outputs(tmp_path):
+    """Domain-IL (their split stream: two outputs shared by every task): the previous model labels replayed images
+    over both outputs, and the run completes with every experience scored."""
+    config = digits_config(scenario={"type": "domain_incremental",
+                                     "options": {"stream": "split", "classes_per_task": 2, "class_order": "sorted"}},
+                           method={"name": "dgr", "generator_hidden": [32], "z_dim": 4},
+                           train={"epochs": 1, "eval_every": 0}, seed=0)
+    for key in ("classes_per_task", "class_order", "num_tasks"):
+        config["scenario"].pop(key, None)
+    path = tmp_path / "domain.yaml"
+    write_yaml(path, config)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads(next((tmp_path / "run").rglob("metrics.json")).read_text())
+    assert metrics["complete"] and len(metrics["accuracy_matrix"]) == 5
+
+
+def test_the_domain_streams_teacher_scores_both_shared_outputs():
+    scenario = create("digits", type="domain_incremental",
+                      options={"stream": "split", "classes_per_task": 2, "class_order": "sorted"})
+    method, batch = second_task(scenario)
+    out = method.forward(batch)
+    assert method.teacher.num_classes == 2 and method._teacher_logits.shape == (16, 2)
+    assert out.logits.shape == (32, 2) and torch.isfinite(method.loss(out, batch))
