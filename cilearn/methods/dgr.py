@@ -80,6 +80,7 @@ class DGR(Method):
         self.teacher = Teacher()
         self.rng = torch.Generator().manual_seed(context.seed * 7919 + 17)  # replayed samples and VAE noise
         self._replayed: torch.Tensor | None = None  # this step's replayed images in [0, 1], for the generator
+        self._teacher_logits: torch.Tensor | None = None  # the previous model's logits of them (old classes)
 
     def check(self, scenario: Scenario) -> None:
         check_full_head(self.options, scenario)

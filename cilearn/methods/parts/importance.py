@@ -169,7 +169,8 @@ def _linear_gradient_sums(model, linears, images, targets, objective, normalize,
     A sample's gradient of a Linear's weight is the outer product ``g aᵀ`` of the gradient ``g`` at the layer's
     output and the layer's input ``a``, so ``Σ_k (g_k a_kᵀ)² = (g²)ᵀ(a²)`` and ``Σ_k |g_k a_kᵀ| = |g|ᵀ|a|``: one
     backward pass of the summed per-sample objectives (samples are independent in evaluation mode) and one matrix
-    product per layer.  Exact up to float summation order; 100× faster than the vmap path on the MNIST MLP.
+    product per layer.  Exact up to float summation order; ~70× faster than the vmap path on the MNIST MLP
+    (``benchmarks/fisher_estimators.py``).
     Returns None (the caller uses vmap) when a layer runs more or less than once per forward or sees inputs
     that are not one vector per sample."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
