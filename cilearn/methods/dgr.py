@@ -37,7 +37,7 @@ from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
 from .parts.components import check_full_head
-from .parts.distill import Teacher, frozen_copy
+from .parts.distill import Teacher, frozen_copy, padded_to
 
 
 @dataclasses.dataclass
@@ -124,8 +124,8 @@ class DGR(Method):
         if self.options.replay_targets == "hard":
             replay = F.cross_entropy(replayed, teacher.argmax(1))
         else:  # the teacher's distribution over the old classes, padded with zeros to every seen class
-            padded = F.pad(teacher, (0, replayed.shape[1] - teacher.shape[1]), value=float("-inf"))
-            replay = distillation_loss("kd", replayed, padded, self.options.temperature, t2_scaling=True)
+            replay = distillation_loss("kd", replayed, padded_to(teacher, replayed.shape[1]), self.options.temperature,
+                                       t2_scaling=True)
         share = self.relative_weight
         return share * current + (1 - share) * replay
 

@@ -12,6 +12,7 @@ clamp of log 0 at −100).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,10 +36,7 @@ class VAE(nn.Module):
             raise ValueError("the VAE needs at least one hidden layer")
         self.shape = tuple(int(s) for s in shape)
         self.z_dim = z_dim
-        pixels = 1
-        for s in self.shape:
-            pixels *= s
-        self.pixels = pixels
+        self.pixels = pixels = math.prod(self.shape)
         self.encoder = nn.Sequential(nn.Flatten(), *_stack([pixels, *hidden]))
         self.to_mean = nn.Linear(hidden[-1], z_dim)
         self.to_logvar = nn.Linear(hidden[-1], z_dim, bias=False)

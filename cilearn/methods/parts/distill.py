@@ -29,6 +29,12 @@ def frozen_copy(model: torch.nn.Module, num_chunks: int | None = None) -> torch.
     return teacher
 
 
+def padded_to(teacher_logits: torch.Tensor, outputs: int) -> torch.Tensor:
+    """The teacher's logits of the old classes with -inf for the rest of ``outputs``: its softmax padded with zeros
+    (van de Ven & Tolias's ``loss_fn_kd`` against a student over every seen class)."""
+    return F.pad(teacher_logits, (0, outputs - teacher_logits.shape[1]), value=float("-inf"))
+
+
 class Teacher:
     """The previous model: ``Teacher.begin_task(model, n_old)`` freezes a copy when there are old classes.
 
@@ -160,8 +166,7 @@ class DistillationObjective:
         if self.distill_seen_outputs:
             # van de Ven & Tolias's loss_fn_kd: the teacher's distribution over the old classes padded with zeros
             # (a logit of -inf) for the new ones, against the student's softmax over every seen class
-            padded = F.pad(teacher_logits.to(logits.dtype), (0, n_seen - n_old), value=float("-inf"))
-            dist = self._distillation(logits[:, :n_seen], padded)
+            dist = self._distillation(logits[:, :n_seen], padded_to(teacher_logits.to(logits.dtype), n_seen))
         else:
             dist = self._distillation(logits[:, :n_old], teacher_logits.to(logits.dtype))
         if self.bce_sum:
