@@ -1,6 +1,6 @@
 """Deep generative replay as van de Ven & Tolias's code computes it: the VAE's loss by hand, the classifier's
 (1/t)-weighted objective with hard and distilled replay targets, the generator's own step, and runs through
-the CLI (beside fine-tuning; refused where it is not built)."""
+the CLI (beside fine-tuning; task-incremental with a head per task; refused under torchrun)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from test_replay_methods import make_method, start, stream_batch
 
 from cilearn.cli import main
 from cilearn.data import load_dataset
+from cilearn.errors import ConfigError
 from cilearn.models.vae import VAE
 from cilearn.rundir import write_yaml
 from cilearn.scenarios import class_incremental, create
@@ -151,14 +152,56 @@ def test_dgr_runs_from_a_config_and_keeps_more_than_fine_tuning(tmp_path):
     assert metrics["accuracy_matrix"][-1][0] > 0.0 and math.isfinite(metrics["last_accuracy"])
 
 
-def test_dgr_refuses_task_incremental_scenarios_before_writing(tmp_path, capsys):
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets):
+    """Task-IL, task 3 (their scenario "task"): ⅓·CE(stream, its own task's 2 outputs) + ⅔·mean over tasks 1 and 2
+    of the replay loss on that task's 2 outputs, the targets the previous model's argmax (or softmax at T 2)
+    over the same 2 outputs."""
+    scenario = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3, task_incremental=True)
+    method, _ = second_task(scenario, replay_targets=targets, temperature=2.0)
+    second = stream_batch(method, scenario[1], list(range(0, 40)))
+    method.after_step(second, method.forward(second))
+    method.grow_head(scenario[2])
+    method.begin_task(scenario[2])
+    batch = stream_batch(method, scenario[2], list(range(0, 16)))
+    state = method.rng.get_state()
+    out = method.forward(batch)
+    loss = method.loss(out, batch)
+    replayed = method.previous_generator.sample(16, torch.Generator().set_state(state))
+    inputs = method.context.augment.normalize(replayed)
+    with torch.no_grad():
+        teacher = method.teacher.model(inputs)
+        logits = method.model(torch.cat([batch.inputs, inputs]))
+    assert teacher.shape[1] == 4 and logits.shape[1] == 6
+    current = F.cross_entropy(logits[:16, 4:6], batch.labels - 4)  # the stream's own head
+    per_task = []
+    for outputs in (slice(0, 2), slice(2, 4)):
+        student, old = logits[16:, outputs], teacher[:, outputs]
+        if targets == "hard":
+            per_task.append(F.cross_entropy(student, old.argmax(1)))
+        else:
+            per_task.append(-(F.softmax(old / 2, 1) * F.log_softmax(student / 2, 1)).sum(1).mean() * 4)
+    expected = current / 3 + (2 / 3) * (per_task[0] + per_task[1]) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dgr_runs_a_task_incremental_config(tmp_path):
     config = dgr_config()
     config["scenario"]["type"] = "task_incremental"
     path = tmp_path / "til.yaml"
     write_yaml(path, config)
-    assert main(["run", str(path), "--out", str(tmp_path / "run")]) != 0
-    assert "task-incremental variant is not built" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("metrics.json"))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads(next((tmp_path / "run").rglob("metrics.json")).read_text())
+    assert metrics["complete"] and metrics["tasks_done"] == 3
+    assert metrics["accuracy_matrix"][-1][0] > 0.5  # task 1 scored on its own two outputs is kept
+
+
+def test_dgr_refuses_torchrun():
+    scenario = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3)
+    method = make_method(scenario, "dgr", generator_hidden=[12], z_dim=4)
+    method.context.distributed = object()
+    with pytest.raises(ConfigError, match="without torchrun"):
+        method.check(scenario)
 
 
 def test_dgr_in_a_domain_stream_replays_over_the_shared_outputs(tmp_path):

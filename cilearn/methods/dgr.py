@@ -18,8 +18,12 @@ Their code, branch ``preprints`` (``train.py`` ``train_cl``, ``encoder.py`` and 
 ``train_a_batch``), is followed in each of these; the generator's loss is in :mod:`cilearn.models.vae`.  The
 generator trains in the ``after_step`` hook, outside the loop's step (a second model with its own optimizer), in
 fp32 also when the classifier runs in bf16.  Replayed images are drawn and noised from the method's own seeded
-generator, which travels with the checkpoint (exact resume).  Not here: their task-incremental variant (a
-replayed minibatch per earlier task, each on its own task's outputs), torchrun.
+generator, which travels with the checkpoint (exact resume).
+
+Task-incremental scenarios (a head per task): as their ``scenario == "task"`` branch, the one replayed minibatch
+is labelled by the teacher once per earlier task over that task's own outputs (argmax, or softmax at
+``temperature``), and ``L_replay`` is the mean over the earlier tasks of the loss on each task's outputs; the
+stream's loss uses its own task's outputs, and the generator's step is unchanged.  Not here: torchrun.
 """
 
 from __future__ import annotations
@@ -84,10 +88,6 @@ class DGR(Method):
 
     def check(self, scenario: Scenario) -> None:
         check_full_head(self.options, scenario)
-        if scenario.task_incremental:
-            raise ConfigError("method 'dgr' replays one minibatch over every seen class (class- and "
-                              "domain-incremental scenarios); its task-incremental variant is not built. Use "
-                              "scenario.type class_incremental, or another method.")
         if self.context.distributed is not None:
             raise ConfigError("method 'dgr' trains its generator beside the classifier in one process; run it "
                               "without torchrun.")
@@ -121,13 +121,23 @@ class DGR(Method):
         if self._replayed is None:
             return current
         replayed, teacher = logits[len(batch):], self._teacher_logits
-        if self.options.replay_targets == "hard":
-            replay = F.cross_entropy(replayed, teacher.argmax(1))
-        else:  # the teacher's distribution over the old classes, padded with zeros to every seen class
-            replay = distillation_loss("kd", replayed, padded_to(teacher, replayed.shape[1]), self.options.temperature,
-                                       t2_scaling=True)
+        if self.class_task is None:
+            replay = self.replay_loss(replayed, teacher)
+        else:  # a head per task: each earlier task's outputs scored on their own, then averaged over those tasks
+            owner = self.class_task[: replayed.shape[1]]  # the task of each output
+            old = owner[: teacher.shape[1]]
+            per_task = [self.replay_loss(replayed[:, owner == k], teacher[:, old == k]) for k in old.unique()]
+            replay = sum(per_task) / len(per_task)
         share = self.relative_weight
         return share * current + (1 - share) * replay
+
+    def replay_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """CE with the teacher's argmax (hard), or T²·KD against its softmax padded with zeros to the student's
+        outputs (soft)."""
+        if self.options.replay_targets == "hard":
+            return F.cross_entropy(student, teacher.argmax(1))
+        return distillation_loss("kd", student, padded_to(teacher, student.shape[1]), self.options.temperature,
+                                 t2_scaling=True)
 
     def after_step(self, batch: Batch, out: Output) -> None:
         """One step of the generator on the stream images (and the replayed ones), weighted as the classifier's."""
