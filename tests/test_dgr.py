@@ -152,13 +152,15 @@ def test_dgr_runs_from_a_config_and_keeps_more_than_fine_tuning(tmp_path):
     assert metrics["accuracy_matrix"][-1][0] > 0.0 and math.isfinite(metrics["last_accuracy"])
 
 
+@pytest.mark.parametrize("head", ["growing", "full"])
 @pytest.mark.parametrize("targets", ["hard", "soft"])
-def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets):
+def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets, head):
     """Task-IL, task 3 (their scenario "task"): ⅓·CE(stream, its own task's 2 outputs) + ⅔·mean over tasks 1 and 2
     of the replay loss on that task's 2 outputs, the targets the previous model's argmax (or softmax at T 2)
-    over the same 2 outputs."""
-    scenario = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3, task_incremental=True)
-    method, _ = second_task(scenario, replay_targets=targets, temperature=2.0)
+    over the same 2 outputs; with a head per task or their one layer of every output (``head: full``)."""
+    scenario = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=4, task_incremental=True)
+    method, _ = second_task(scenario, replay_targets=targets, temperature=2.0, head=head)
+    method.check(scenario)  # a full head is accepted in Task-IL
     second = stream_batch(method, scenario[1], list(range(0, 40)))
     method.after_step(second, method.forward(second))
     method.grow_head(scenario[2])
@@ -172,7 +174,8 @@ def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets)
     with torch.no_grad():
         teacher = method.teacher.model(inputs)
         logits = method.model(torch.cat([batch.inputs, inputs]))
-    assert teacher.shape[1] == 4 and logits.shape[1] == 6
+    assert method.model.num_classes == (8 if head == "full" else 6) and teacher.shape[1] == (8 if head == "full" else 4)
+    teacher, logits = teacher[:, :4], logits[:, :6]  # a full head has every output; the seen ones score
     current = F.cross_entropy(logits[:16, 4:6], batch.labels - 4)  # the stream's own head
     per_task = []
     for outputs in (slice(0, 2), slice(2, 4)):
@@ -185,8 +188,11 @@ def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_dgr_runs_a_task_incremental_config(tmp_path):
-    config = dgr_config()
+@pytest.mark.parametrize("head", ["growing", "full"])
+def test_dgr_runs_a_task_incremental_config(tmp_path, head):
+    """Task-IL from a config, with a head per task or every output from the start (their one 10-unit layer; the
+    task-aware evaluation then scores each task with its own outputs among those of the tasks seen)."""
+    config = dgr_config(head=head)
     config["scenario"]["type"] = "task_incremental"
     path = tmp_path / "til.yaml"
     write_yaml(path, config)

@@ -195,9 +195,9 @@ class Evaluator:
         return float(correct[data.segment == upto].mean()), float(correct[seen].mean())
 
     def _head_predictions(self, logits: torch.Tensor, data: TestSet) -> np.ndarray:
-        if self.scenario.task_incremental:
-            return metrics.task_aware_predictions(logits.cpu().numpy(), data.segment,
-                                                  self.inference.model.head.task_slices)
+        if self.scenario.task_incremental:  # the heads of the tasks seen (a full head has the later ones too)
+            slices = [s for s in self.inference.model.head.task_slices if s.stop <= logits.shape[1]]
+            return metrics.task_aware_predictions(logits.cpu().numpy(), data.segment, slices)
         return logits.argmax(1).cpu().numpy()
 
     def evaluate(self, upto: int, classifiers: dict) -> tuple[dict, dict]:
