@@ -20,7 +20,8 @@ generator trains in the ``after_step`` hook, outside the loop's step (a second m
 fp32 also when the classifier runs in bf16.  Replayed images are drawn and noised from the method's own seeded
 generator, which travels with the checkpoint (exact resume).
 
-Task-incremental scenarios (a head per task): as their ``scenario == "task"`` branch, the one replayed minibatch
+Task-incremental scenarios (a head per task, or with ``head: full`` their one layer of every output, each loss
+masked to a task's outputs): as their ``scenario == "task"`` branch, the one replayed minibatch
 is labelled by the teacher once per earlier task over that task's own outputs (argmax, or softmax at
 ``temperature``), and ``L_replay`` is the mean over the earlier tasks of the loss on each task's outputs; the
 stream's loss uses its own task's outputs, and the generator's step is unchanged.  Not here: torchrun.
@@ -88,8 +89,8 @@ class DGR(Method):
         self._teacher_logits: torch.Tensor | None = None  # the previous model's logits of them (old classes)
 
     def check(self, scenario: Scenario) -> None:
-        if not scenario.task_incremental:  # here the loss of every sample and replay is masked to a task's outputs,
-            check_full_head(self.options, scenario)  # so a full head is their one 10-unit layer with one Adam
+        if not scenario.task_incremental:  # in Task-IL every loss is masked to a task's outputs: a full head is fine
+            check_full_head(self.options, scenario)
         if self.context.distributed is not None:
             raise ConfigError("method 'dgr' trains its generator beside the classifier in one process; run it "
                               "without torchrun.")
