@@ -87,6 +87,7 @@ class DGR(Method):
         self.rng = torch.Generator().manual_seed(context.seed * 7919 + 17)  # replayed samples and VAE noise
         self._replayed: torch.Tensor | None = None  # this step's replayed images in [0, 1], for the generator
         self._teacher_logits: torch.Tensor | None = None  # the previous model's logits of them (old classes)
+        self._old_task_outputs: list[torch.Tensor] = []  # Task-IL: each earlier task's output columns
 
     def check(self, scenario: Scenario) -> None:
         if not scenario.task_incremental:  # in Task-IL every loss is masked to a task's outputs: a full head is fine
@@ -105,6 +106,11 @@ class DGR(Method):
         n_old = len(task.seen_classes) - len(task.new_classes) if task.index > 0 else 0
         self.teacher.begin_task(self.model, n_old, self.full_head)
         self.previous_generator = frozen_copy(self.generator) if task.index > 0 else None
+        # Task-IL: the columns of each earlier task, the same in the teacher's old outputs and the student's seen ones
+        self._old_task_outputs = []
+        if self.class_task is not None and n_old > 0:
+            owner = self.class_task[:n_old]
+            self._old_task_outputs = [(owner == k).nonzero().flatten() for k in owner.unique()]
 
     def forward(self, batch: Batch) -> Output:
         self._replayed = None
@@ -127,9 +133,7 @@ class DGR(Method):
         if self.class_task is None:
             replay = self.replay_loss(replayed, teacher)
         else:  # a head per task: each earlier task's outputs scored on their own, then averaged over those tasks
-            owner = self.class_task[: replayed.shape[1]]  # the task of each output
-            old = owner[: teacher.shape[1]]
-            per_task = [self.replay_loss(replayed[:, owner == k], teacher[:, old == k]) for k in old.unique()]
+            per_task = [self.replay_loss(replayed[:, cols], teacher[:, cols]) for cols in self._old_task_outputs]
             replay = sum(per_task) / len(per_task)
         share = self.relative_weight
         return share * current + (1 - share) * replay
