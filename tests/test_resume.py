@@ -404,3 +404,58 @@ def test_methods_drawing_from_the_global_rngs_resume_exactly(tmp_path, monkeypat
     assert "interrupted: finished tasks are saved" in capsys.readouterr().err
     got, want = results(out), results(tmp_path / "reference")
     assert got["metrics"] == want["metrics"] and got["log"] == want["log"] and got["predictions"] == want["predictions"]
+
+
+def test_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch, request, capsys):
+    """A config that leaves train.num_threads to the machine: the run resumes with the torch thread count of
+    run.json (BatchNorm networks' numbers depend on it), says so, and leaves the process's count as it was."""
+    from cilearn.engine.runner import Run
+    from cilearn.methods import Method
+
+    seen = []
+
+    class ThreadWitness(Method):
+        name = "thread_witness_test"
+
+        def begin_task(self, task):
+            super().begin_task(task)
+            seen.append(torch.get_num_threads())
+
+    register(ThreadWitness)
+    request.addfinalizer(lambda: METHODS.remove(ThreadWitness.name))
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    raw = config({"name": ThreadWitness.name})
+    raw["scenario"]["num_tasks"] = 3
+    del raw["train"]["num_threads"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    original = Run.save
+
+    def save_then_stop(self, task_index, stage, next_epoch):
+        original(self, task_index, stage, next_epoch)
+        if (task_index, next_epoch) == (1, 2):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Run, "save", save_then_stop)
+    out = tmp_path / "run"
+    torch.set_num_threads(1)
+    assert main(["run", str(cfg), "--out", str(out)]) == 130
+    assert json.loads((out / "run.json").read_text())["torch_threads"] == 1
+    assert seen == [1, 1]
+    monkeypatch.setattr(Run, "save", original)
+    torch.set_num_threads(2)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert seen == [1, 1, 1, 1]  # task 2 begun again inside it, then task 3
+    assert "resuming with 1 torch threads, the count the run started with" in capsys.readouterr().out
+    assert torch.get_num_threads() == 2
+    # the config's own count wins over the recorded one
+    raw["train"]["num_threads"] = 2
+    cfg.write_text(yaml.safe_dump(raw))
+    seen.clear()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(Run, "save", save_then_stop)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "set")]) == 130
+    monkeypatch.setattr(Run, "save", original)
+    assert main(["run", "--resume", str(tmp_path / "set")]) == 0
+    assert seen == [2, 2, 2, 2] and "resuming with" not in capsys.readouterr().out
