@@ -139,6 +139,31 @@ def test_results_table_matches_numpy(report, experiment):
     assert f"{mean:.1f} ± {std:.1f}" in markdown
 
 
+def test_runs_configured_with_sem_are_reported_with_sem(report, tmp_path):
+    """``output.spread: sem`` (the published configs whose paper reports the standard error): the report's table
+    gives mean ± std / sqrt(seeds), says so, and results.csv holds both statistics; other runs keep ± std."""
+    assert (report / "results.md").read_text().startswith("# Results (mean ± std over seeds)")
+    config = tmp_path / "sem.yaml"
+    config.write_text(CONFIG.replace("{name: resnet20, options: {width: 0.5}}", "{name: mlp, options: {hidden: [32]}}")
+                      .replace("  - {name: icarl, memory_size: 30}\n", "").replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+                      + "output: {spread: sem, save_features: false}\n")
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    assert main(["run", str(config), "--out", str(runs)]) == 0
+    assert main(["report", str(runs), "--out", str(out), "--no-tsne", "--no-gradcam"]) == 0
+    last = 100 * np.array([json.loads((runs / "finetune" / f"seed{s}" / "metrics.json").read_text())["last_accuracy"]
+                           for s in (0, 1, 2)])
+    sem, std = last.std(ddof=1) / np.sqrt(3), last.std(ddof=1)
+    assert round(sem, 1) != round(std, 1)  # the test tells them apart
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# Results (mean ± SEM over seeds)")
+    assert f"| {last.mean():.1f} ± {sem:.1f} |" in markdown
+    with open(out / "results.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["last_accuracy_sem"]) == pytest.approx(sem / 100, abs=1e-12)
+    assert float(row["last_accuracy_std"]) == pytest.approx(std / 100, abs=1e-12)
+    assert "standard error of the mean" in (out / "report.html").read_text()
+
+
 def test_rerun_replaces_a_previous_report_but_never_foreign_files(experiment, report, tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()

@@ -103,12 +103,16 @@ def results_section(groups, out: Path) -> Section:
     rows = tables.results(groups)
     write_csv(out / "results.csv", rows)
     write_csv(out / "runs.csv", tables.run_rows(groups))
-    header, body = tables.display(rows)
-    atomic_write_text(out / "results.md", "# Results (mean ± std over seeds)\n\n" + tables.markdown(header, body))
+    spread = tables.spread_of(groups)
+    header, body = tables.display(rows, spread)
+    statistic = {"std": "mean ± std over seeds", "sem": "mean ± SEM over seeds"}[spread]
+    atomic_write_text(out / "results.md", f"# Results ({statistic})\n\n" + tables.markdown(header, body))
+    said = {"std": "mean ± sample std over seeds",
+            "sem": "mean ± standard error of the mean over seeds (the runs' output.spread: sem)"}[spread]
     return Section("Results", "Average incremental accuracy (mean over steps of the accuracy on all classes "
                    "seen so far), last accuracy (after the last task) and average forgetting, for every "
-                   "classifier a method reports; mean ± sample std over seeds. Also in results.csv / results.md "
-                   "(runs.csv has one row per run).", table=tables.html_table(header, body))
+                   f"classifier a method reports; {said}. Also in results.csv / results.md (with both std and "
+                   "SEM; runs.csv has one row per run).", table=tables.html_table(header, body))
 
 
 def accuracy_section(groups, out: Path) -> Section:

@@ -1,4 +1,5 @@
-"""Result tables: per method and classifier, mean ± std over seeds (and one row per run)."""
+"""Result tables: per method and classifier, mean ± std (or ± SEM, as the runs were configured) over seeds (and
+one row per run)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,16 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def spread_of(groups: dict[str, list[RunResult]]) -> str:
+    """The statistic beside the means: ``sem`` when every run was configured with ``output.spread: sem`` (a
+    published config whose paper reports it), else ``std`` (older runs recorded none: std)."""
+    runs = [run for group in groups.values() for run in group]
+    return "sem" if runs and all(run.metrics.get("spread") == "sem" for run in runs) else "std"
+
+
 def results(groups: dict[str, list[RunResult]]) -> list[dict]:
-    """One dict per (method, classifier): seeds, and ``<scalar>_mean`` / ``<scalar>_std`` (fractions;
-    sample std over seeds, 0 for one seed) via :func:`cilearn.metrics.aggregate`."""
+    """One dict per (method, classifier): seeds, and ``<scalar>_mean`` / ``<scalar>_std`` / ``<scalar>_sem``
+    (fractions; sample std over seeds and std / sqrt(seeds), 0 for one seed) via :func:`cilearn.metrics.aggregate`."""
     rows = []
     for label, group in groups.items():
         for classifier in classifiers_of(group):
@@ -51,6 +59,7 @@ def results(groups: dict[str, list[RunResult]]) -> list[dict]:
             for key in SCALARS:
                 row[f"{key}_mean"] = agg[key]["mean"]
                 row[f"{key}_std"] = agg[key]["std"]
+                row[f"{key}_sem"] = metrics.sem(agg[key]["values"])
             rows.append(row)
     return rows
 
@@ -74,14 +83,15 @@ def pct(mean: float, std: float | None = None) -> str:
     return text + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "")
 
 
-def display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def display(rows: list[dict], spread: str = "std") -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells: mean ± ``spread`` (``std`` or ``sem``) of every scalar."""
     header = ["method", "classifier", "seeds"] + [NAMES[k] for k in SCALARS]
     body = []
     for row in rows:
         name = row["classifier"] + (" (primary)" if row["primary"] else "")
         seeds = f"{row['n_seeds']} ({row['seeds']})" + ("" if row["complete"] else ", incomplete")
         body.append([row["method"], name, seeds] + [
-            pct(row[f"{k}_mean"], row[f"{k}_std"] if row["n_seeds"] > 1 else None) for k in SCALARS])
+            pct(row[f"{k}_mean"], row[f"{k}_{spread}"] if row["n_seeds"] > 1 else None) for k in SCALARS])
     return header, body
 
 
