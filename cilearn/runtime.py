@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -71,6 +71,26 @@ def configure_torch(train_cfg, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not train_cfg.deterministic
+
+
+@contextmanager
+def resumed_thread_count(train_cfg, device: torch.device, started: dict | None, label: str, config_file):
+    """Run a resumed run with the torch thread count it started with (``started``: its run.json) when its config
+    leaves ``train.num_threads`` to the machine: BatchNorm networks' numbers change with the count, so a run
+    resumed on a machine with other cores would otherwise not equal an uninterrupted one.  The process's own
+    count is restored afterwards (the next run of an experiment starts from it)."""
+    before = torch.get_num_threads()
+    recorded = (started or {}).get("torch_threads")
+    if (not train_cfg.num_threads and device.type == "cpu" and isinstance(recorded, int) and recorded >= 1
+            and recorded != before):
+        log.info(f"{label} resuming with {recorded} torch threads, the count the run started with (this process "
+                 f"had {before}; numbers of BatchNorm networks change with it); set train.num_threads in "
+                 f"{config_file} to choose another")
+        torch.set_num_threads(recorded)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_flags() -> set[str]:

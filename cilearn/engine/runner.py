@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import runtime
 from ..augment import BatchAugment
 from ..config import Config
 from ..data import DatasetSplits
@@ -129,26 +130,9 @@ class Run:
     def execute(self, resume: bool = False) -> dict:
         if not self.ready:
             self.setup()  # every check passes before anything is written to the run directory
-        threads_before = torch.get_num_threads()
-        if resume:
-            self.keep_thread_count()
-        try:
+        started = self.files.read_info() if resume else None  # run.json: what a resumed run started with
+        with runtime.resumed_thread_count(self.cfg.train, self.device, started, f"[{self.label}]", self.files.config):
             return self._execute(resume)
-        finally:
-            torch.set_num_threads(threads_before)  # the next run of an experiment starts from the machine's count
-
-    def keep_thread_count(self) -> None:
-        """A resumed run whose config leaves ``train.num_threads`` to the machine continues with the torch thread
-        count it started with (run.json): BatchNorm networks' numbers change with it, so a run resumed on a
-        machine with other cores would otherwise not equal an uninterrupted one."""
-        recorded = (self.files.read_info() or {}).get("torch_threads")
-        if self.cfg.train.num_threads or self.device.type != "cpu" or not isinstance(recorded, int) or recorded < 1:
-            return
-        if recorded != torch.get_num_threads():
-            say(f"[{self.label}] resuming with {recorded} torch threads, the count the run started with "
-                f"(this process had {torch.get_num_threads()}; numbers of BatchNorm networks change with it); "
-                f"set train.num_threads in {self.files.config} to choose another")
-            torch.set_num_threads(recorded)
 
     def _execute(self, resume: bool) -> dict:
         with self.files.lock():
