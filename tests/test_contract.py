@@ -40,6 +40,7 @@ OPTIONS = {  # small settings for a fast digits run; everything else stays at th
     "mas": {"importance_samples": 40},
 }
 DOMAIN_ONLY = {"iid"}  # methods for a fixed label space (domain streams)
+TASK_ONLY = {"xdg"}  # methods that need the task's identity at test time
 
 
 def config(name: str) -> dict:
@@ -50,6 +51,8 @@ def config(name: str) -> dict:
                         output={"max_feature_samples": 30}, seed=1)
     if name in DOMAIN_ONLY:  # a fixed label space: the whole scenario section differs
         raw["scenario"] = {"type": "domain_incremental", "num_tasks": 3, "options": {"stream": "rotated"}}
+    if name in TASK_ONLY:
+        raw["scenario"]["type"] = "task_incremental"
     return raw
 
 

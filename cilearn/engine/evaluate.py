@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable
@@ -144,8 +145,11 @@ class Evaluator:
     """Scores a model after each task: accuracy matrix row, accuracy on everything seen, old/new split."""
 
     def __init__(self, scenario: Scenario, inference: Inference, max_feature_samples: int = 0, seed: int = 0,
-                 quick_limit: int = 0):
+                 quick_limit: int = 0,
+                 task_context: Callable[[int], contextlib.AbstractContextManager | None] | None = None):
         self.scenario = scenario
+        # a task-conditioned network (Method.task_context): each task's test images are scored in its context
+        self.task_context = task_context if scenario.task_incremental else None
         self.inference = inference
         self.all_tasks = scenario.kind == "domain_incremental"  # fixed label space: score every experience
         self.max_feature_samples = max_feature_samples
@@ -187,12 +191,28 @@ class Evaluator:
         """(accuracy on the current task, on everything seen so far) with the network head, for the
         per-epoch log (on :meth:`quick_set`; ``sample=False``: on the whole test set)."""
         data = self.quick_set(upto) if sample else self.test_set(upto)
-        _, logits = self.inference(data.images)
+        _, logits = self._infer(data)
         logits = logits[:, : self.seen_outputs(upto)]
         preds = self._head_predictions(logits, data)
         correct = preds == data.labels
         seen = data.segment <= upto
         return float(correct[data.segment == upto].mean()), float(correct[seen].mean())
+
+    def _infer(self, data: TestSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of ``data``: one pass, or one per task when the network depends on the task."""
+        first = self.task_context(0) if self.task_context is not None else None
+        if first is None:
+            return self.inference(data.images)
+        features, logits = [], []
+        for index in np.unique(data.segment):  # consecutive runs of one task each (test sets are in task order)
+            rows = torch.as_tensor(np.flatnonzero(data.segment == index), device=data.images.device)
+            with self.task_context(int(index)):
+                f, z = self.inference(data.images[rows])
+            features.append(f)
+            logits.append(z)
+        order = np.argsort(np.argsort(data.segment, kind="stable"), kind="stable")
+        keep = torch.as_tensor(order, device=features[0].device)
+        return torch.cat(features)[keep], torch.cat(logits)[keep]
 
     def _head_predictions(self, logits: torch.Tensor, data: TestSet) -> np.ndarray:
         if self.scenario.task_incremental:  # the heads of the tasks seen (a full head has the later ones too)
@@ -203,7 +223,7 @@ class Evaluator:
     def evaluate(self, upto: int, classifiers: dict) -> tuple[dict, dict]:
         """Full evaluation after task ``upto``: (JSON-able scores per classifier, arrays to save)."""
         data = self.test_set(upto)
-        features, logits = self.inference(data.images)
+        features, logits = self._infer(data)
         logits = logits[:, : self.seen_outputs(upto)]
         segments = range(len(self.scenario)) if self.all_tasks else range(upto + 1)
         seen = data.segment <= upto

@@ -68,7 +68,7 @@ class Run:
         self.method = method_from(cfg, self.model, context, self.augment, cfg.train.batch_size)
         self.evaluator = Evaluator(self.scenario, self.inference,
                                    cfg.output.max_feature_samples if cfg.output.save_features else 0, cfg.seed,
-                                   quick_limit=cfg.train.eval_subsample)
+                                   quick_limit=cfg.train.eval_subsample, task_context=self.method.task_context)
         class_task = None
         if self.scenario.kind != "domain_incremental":
             class_task = torch.as_tensor(self.scenario.task_of_class(), device=self.device)

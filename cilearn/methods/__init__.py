@@ -28,11 +28,12 @@ from .gdumb import GDumb
 from .si import SI
 from .mas import MAS
 from .l2 import L2
+from .xdg import XdG
 
 from ..registry import Component, Registry
 
 BUILTIN: tuple[type[Method], ...] = (FineTune, Joint, LwF, ICaRL, Replay, IIDStream, EWC, BiC, WA, LUCIR, PODNet,
-                                     ER, DER, DERpp, ERACE, AGEM, GEM, DGR, GDumb, SI, MAS, L2)
+                                     ER, DER, DERpp, ERACE, AGEM, GEM, DGR, GDumb, SI, MAS, L2, XdG)
 
 
 def _component(name: str, cls: Any) -> Component:

@@ -23,6 +23,8 @@ Per epoch / task / run:
   linear one (a cosine classifier, say), installed before the first task and when a run is rebuilt;
 - ``classifiers()``: how to predict at test time (the network head, nearest-mean-of-exemplars, ...);
 - ``exemplars()``: the stored samples (for the report), or None;
+- ``task_context(task_index)``: a context in which the network computes that task's outputs (XdG's gate), for
+  task-incremental scenarios whose network depends on the task; None (default) when it does not;
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume (tensors and plain values only).
 
 A method that replays stored samples every step sets ``self.replay`` to a sampler
@@ -32,6 +34,7 @@ batch as ``batch.replay``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
@@ -317,6 +320,12 @@ class Method:
     def exemplars(self) -> dict[str, Any] | None:
         """Stored samples for reports: ``{"images": uint8 NHWC, "labels", "rank"}`` (+ ``"kind"``; + ``"features"``
         when the method already computed them under the current model, else the run computes them), or None."""
+        return None
+
+    def task_context(self, task_index: int) -> contextlib.AbstractContextManager | None:
+        """What the network needs to compute task ``task_index``'s outputs (a task-conditioned network such as
+        XdG's gates), as a context the evaluation scores that task's test images in; None (the default): the
+        network is the same for every task, and the test images of all tasks go through it in one pass."""
         return None
 
     def state_dict(self) -> dict:
