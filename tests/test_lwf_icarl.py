@@ -15,11 +15,11 @@ from cilearn.config import parse_config
 from cilearn.schema import to_dict
 from cilearn.errors import ConfigError
 from cilearn.methods import method_options
-from cilearn.methods.parts.distill import LossSetup
+from cilearn.methods.parts.distill import DistillationObjective, LossSetup
 from cilearn.methods.parts.components import resolve_losses
 from cilearn.engine.checkpoints import load_checkpoint, save_checkpoint
 from cilearn.engine.runner import Run
-from helpers import make_run
+from helpers import digits_config, make_run
 
 
 @pytest.fixture(scope="module")
@@ -483,3 +483,46 @@ def test_vandeven_lwf_loss_and_gradient_equal_their_formula(tmp_path):
 def test_distillation_over_seen_outputs_needs_kd(tmp_path):
     with pytest.raises(ConfigError, match="distillation_outputs"):
         make_run(tmp_path, {"name": "lwf", "distillation_loss": "bce", "distillation_outputs": "seen"}, num_tasks=2)
+
+
+def kd_t2(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Their ``loss_fn_kd`` written out: −Σ softmax(teacher/T)·log_softmax(student/T), batch mean, × T²."""
+    target = torch.softmax(teacher / temperature, 1)
+    return -(target * torch.log_softmax(student / temperature, 1)).sum(1).mean() * temperature ** 2
+
+
+def test_balance_tasks_is_their_rnt_in_domain_il_and_task_il():
+    """``balance: tasks``: (1/t)·CE + (1 − 1/t)·KD·T² in task t, their ``rnt = 1/task`` itself. In Domain-IL no
+    class is new (two shared outputs, n_old = n_seen), where ``classes`` would give the current data no weight; in
+    Task-IL the CE uses the sample's own task's outputs and the KD is the mean over earlier tasks of one softmax per
+    task's outputs (their replay loss per previous task, averaged)."""
+    gen = torch.Generator().manual_seed(3)
+    setup = LossSetup("ce", "kd", "all", "tasks")
+    # Domain-IL, task 3: two outputs, the teacher's over the same two
+    logits = torch.randn(6, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    objective = DistillationObjective(setup, 1.0, 2.0, True, None)
+    got = objective(logits, labels, teacher, n_seen=2, task_number=3)
+    want = F.cross_entropy(logits, labels) / 3 + (2 / 3) * kd_t2(logits, teacher)
+    assert abs(got.item() - want.item()) < 1e-12
+    classes = DistillationObjective(LossSetup("ce", "kd", "all", "classes"), 1.0, 2.0, True, None)
+    assert abs(classes(logits, labels, teacher, n_seen=2, task_number=3).item()
+               - kd_t2(logits, teacher).item()) < 1e-12  # n_old / n_seen = 1: the current labels are lost
+    # Task-IL, task 3 of heads [0, 2), [2, 4), [4, 6): the stream's samples belong to task 3
+    logits = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([4, 5, 5, 4, 5])
+    mask = torch.zeros(5, 6, dtype=torch.bool)
+    mask[:, 4:6] = True
+    slices = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    objective = DistillationObjective(setup, 1.0, 2.0, True, None, task_slices=slices)
+    got = objective(logits, labels, teacher, n_seen=6, mask=mask, task_number=3)
+    want = (F.cross_entropy(logits[:, 4:6], labels - 4) / 3
+            + (2 / 3) * (kd_t2(logits[:, 0:2], teacher[:, 0:2]) + kd_t2(logits[:, 2:4], teacher[:, 2:4])) / 2)
+    assert abs(got.item() - want.item()) < 1e-12
+    g_got, = torch.autograd.grad(got, [logits])
+    g_want, = torch.autograd.grad(want, [logits])
+    assert torch.allclose(g_got, g_want, atol=1e-12)
+    with pytest.raises(ConfigError, match="balance"):
+        parse_config(digits_config(method={"name": "lwf", "balance": "task"}))

@@ -46,11 +46,12 @@ class DistillationOptions(MethodOptions):
     classification_outputs: Literal["auto", "new", "all"] = option(
         "auto", help="outputs the classification loss uses: the new classes' only, or all seen; auto: new, "
                      "except ce/mse with an exemplar memory (all, so exemplars keep their labels)")
-    balance: Literal["auto", "sum", "outputs", "classes"] = option(
+    balance: Literal["auto", "sum", "outputs", "classes", "tasks"] = option(
         "auto", help="sum: cls + λ·dist; outputs: each term weighted by the share of outputs it covers "
                      "(iCaRL's single BCE over all outputs); classes: (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist "
-                     "(van de Ven & Tolias's LwF: 1/t and 1 - 1/t for t equal tasks); auto: outputs for variant "
-                     "icarl, else sum")
+                     "(van de Ven & Tolias's LwF: 1/t and 1 - 1/t for t equal tasks); tasks: (1/t)·cls + "
+                     "(1 - 1/t)·λ·dist in task t, as their code's rnt (also where no class is new: Domain-IL); "
+                     "auto: outputs for variant icarl, else sum")
     distillation_outputs: Literal["old", "seen"] = option(
         "old", help="kd only: old: the softmax of both models over the old classes (Li & Hoiem); seen: the new "
                     "model's softmax over every seen class against the teacher's over the old ones, padded with 0 "
@@ -144,7 +145,7 @@ def distillation_loss(method, out: Output, batch: Batch) -> torch.Tensor:
         teacher_logits = method.teacher.logits(batch.inputs) if method.teacher else None
     mask = method.head_mask(batch.labels)
     return method.objective(out.logits, batch.labels, teacher_logits, method.num_seen,
-                            None if mask is None else mask[:, : method.num_seen])
+                            None if mask is None else mask[:, : method.num_seen], task_number=method.task.index + 1)
 
 
 def check_full_head(options: MethodOptions, scenario: Scenario) -> None:

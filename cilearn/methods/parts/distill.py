@@ -97,7 +97,7 @@ class LossSetup:
     distillation: str     # bce | mse | kd
     outputs: str          # "new": classification on the new classes' outputs only; "all": every seen output
     balance: str          # "sum": cls + λ·dist; "outputs": each term weighted by the share of outputs it covers;
-    #                       "classes": (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist
+    #                       "classes": (n_new/n_seen)·cls + (n_old/n_seen)·λ·dist; "tasks": (1/t)·cls + (1 - 1/t)·λ·dist
 
 
 class DistillationObjective:
@@ -136,10 +136,10 @@ class DistillationObjective:
         self.distill_seen_outputs = distill_seen_outputs  # kd: the student's softmax over every seen output
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 n_seen: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+                 n_seen: int, mask: torch.Tensor | None = None, task_number: int = 1) -> torch.Tensor:
         """``logits`` (N, outputs ≥ n_seen); ``teacher_logits`` (N, n_old) or None on the first task;
         ``mask`` (N, n_seen): the multi-head mask of task-incremental training (each sample uses its own
-        task's outputs), or None."""
+        task's outputs), or None; ``task_number``: t, the current task counted from 1 (``balance: tasks``)."""
         setup = self.setup
         if self.seen_outputs_only:
             logits = logits[:, :n_seen]
@@ -178,6 +178,8 @@ class DistillationObjective:
             # classes' share of those seen, its replay through the previous model by the old classes' share
             old_share = n_old / n_seen
             return (1.0 - old_share) * cls + old_share * self.weight * dist
+        elif setup.balance == "tasks":  # their rnt = 1/task itself: the same weights where classes do not grow
+            return cls / task_number + (1.0 - 1.0 / task_number) * self.weight * dist
         return cls + self.weight * dist
 
     @staticmethod
