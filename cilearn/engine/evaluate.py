@@ -148,8 +148,10 @@ class Evaluator:
                  quick_limit: int = 0,
                  task_context: Callable[[int], contextlib.AbstractContextManager | None] | None = None):
         self.scenario = scenario
-        # a task-conditioned network (Method.task_context): each task's test images are scored in its context
-        self.task_context = task_context if scenario.task_incremental else None
+        # a task-conditioned network (Method.task_context gives a context, not None): each task's test images are
+        # scored in its own context; decided once, the method's answer does not change during a run
+        conditioned = scenario.task_incremental and task_context is not None and task_context(0) is not None
+        self.task_context = task_context if conditioned else None
         self.inference = inference
         self.all_tasks = scenario.kind == "domain_incremental"  # fixed label space: score every experience
         self.max_feature_samples = max_feature_samples
@@ -200,19 +202,18 @@ class Evaluator:
 
     def _infer(self, data: TestSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of ``data``: one pass, or one per task when the network depends on the task."""
-        first = self.task_context(0) if self.task_context is not None else None
-        if first is None:
+        if self.task_context is None:
             return self.inference(data.images)
-        features, logits = [], []
-        for index in np.unique(data.segment):  # consecutive runs of one task each (test sets are in task order)
+        features = logits = None
+        for index in np.unique(data.segment):
             rows = torch.as_tensor(np.flatnonzero(data.segment == index), device=data.images.device)
             with self.task_context(int(index)):
                 f, z = self.inference(data.images[rows])
-            features.append(f)
-            logits.append(z)
-        order = np.argsort(np.argsort(data.segment, kind="stable"), kind="stable")
-        keep = torch.as_tensor(order, device=features[0].device)
-        return torch.cat(features)[keep], torch.cat(logits)[keep]
+            if features is None:
+                features = f.new_empty(len(data.labels), f.shape[1])
+                logits = z.new_empty(len(data.labels), z.shape[1])
+            features[rows.to(f.device)], logits[rows.to(z.device)] = f, z
+        return features, logits
 
     def _head_predictions(self, logits: torch.Tensor, data: TestSet) -> np.ndarray:
         if self.scenario.task_incremental:  # the heads of the tasks seen (a full head has the later ones too)
