@@ -21,7 +21,7 @@ from .loggers import LOGGERS, check_logger_names
 from .methods import METHODS, MethodOptions, method_options
 from .models.registry import MODELS, model_options
 from .schema import build_section, option, section_schema, to_dict
-from .sections import DataConfig, ModelConfig, OutputConfig, ScenarioConfig, TrainConfig
+from .sections import FIRST_TASK_KEYS, DataConfig, ModelConfig, OutputConfig, ScenarioConfig, TrainConfig
 from .shipped import find_config
 from .streams import STREAMS, stream_options
 
@@ -298,6 +298,33 @@ def check_train(train: TrainConfig) -> None:
         raise ConfigError(f"train.no_weight_decay: {train.no_weight_decay} names a kind twice.")
     if isinstance(train.augment, list):
         parse_steps(train.augment)
+    if train.first_task:  # checked, and its values typed as the train section's own (YAML's "1e-3" a float)
+        merged = first_task_config(train)
+        train.first_task = {key: getattr(merged, key) for key in train.first_task}
+
+
+def first_task_config(train: TrainConfig) -> TrainConfig:
+    """The train settings of the first task: ``train`` with ``train.first_task`` over it, checked as a train
+    section is (a first task that gives ``epochs`` counts epochs, even when the run counts iterations)."""
+    first = train.first_task
+    if not isinstance(first, dict):
+        raise ConfigError(f"train.first_task: expected a mapping of train settings, e.g. {{epochs: 4, lr: 0.1}}; "
+                          f"got {first!r}.")
+    for key in first:
+        if key not in FIRST_TASK_KEYS:
+            why = ("a setting of the whole run, one value for every task." if key in TrainConfig.__dataclass_fields__
+                   else f"not a train setting.{did_you_mean(key, FIRST_TASK_KEYS)}")
+            raise ConfigError(f"train.first_task.{key}: {why} The first task may change: {', '.join(FIRST_TASK_KEYS)}.")
+    values = {**to_dict(train), "first_task": {}, **first}
+    if "epochs" in first and "iterations" not in first:
+        values["iterations"] = None
+    merged = build_section(TrainConfig, values, "train.first_task")
+    try:
+        check_train(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"train.first_task: the first task's settings (train with first_task over it) are wrong: "
+                          f"{exc} Give the first task its own value in train.first_task.") from None
+    return merged
 
 
 def method_section(raw: dict) -> dict:

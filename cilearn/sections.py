@@ -100,6 +100,11 @@ class TrainConfig:
                      "{name: {option: value}}: crop {padding: 4}, flip, color_jitter {brightness, contrast, "
                      "saturation}, randaugment {num_ops: 2, magnitude: 9}, cutmix {alpha: 1.0, p: 0.5} (last; "
                      "methods whose loss is the batch's classification loss only); see cilearn/augment.py")
+    first_task: Any = option(
+        default_factory=dict, help="train settings of the first task only, over the rest of train (PyCIL's init_epoch, "
+                                   "init_lr, init_milestones): epochs or iterations, batch_size, lr, momentum, "
+                                   "weight_decay, scheduler, milestones, gamma, warmup, ...; e.g. {epochs: 4, "
+                                   "milestones: [3], gamma: 0.1}; {}: every task trains alike")
     eval_batch_size: int = option(128, min=1, help="batch for evaluation and feature extraction (128: on CPU "
                                                    "faster than 256 or 1024 for the CIFAR ResNets, and less memory)")
     fold_batchnorm: bool = option(True, help="evaluation and feature extraction (herding, class means) run a copy "
@@ -131,6 +136,13 @@ class TrainConfig:
                                               "(CUDA only)")
     dist_timeout: float = option(1800.0, min=1.0, help="under torchrun: seconds a process waits for the others "
                                                        "before the job stops")
+
+
+# What train.first_task may change: how the first task trains.  Settings of the whole run (device, threads,
+# precision, augmentation, evaluation, checkpoints, optimizer_state) stay one value for every task.
+FIRST_TASK_KEYS = ("epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov", "betas",
+                   "weight_decay", "no_weight_decay", "clip_grad_value", "scheduler", "min_lr", "milestones", "gamma",
+                   "warmup", "warmup_factor")
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """train.iterations: a fixed number of gradient steps per task instead of epochs (issue 10) — the exact
 number of optimizer steps, the schedule counted in iterations, one log row per pass over the data,
-stages with their own epochs, and a run stopped mid-task that resumes to the uninterrupted result."""
+stages with their own epochs, and a run stopped mid-task that resumes to the uninterrupted result.
+train.first_task: the first task's own schedule (issue 24), the others' unchanged."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def test_warmup_counts_iterations(tmp_path, monkeypatch):
     used = []  # the lr of every optimizer step, in order
     original = Trainer.start
 
-    def start(self, method, overrides=None):
-        original(self, method, overrides)
+    def start(self, method, overrides=None, **kwargs):
+        original(self, method, overrides, **kwargs)
         step = self.optimizer.step
 
         def recorded_step(*args, **kwargs):
@@ -118,3 +119,72 @@ def test_cli_run_with_iterations(tmp_path, capsys):
     assert all(s <= ITERATIONS * 32 for s in train_samples)  # the samples of 23 steps of 32 (a pass's tail fewer)
     resolved = (tmp_path / "cli" / "config.yaml").read_text()
     assert f"iterations: {ITERATIONS}" in resolved
+
+
+def optimizer_steps(monkeypatch) -> list[tuple[int, float]]:
+    """Records (stage started, lr) of every optimizer step of a run: each task's schedule as it ran."""
+    from cilearn.engine.train import Trainer
+
+    used, starts, original = [], [], Trainer.start
+
+    def start(self, method, stage=None, first_task=False):
+        original(self, method, stage, first_task=first_task)
+        starts.append(first_task)
+        step, index = self.optimizer.step, len(starts) - 1
+
+        def recorded_step(*args, **kwargs):
+            used.append((index, self.optimizer.param_groups[0]["lr"]))
+            return step(*args, **kwargs)
+
+        self.optimizer.step = recorded_step
+
+    monkeypatch.setattr(Trainer, "start", start)
+    return used
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_the_first_task_trains_on_its_own_schedule_and_the_others_on_the_runs(tmp_path, monkeypatch):
+    used = optimizer_steps(monkeypatch)
+    raw = config(first_task={"iterations": 30, "lr": 0.05, "milestones": [25]})  # the run: 23 steps, ×0.1 at 10, 20
+    Run(parse_config(raw), tmp_path / "run").execute()
+    first = [lr for task, lr in used if task == 0]
+    second = [lr for task, lr in used if task == 1]
+    assert first == pytest.approx([0.05] * 25 + [0.005] * 5)  # its milestones replace the run's, gamma stays 0.1
+    assert second == pytest.approx([0.01] * 10 + [0.001] * 10 + [0.0001] * 3)  # the run's own schedule
+    log = rows(tmp_path / "run")
+    assert float(log[[r["task"] for r in log].index("1") - 1]["lr"]) == pytest.approx(0.005)
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_a_first_task_in_epochs_counts_epochs_in_a_run_of_iterations(tmp_path, monkeypatch):
+    used = optimizer_steps(monkeypatch)
+    run = Run(parse_config(config(first_task={"epochs": 2, "milestones": []}, scheduler="constant")), tmp_path / "run")
+    run.execute()
+    n = len(run.scenario[0].train)
+    per_pass = n // 32 + (1 if n % 32 >= 2 else 0)
+    assert sum(1 for task, _ in used if task == 0) == 2 * per_pass
+    assert sum(1 for task, _ in used if task == 1) == ITERATIONS
+
+
+@pytest.mark.parametrize("first_task, message", [
+    ({"device": "cpu"}, "train.first_task.device: a setting of the whole run"),
+    ({"eval_every": 0}, "train.first_task.eval_every: a setting of the whole run"),
+    ({"lrr": 0.1}, "train.first_task.lrr: not a train setting. Did you mean 'lr'?"),
+    ({"iterations": 5, "milestones": [8]}, "train.milestones: [8] must be increasing and at most train.iterations (5)"),
+    ({"epochs": 3}, "train.first_task: the first task's settings (train with first_task over it) are wrong: "
+                    "train.milestones: [10, 20] must be increasing and at most train.epochs (3)"),
+    ({"lr": -1}, "train.first_task.lr: -1.0 is below the minimum"),
+    ([1, 2], "train.first_task: expected a mapping of train settings"),
+])
+def test_a_wrong_first_task_is_refused_before_anything_is_written(tmp_path, first_task, message, capsys):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(config(first_task=first_task)))
+    assert main(["run", str(config_file), "--out", str(tmp_path / "out"), "--quiet"]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_first_task_values_are_typed_as_the_train_sections(tmp_path):
+    cfg = parse_config(config(first_task={"lr": "1e-3", "epochs": 3, "milestones": [2]})).train
+    assert cfg.first_task == {"lr": 0.001, "epochs": 3, "milestones": [2]}
+    assert stage_config(cfg, cfg.first_task).iterations is None  # epochs given: the first task counts epochs

@@ -202,7 +202,7 @@ class Run:
         cfg, stage = self.cfg, stages[index]
         self.method.begin_stage(stage)
         data = stage.training_data(self.method, task)
-        self.trainer.start(self.method, stage)
+        self.trainer.start(self.method, stage, first_task=task.index == 0)
         start_epoch = 0
         if state is not None:
             with self.checkpoints.must_fit():

@@ -104,14 +104,16 @@ class Trainer:
         self.scheduler = None
         self.carried: dict[str, dict] = {}  # optimizer_state keep: the state a resumed run starts its next task with
 
-    def start(self, method: Method, stage: Stage | dict | None = None) -> None:
+    def start(self, method: Method, stage: Stage | dict | None = None, first_task: bool = False) -> None:
         """Fresh optimizer and schedule for a new stage (restored afterwards when resuming): the stage's train
         settings, over what it trains (:meth:`Stage.parameter_groups`); a plain dict is the train overrides of
-        a stage that trains what the method's ``parameter_groups()`` gives.  With ``optimizer_state: keep``
+        a stage that trains what the method's ``parameter_groups()`` gives.  In the ``first_task``,
+        ``train.first_task``'s settings come first, the stage's over them.  With ``optimizer_state: keep``
         the new optimizer takes over the previous one's per-parameter state (Adam's moments and step counts),
         matched by parameter name; parameters new to it (a grown head) start fresh."""
         self.stage = stage if isinstance(stage, Stage) else Stage(overrides=stage or {})
-        self.cfg = stage_config(self.base_cfg, self.stage.train_overrides())
+        run_cfg = stage_config(self.base_cfg, self.base_cfg.first_task) if first_task else self.base_cfg
+        self.cfg = stage_config(run_cfg, self.stage.train_overrides())
         carried = self.kept_state(method.model) if self.cfg.optimizer_state == "keep" else {}
         self.optimizer = make_optimizer(self.stage.parameter_groups(method), self.cfg, model=method.model)
         trained = {p for group in self.optimizer.param_groups for p in group["params"]}
