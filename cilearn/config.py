@@ -315,6 +315,10 @@ def first_task_config(train: TrainConfig) -> TrainConfig:
             why = ("a setting of the whole run, one value for every task." if key in TrainConfig.__dataclass_fields__
                    else f"not a train setting.{did_you_mean(key, FIRST_TASK_KEYS)}")
             raise ConfigError(f"train.first_task.{key}: {why} The first task may change: {', '.join(FIRST_TASK_KEYS)}.")
+    if first.get("optimizer", train.optimizer) != train.optimizer and train.optimizer_state == "keep":
+        raise ConfigError(f"train.first_task.optimizer: {first['optimizer']} cannot hand its state to the later "
+                          f"tasks' {train.optimizer} (train.optimizer_state: keep); use one optimizer, or "
+                          f"optimizer_state: reset.")
     values = {**to_dict(train), "first_task": {}, **first}
     if "epochs" in first and "iterations" not in first:
         values["iterations"] = None

@@ -175,10 +175,12 @@ def test_a_first_task_in_epochs_counts_epochs_in_a_run_of_iterations(tmp_path, m
                     "train.milestones: [10, 20] must be increasing and at most train.epochs (3)"),
     ({"lr": -1}, "train.first_task.lr: -1.0 is below the minimum"),
     ([1, 2], "train.first_task: expected a mapping of train settings"),
+    ({"optimizer": "sgd"}, "train.first_task.optimizer: sgd cannot hand its state"),  # the run: adam, keep (below)
 ])
 def test_a_wrong_first_task_is_refused_before_anything_is_written(tmp_path, first_task, message, capsys):
     config_file = tmp_path / "bad.yaml"
-    config_file.write_text(yaml.safe_dump(config(first_task=first_task)))
+    run = {"optimizer_state": "keep"} if isinstance(first_task, dict) and "optimizer" in first_task else {}
+    config_file.write_text(yaml.safe_dump(config(first_task=first_task, **run)))
     assert main(["run", str(config_file), "--out", str(tmp_path / "out"), "--quiet"]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
