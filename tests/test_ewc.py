@@ -16,6 +16,7 @@ from cilearn.cli import main
 from cilearn.data import load_dataset
 from cilearn.engine.evaluate import Inference
 from cilearn.methods import MethodContext, method_class, method_options
+from cilearn.methods.base import Batch
 from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
 
@@ -289,3 +290,40 @@ train: {epochs: 2, batch_size: 32, lr: 0.05, scheduler: constant, progress: fals
     assert aware["last_accuracy"] > 0.8
     state = torch.load(out / "checkpoints" / "task_02.pt", weights_only=True)
     assert "head.chunks.1.weight" in state["method"]["penalties"][0]["fisher"]
+
+
+def test_full_head_in_task_il_uses_each_samples_own_task_outputs() -> None:
+    """head: full in Task-IL (van de Ven & Tolias's one 10-unit layer, their Task-IL active_classes): every output
+    exists from the first task, yet the loss of a sample is the cross-entropy over its own task's two outputs only
+    (other outputs get no gradient from it), and the Fisher of a task's outputs is the mean of (1[k = ŷ] − p_k)² with
+    p the softmax over those two outputs — the outputs of the other tasks get none."""
+    til = class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3, task_incremental=True)
+    method = make_ewc(til, fisher="predicted", fisher_samples=10_000, head="full")
+    method.check(til)  # accepted in Task-IL (refused before: one head per task was the only set-up)
+    task = til[1]
+    method.grow_head(til[0])
+    method.begin_task(task)
+    assert method.model.num_classes == 6
+    images = torch.from_numpy(task.train.images[:32]).permute(0, 3, 1, 2)
+    labels = torch.as_tensor(task.train.labels[:32])
+    x = method.context.augment.normalize(images)
+    batch = Batch(inputs=x, images=images, labels=labels, task_ids=torch.ones_like(labels),
+                  indices=torch.arange(32))
+    method.model.zero_grad()
+    loss = method.loss(method.forward(batch), batch)
+    logits = method.model(x).detach()
+    expected = F.cross_entropy(logits[:, 2:4], labels - 2)  # task 2 holds classes 2 and 3
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    head = method.model.head.chunks
+    assert not head[0].weight.grad.any() and not head[2].weight.grad.any()
+    assert head[1].weight.grad.abs().sum() > 0
+    method.model.eval()
+    with torch.no_grad():
+        probs = F.softmax(method.model(method.context.augment.normalize(
+            torch.from_numpy(task.train.images).permute(0, 3, 1, 2)))[:, 2:4], dim=1)
+    fisher = method.estimate_fisher(task.train)
+    expected_fisher = (F.one_hot(probs.argmax(1), 2).float() - probs).square().mean(0)
+    torch.testing.assert_close(fisher["head.chunks.1.bias"], expected_fisher, rtol=1e-4, atol=1e-7)
+    for other in ("head.chunks.0", "head.chunks.2"):
+        assert not fisher[f"{other}.bias"].any() and not fisher[f"{other}.weight"].any()

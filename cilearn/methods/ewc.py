@@ -31,11 +31,12 @@ penalised on the overlapping leading slice only.  In task-incremental scenarios 
 log-likelihood (and a sampled label) uses its own task's head.  Fishers and anchors are in the method
 state (resume).
 
-``head: full`` (class-incremental only) gives the network every class's output from the first task, as van de
-Ven & Tolias's code (10 outputs, the loss over the "active" classes seen so far) and Hsu et al.'s: the loss, the
-Fisher's log-likelihood and its predicted label use the classes seen so far, so the outputs of later classes
-get zero Fisher (no penalty) as with a growing head; what changes is the optimizer: one Adam over the whole
-layer, whose step count the outputs a task adds continue.  ``growing`` (default) adds outputs per task.
+``head: full`` gives the network every class's output from the first task, as van de Ven & Tolias's code (10
+outputs, the loss over the "active" classes seen so far; in Task-IL over the sample's own task's outputs) and Hsu
+et al.'s: the loss, the Fisher's log-likelihood and its predicted label use the classes seen so far (in Task-IL the
+sample's own task's outputs), so the outputs of later classes get zero Fisher (no penalty) as with a growing head
+or a head per task; what changes is the optimizer: one Adam over the whole layer, whose step count the outputs a
+task adds continue.  ``growing`` (default) adds outputs per task (in Task-IL: a head per task).
 """
 
 import dataclasses
@@ -96,7 +97,8 @@ class EWC(Method):
         self.penalties: list[ImportancePenalty] = []
 
     def check(self, scenario: Scenario) -> None:
-        check_full_head(self.options, scenario)
+        if not scenario.task_incremental:  # in Task-IL every loss is masked to a task's outputs: a full head is fine
+            check_full_head(self.options, scenario)
 
     @property
     def fisher(self) -> dict[str, torch.Tensor]:
@@ -141,7 +143,8 @@ class EWC(Method):
             if owner is None:
                 return logits
             # multi-head: the sample's own task head only
-            return logits.masked_fill(owner[None, :] != owner.index_select(0, target)[:, None], float("-inf"))
+            seen = owner[: logits.shape[1]]
+            return logits.masked_fill(seen[None, :] != owner.index_select(0, target)[:, None], float("-inf"))
 
         def log_likelihood(logits, target):
             return -F.cross_entropy(own_head(logits, target).float(), target)
