@@ -41,7 +41,6 @@ from ..models.vae import VAE
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
-from .parts.components import check_full_head
 from .parts.distill import Teacher, frozen_copy, padded_to
 
 
@@ -90,8 +89,6 @@ class DGR(Method):
         self._old_task_outputs: list[torch.Tensor] = []  # Task-IL: each earlier task's output columns
 
     def check(self, scenario: Scenario) -> None:
-        if not scenario.task_incremental:  # in Task-IL every loss is masked to a task's outputs: a full head is fine
-            check_full_head(self.options, scenario)
         if self.context.distributed is not None:
             raise ConfigError("method 'dgr' trains its generator beside the classifier in one process; run it "
                               "without torchrun.")

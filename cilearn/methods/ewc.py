@@ -47,10 +47,9 @@ import torch.nn.functional as F
 
 from ..data import ImageData
 from ..errors import ConfigError
-from ..scenarios import Scenario, Task
+from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Method, MethodOptions, Output
-from .parts.components import check_full_head
 from .parts.importance import ImportancePenalty, per_sample_gradient_mean
 
 
@@ -96,10 +95,6 @@ class EWC(Method):
         # A single penalty for online EWC, one per past task (own Fisher, own anchor) for separate EWC.
         self.penalties: list[ImportancePenalty] = []
 
-    def check(self, scenario: Scenario) -> None:
-        if not scenario.task_incremental:  # in Task-IL every loss is masked to a task's outputs: a full head is fine
-            check_full_head(self.options, scenario)
-
     @property
     def fisher(self) -> dict[str, torch.Tensor]:
         """The Fisher of the latest penalty (online EWC: the running estimate)."""
@@ -143,8 +138,8 @@ class EWC(Method):
             if owner is None:
                 return logits
             # multi-head: the sample's own task head only
-            seen = owner[: logits.shape[1]]
-            return logits.masked_fill(seen[None, :] != owner.index_select(0, target)[:, None], float("-inf"))
+            output_owner = owner[: logits.shape[1]]  # head: full: the outputs seen_logits kept
+            return logits.masked_fill(output_owner[None, :] != owner.index_select(0, target)[:, None], float("-inf"))
 
         def log_likelihood(logits, target):
             return -F.cross_entropy(own_head(logits, target).float(), target)
