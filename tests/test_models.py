@@ -166,6 +166,48 @@ def test_icarl_init_is_he_normal_fan_in_with_a_gain_1_head() -> None:
     assert "init" in _config_error("resnet32", 3, 32, init="he")
 
 
+def test_reduced_resnet18_is_the_er_ace_authors_network() -> None:
+    """The ER-ACE authors' reduced ResNet-18 (github.com/pclucas14/AML model.py, ``ResNet18(10, nf=20)``): a 3x3
+    stride-1 stem of nf = 20 channels, no max-pool, 4 stages of two basic blocks with nf, 2nf, 4nf, 8nf channels,
+    1x1 conv + BN projections where the shape changes, the average pool of the 4x4 map: 160 features.  Its
+    parameters, counted by hand from that definition (a BatchNorm of c channels: 2c):
+      stem      3·20·9 + 2·20                                                   =     580
+      stage 1   2 × (20·20·9 + 40 + 20·20·9 + 40)                                =  14 560
+      stage 2   (20·40·9 + 80 + 40·40·9 + 80 + 20·40 + 80) + (2·40·40·9 + 160)   =  51 600
+      stage 3   (40·80·9 + 160 + 80·80·9 + 160 + 40·80 + 160) + (2·80·80·9 + 320)  = 205 600
+      stage 4   (80·160·9 + 320 + 160·160·9 + 320 + 80·160 + 320) + (2·160·160·9 + 640) = 820 800
+      total                                                                     = 1 093 140
+    plus their ``distLinear`` over 10 classes (160·10, no bias; ER-ACE) or ``nn.Linear`` (160·10 + 10; ER):
+    1 094 740 / 1 094 750 (the paper, Appendix A: "1.09M params for the CIFAR experiments").  ``init: pytorch``
+    keeps PyTorch's own conv initialisation, U(±1/sqrt(fan_in)), as their model (no re-initialisation)."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", 3, 32, width=20 / 64, init="pytorch")
+    backbone = net.backbone
+    assert [stage[0].conv1.out_channels for stage in backbone.stages] == [20, 40, 80, 160]
+    assert net.feature_dim == 160
+    stem = backbone.stem[0]
+    assert (stem.kernel_size, stem.stride, stem.out_channels) == ((3, 3), (1, 1), 20)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in backbone.modules())
+    assert _backbone_params(net) == 1_093_140
+    _, maps = backbone.forward_stages(torch.zeros(2, 3, 32, 32))
+    assert maps[-1].shape[-2:] == (4, 4)
+    head = copy.deepcopy(net)
+    head.add_classes(10)
+    assert sum(p.numel() for p in head.parameters()) == 1_094_750  # nn.Linear over 10 classes
+    from cilearn.methods.er_ace import ERACE, ERACEOptions
+    cosine = ERACE.make_head(ERACEOptions(name="er_ace"), net.feature_dim)  # head: cosine
+    cosine.grow(10)
+    assert _backbone_params(net) + sum(p.numel() for p in cosine.parameters()) == 1_094_740
+    # the convs as PyTorch made them: within ±1/sqrt(fan_in), std 1/sqrt(3·fan_in); torchvision's is He-normal
+    widest = backbone.stages[3][1].conv2  # 160 -> 160, 3x3: fan_in = fan_out = 1440
+    bound = 1 / math.sqrt(160 * 9)
+    assert widest.weight.abs().max().item() <= bound
+    assert widest.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    torch.manual_seed(0)
+    he = build_model("resnet18", 3, 32, width=20 / 64).backbone.stages[3][1].conv2
+    assert he.weight.std().item() == pytest.approx(math.sqrt(2 / 1440), rel=0.05)  # sqrt(6) times larger
+
+
 @pytest.mark.parametrize("name,size", [("resnet20", 8), ("resnet20", 40), ("resnet18", 8), ("resnet47b", 12)])
 def test_resnets_any_image_size_and_grey(name: str, size: int) -> None:
     net = build_model(name, 1, size).eval()

@@ -33,10 +33,12 @@ class ResNetOptions:
         "B", help="A: zero-padding identity, no parameters (iCaRL's ResNet); B: 1x1 conv + BN projection")
     last_relu: bool = option(True, help="true: ReLU after the last block (features >= 0); false: none there, "
                                         "signed features (iCaRL's ResNet)")
-    init: Literal["torchvision", "icarl"] = option(
+    init: Literal["torchvision", "icarl", "pytorch"] = option(
         "torchvision", help="torchvision: convs He-normal fan_out, the head PyTorch's Linear default; icarl: convs "
                             "He-normal fan_in and the head He-normal (gain 1) with zero biases, as iCaRL's Theano "
-                            "code and Avalanche's initialize_icarl_net")
+                            "code and Avalanche's initialize_icarl_net; pytorch: every layer PyTorch's own default "
+                            "(convs U(±1/sqrt(fan_in)), never re-initialised), as the ER-ACE authors' reduced "
+                            "ResNet-18 (pclucas14/AML model.py)")
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -56,9 +58,9 @@ class AnyDepthOptions:
     width: float = option(1.0, help="channel multiplier (> 0)")
     shortcut: Literal["A", "B"] = option("B", help="A: zero-padding identity; B: 1x1 conv + BN projection")
     last_relu: bool = option(True, help="ReLU after the last block")
-    init: Literal["torchvision", "icarl"] = option(
+    init: Literal["torchvision", "icarl", "pytorch"] = option(
         "torchvision", help="torchvision: convs He-normal fan_out; icarl: He-normal fan_in, head He-normal, "
-                            "zero biases")
+                            "zero biases; pytorch: PyTorch's own defaults (convs U(±1/sqrt(fan_in)))")
 
     def __post_init__(self) -> None:
         ResNetOptions.__post_init__(self)  # type: ignore[arg-type]  (the same width rule)

@@ -28,6 +28,14 @@ He-normal with fan_in (here fan_out, as torchvision), its BatchNorm uses eps 1e-
 ``init="icarl"`` removes the two initialisation differences: convs He-normal with fan_in (ReLU gain) and the
 classifier He-normal with gain 1 and zero biases (what Avalanche's ``initialize_icarl_net`` does too).
 
+``init="pytorch"`` leaves every layer as PyTorch creates it: convs ``kaiming_uniform_(a=sqrt(5))``, i.e.
+U(±1/sqrt(fan_in)) (variance 1/(3·fan_in), a sixth of He-normal's 2/fan for a 3x3 conv with as many inputs as
+outputs), BatchNorm weight 1 and bias 0, the head ``nn.Linear``'s default.  This is the ER-ACE authors' reduced
+ResNet-18 (github.com/pclucas14/AML ``model.py``: ``ResNet18(nclasses, nf=20)`` never re-initialises a layer);
+``resnet18`` with ``width: 0.3125`` has its shape (stages of 20/40/80/160 channels, 1,093,140 parameters before the
+head).  Behind BatchNorm a conv's scale does not change the function, but with plain SGD and no weight decay it
+sets the effective step size (the gradient scales as 1/‖w‖, the relative update as 1/‖w‖²).
+
 Bottleneck blocks put the stride on the 3x3 conv (the torchvision "v1.5" variant).  Convs use
 Kaiming-normal init (fan_out, ReLU gain, as torchvision does; fan_in with ``init="icarl"``); BatchNorm weight 1,
 bias 0.  All spatial
@@ -44,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SHORTCUTS = ("A", "B")
-INITS = ("torchvision", "icarl")
+INITS = ("torchvision", "icarl", "pytorch")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -184,6 +192,8 @@ class ResNet(nn.Module):
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
+                if self.init == "pytorch":  # nn.Conv2d's own reset_parameters, already applied
+                    continue
                 mode = "fan_in" if self.init == "icarl" else "fan_out"
                 nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
