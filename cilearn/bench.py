@@ -78,6 +78,7 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     inputs = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=fmt)
     targets = torch.randint(0, num_classes, (batch_size,), device=device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as the loop steps in fp16
 
     def step():
         with autocast(precision, device):
@@ -88,8 +89,14 @@ def bare_step_throughput(model_name: str, batch_size: int, steps: int, channels_
                     old = frozen(inputs).float()
                 loss = loss + (logits - old).square().mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
 
     for _ in range(3):  # warm-up: allocator, kernel selection
         step()
@@ -153,10 +160,10 @@ def bare_steps(setup: dict, steps: int, device: str, precision: str, unit_batch:
             "channels_last_with_teacher": bare_step_throughput(channels_last=True, teacher=True, **common)}
     if unit_batch is not None and unit_batch != setup["batch_size"]:
         bare["unit_channels_last"] = bare_step_throughput(channels_last=True, **{**common, "batch_size": unit_batch})
-    if precision == "bf16":
-        bare["bf16_channels_last"] = bare_step_throughput(channels_last=True, precision="bf16", **common)
-        bare["bf16_channels_last_with_teacher"] = bare_step_throughput(channels_last=True, teacher=True,
-                                                                       precision="bf16", **common)
+    if precision in ("bf16", "fp16"):
+        bare[f"{precision}_channels_last"] = bare_step_throughput(channels_last=True, precision=precision, **common)
+        bare[f"{precision}_channels_last_with_teacher"] = bare_step_throughput(channels_last=True, teacher=True,
+                                                                               precision=precision, **common)
     return bare
 
 
@@ -234,7 +241,7 @@ def floor_ratio(result: dict, bare: dict) -> float:
     """Training throughput ÷ the bare step in the same precision, task by task: a task that runs a
     teacher (every task after the first, for LwF and iCaRL) is compared with the bare step plus the
     teacher's forward.  1.0 = the loop costs nothing beyond the network's own work."""
-    prefix = "bf16_" if result.get("precision") == "bf16" else ""
+    prefix = f"{result['precision']}_" if result.get("precision") in ("bf16", "fp16") else ""
     plain, with_teacher = bare[f"{prefix}channels_last"], bare[f"{prefix}channels_last_with_teacher"]
     floor_seconds = sum(t["train_samples"] / (with_teacher if result["uses_teacher"] and t["task"] > 0 else plain)
                         for t in result["per_task"])
@@ -421,9 +428,10 @@ def print_table(report: dict) -> None:
     line = (f"bare step (img/s, mean of {len(report['bare_step_samples'])} timings): default {bare['default']:.0f}, "
             f"channels_last {bare['channels_last']:.0f}, + frozen teacher forward "
             f"{bare['channels_last_with_teacher']:.0f}")
-    if "bf16_channels_last" in bare:
-        line += (f"; bf16 channels_last {bare['bf16_channels_last']:.0f}, + teacher "
-                 f"{bare['bf16_channels_last_with_teacher']:.0f}")
+    for reduced in ("bf16", "fp16"):
+        if f"{reduced}_channels_last" in bare:
+            line += (f"; {reduced} channels_last {bare[f'{reduced}_channels_last']:.0f}, + teacher "
+                     f"{bare[f'{reduced}_channels_last_with_teacher']:.0f}")
     print(line)
     inference = report.get("inference_images_per_second")
     if inference:

@@ -249,7 +249,7 @@ def parse_config(raw: dict) -> Config:
         # before still parses, and resumes in the precision it trained in (bf16: true on a CPU trained in fp32
         # before and now autocasts: the one case that does not resume exactly).
         if "precision" in train:
-            raise ConfigError("train.bf16: replaced by train.precision (auto, fp32 or bf16); remove train.bf16.")
+            raise ConfigError("train.bf16: replaced by train.precision (auto, fp32, bf16 or fp16); remove train.bf16.")
         train = {k: v for k, v in train.items() if k != "bf16"}
         train["precision"] = "bf16" if raw["train"]["bf16"] is True else "fp32"
         raw = {**raw, "train": train}

@@ -120,15 +120,20 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 def resolve_precision(requested: str, device: torch.device,
                       detect: Callable[[torch.device], tuple[bool, str]] | None = None,
                       setting: str = "train.precision") -> tuple[str, str]:
-    """``train.precision`` → ("fp32" or "bf16", a one-line note on why).  The one place where ``auto`` is
+    """``train.precision`` → ("fp32", "bf16" or "fp16", a one-line note on why).  The one place where ``auto`` is
     decided: bf16 where the device computes it natively, else fp32; an explicit ``bf16`` is honoured on any
     device (emulated where there is no native support, with a warning: correct but slow).  ``detect``
     replaces the hardware check (default :func:`native_bf16`), so that either path can be tested on any CPU;
     ``setting`` names the option in messages."""
     if requested == "fp32":
         return "fp32", "fp32 as configured"
+    if requested == "fp16" and setting == "train.precision":
+        if device.type != "cuda":
+            log.warning(f"{setting} fp16 on {device}: float16 with a loss scale is meant for GPUs without bf16; "
+                        f"here it is emulated, slower than fp32.")
+        return "fp16", "fp16 as configured (float16 autocast, dynamic loss scale)"
     if requested not in ("auto", "bf16"):
-        raise ConfigError(f"{setting}: '{requested}' is not a precision; use fp32, bf16 or auto.")
+        raise ConfigError(f"{setting}: '{requested}' is not a precision; use fp32, bf16, fp16 or auto.")
     fast, why = (detect or native_bf16)(device)
     if requested == "bf16":
         if not fast:
@@ -156,8 +161,10 @@ def run_precisions(train, device: torch.device, recorded: str | None = None) -> 
 
 
 def autocast(precision: str, device: torch.device):
-    """The context the network's forward passes run in: bf16 autocast (convolutions and matrix products
-    in bf16, BatchNorm statistics and weights in fp32) or nothing."""
+    """The context the network's forward passes run in: bf16 or fp16 autocast (convolutions and matrix products
+    in the reduced type, BatchNorm statistics and weights in fp32) or nothing."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
     return nullcontext()

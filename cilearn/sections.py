@@ -119,11 +119,14 @@ class TrainConfig:
     device: str = option("auto", help="auto, cpu, cuda or cuda:N")
     channels_last: bool = option(True)
     num_threads: int | None = option(None, min=1, help="torch CPU threads; default: all cores")
-    precision: Literal["auto", "fp32", "bf16"] = option(
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "fp32", help="fp32 (the default: the same numbers on every machine); bf16: bfloat16 autocast for the "
                      "network's forward passes (losses, BatchNorm statistics, herding and class means stay fp32); "
                      "auto: bf16 where the device computes it natively (CPUs with AVX512-BF16/AMX, GPUs of "
-                     "compute capability 8.0+), else fp32; the run's metrics.json and run.json record what ran")
+                     "compute capability 8.0+), else fp32; fp16: float16 autocast with a dynamic loss scale "
+                     "(torch.amp.GradScaler: a step whose gradients overflow is skipped and the scale halved), for "
+                     "GPUs without bf16 (compute capability < 8.0); the run's metrics.json and run.json record what "
+                     "ran")
     inference_precision: Literal["same", "fp32", "bf16"] = option(
         "same", help="precision of evaluation and feature extraction (herding, class means): same (as "
                      "train.precision) or bf16 with fp32 training (bf16 autocast for the network's forward passes "

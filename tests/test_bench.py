@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cilearn import bench
-from cilearn.bench import PHASES, aggregate, floor_ratio, inference_throughput, project_icarl_cifar100
+from cilearn.bench import PHASES, aggregate, bare_steps, floor_ratio, inference_throughput, project_icarl_cifar100
 from cilearn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,19 @@ def test_floor_ratio_compares_distilling_tasks_with_the_bare_step_plus_teacher()
     assert floor_ratio({**result, "uses_teacher": False}, bare) == pytest.approx((10 + 10) / 50)
     bf16 = {**bare, "bf16_channels_last": 200.0, "bf16_channels_last_with_teacher": 100.0}
     assert floor_ratio({**result, "precision": "bf16"}, bf16) == pytest.approx((5 + 10) / 50)
+    fp16 = {**bare, "fp16_channels_last": 400.0, "fp16_channels_last_with_teacher": 200.0}
+    assert floor_ratio({**result, "precision": "fp16"}, fp16) == pytest.approx((2.5 + 5) / 50)
+
+
+def test_fp16_bare_steps_are_timed_beside_fp32_with_a_loss_scale():
+    """precision fp16 (GPUs without bf16): the bare step is also timed in fp16, stepping through a GradScaler as
+    the loop does; on a CPU it runs emulated (slow), which is enough to check the keys."""
+    setup = {"model": "mlp", "model_options": {"hidden": [16]}, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
+             "weight_decay": 0.0, "image_size": 8, "channels": 1}
+    bare = bare_steps(setup, steps=2, device="cpu", precision="fp16")
+    assert set(bare) == {"default", "channels_last", "channels_last_with_teacher", "fp16_channels_last",
+                         "fp16_channels_last_with_teacher"}
+    assert all(v > 0 for v in bare.values())
 
 
 def test_aggregate_gives_min_and_median_over_repeats():

@@ -50,8 +50,11 @@ def test_the_detection_is_injectable_either_way_on_any_cpu():
     assert runtime.resolve_precision("auto", CPU, detect=native(False))[0] == "fp32"
     assert runtime.resolve_precision("fp32", CPU, detect=native(True))[0] == "fp32"  # fp32 never asks
     assert runtime.resolve_precision("bf16", CPU, detect=native(False))[0] == "bf16"
-    with pytest.raises(runtime.ConfigError, match="fp16"):
-        runtime.resolve_precision("fp16", CPU)
+    assert runtime.resolve_precision("fp16", CPU, detect=native(True))[0] == "fp16"  # asked for, never automatic
+    with pytest.raises(runtime.ConfigError, match="fp8"):
+        runtime.resolve_precision("fp8", CPU)
+    with pytest.raises(runtime.ConfigError, match="train.inference_precision"):  # fp16 trains only
+        runtime.resolve_precision("fp16", CPU, setting="train.inference_precision")
 
 
 def test_the_default_is_fp32_even_where_the_hardware_has_bf16(tmp_path, monkeypatch):
@@ -187,7 +190,7 @@ def test_an_unknown_precision_is_a_config_error():
     from cilearn.errors import ConfigError
     with pytest.raises(ConfigError, match="precision"):
         parse_config({"data": {"name": "digits"}, "model": {"name": "mlp"}, "method": {"name": "finetune"},
-                      "scenario": {"classes_per_task": 2}, "train": {"precision": "fp16"}})
+                      "scenario": {"classes_per_task": 2}, "train": {"precision": "fp8"}})
 
 
 def test_bf16_inference_with_fp32_training_leaves_the_training_as_it_was(tmp_path):
@@ -218,3 +221,84 @@ def test_bf16_inference_with_fp32_training_leaves_the_training_as_it_was(tmp_pat
     with pytest.raises(Exception, match="inference_precision"):
         parse_config({"data": {"name": "digits"}, "method": {"name": "finetune"},
                       "model": {"name": "mlp"}, "train": {"inference_precision": "fp16"}})
+
+
+class _Scaled(_Spy):
+    """Fine-tuning whose loss is multiplied by ``factor`` (1e30: every fp16 gradient overflows)."""
+
+    factor = 1.0
+
+    def loss(self, out, batch):
+        return self.factor * super().loss(out, batch)
+
+
+def _one_fp16_step(factor: float, clip: float | None = None):
+    """One fp16 step of a tiny ResNet over 16 images (lr 0.1, plain SGD): (model before, model after, the batch's
+    normalised inputs and labels in the order the loop drew them, the trainer)."""
+    import copy
+    torch.manual_seed(0)
+    model = build_model("resnet20", 3, 8)
+    model.add_classes(4)
+    before = copy.deepcopy(model)
+    images = np.random.RandomState(0).randint(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(16) % 4
+    augment = BatchAugment((0.5,) * 3, (0.25,) * 3)  # normalisation only: no random crop or flip
+    context = MethodContext(scenario=None, device=CPU, seed=0, infer=None, augment=augment)
+    method = _Scaled(MethodOptions(name="finetune"), model, context)
+    method.factor = factor
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, precision="fp16", channels_last=False, lr=0.1,
+                      momentum=0.0, weight_decay=0.0, scheduler="constant", clip_grad_value=clip)
+    trainer = Trainer(cfg, CPU, augment)
+    trainer.start(method)
+    rng = torch.get_rng_state()
+    trainer.fit(model, method, ImageData(images, labels, ["a", "b", "c", "d"]))
+    torch.set_rng_state(rng)
+    order = torch.randperm(16)  # the loop's draw: the same order gives the same fp16 sums
+    inputs = augment.normalize(torch.from_numpy(images).permute(0, 3, 1, 2))[order]
+    return before, model, inputs, torch.as_tensor(labels)[order], trainer
+
+
+def test_fp16_steps_with_the_true_gradient_clipped_after_unscaling(caplog):
+    """fp16: the loss is scaled (2^16) before backward, the gradients unscaled before clipping and the step, so
+    the update is SGD's on the true gradient: p1 = p0 − lr·clip(g), with g = ∇(2^16·L) / 2^16 computed here by
+    hand under the same fp16 autocast (the scale keeps small fp16 gradients from flushing to zero; dividing by a
+    power of two is exact).  Clipping the scaled gradients would clamp every entry to ±clip."""
+    clip = 0.01
+    before, after, inputs, labels, trainer = _one_fp16_step(1.0, clip)
+    assert trainer.scaler.get_scale() == 2.0 ** 16  # no overflow: the scale stays
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = before(inputs)
+    (2.0 ** 16 * torch.nn.functional.cross_entropy(logits.float(), labels)).backward()
+    clipped = 0
+    for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
+        p0.grad /= 2.0 ** 16
+        expected = p0.detach() - 0.1 * p0.grad.clamp(-clip, clip)
+        torch.testing.assert_close(p1.detach(), expected, rtol=1e-3, atol=2e-5, msg=name)
+        clipped += int((p0.grad.abs() > clip).sum())
+    assert 0 < clipped < sum(p.numel() for p in before.parameters()) // 2  # the clip bit some entries, not all
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow_and_halves_the_scale():
+    before, after, _, _, trainer = _one_fp16_step(1e30)
+    assert trainer.scaler.get_scale() == 2.0 ** 15
+    for p0, p1 in zip(before.parameters(), after.parameters()):
+        assert torch.equal(p0, p1)  # the step was skipped: nothing moved
+    state = trainer.state_dict()
+    assert state["scaler"]["scale"] == 2.0 ** 15  # a checkpoint inside a task keeps the scale reached ...
+    fresh = Trainer(trainer.cfg, CPU, trainer.augment)
+    fresh.start(_Scaled(MethodOptions(name="finetune"), after, MethodContext(scenario=None, device=CPU, seed=0,
+                                                                              infer=None, augment=trainer.augment)))
+    assert fresh.scaler.get_scale() == 2.0 ** 16
+    fresh.load_state_dict(state)
+    assert fresh.scaler.get_scale() == 2.0 ** 15  # ... and a resumed trainer continues from it
+
+
+def test_an_fp16_run_records_its_precision_and_warns_on_a_cpu(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="cilearn"):
+        run = make_run(tmp_path, {"name": "finetune"}, num_tasks=2, train={"precision": "fp16"})
+    assert any("fp16" in r.getMessage() and "slower than fp32" in r.getMessage() for r in caplog.records)
+    result = run.execute()
+    assert result["precision"] == "fp16" and result["inference_precision"] == "fp16"
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == "fp16"
+    reference = make_run(tmp_path / "fp32", {"name": "finetune"}, num_tasks=2).execute()
+    assert result["last_accuracy"] == pytest.approx(reference["last_accuracy"], abs=0.03)  # trained as fp32 did

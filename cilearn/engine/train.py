@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,11 +91,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: torch.device, augment: BatchAugment,
                  class_task: torch.Tensor | None = None, distributed: Distributed | None = None,
                  precision: str | None = None):
-        # fp32 or bf16, resolved by the caller (a Run: runtime.resolve_precision); default: the config's own
+        # fp32, bf16 or fp16, resolved by the caller (a Run: runtime.resolve_precision); default: the config's own
         self.precision = precision or cfg.precision
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"Trainer: precision '{self.precision}' is not resolved; pass precision=fp32 or bf16 "
-                              f"(runtime.resolve_precision turns 'auto' into one of them for a device).")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"Trainer: precision '{self.precision}' is not resolved; pass precision=fp32, bf16 or "
+                              f"fp16 (runtime.resolve_precision turns 'auto' into one of them for a device).")
         self.base_cfg = self.cfg = cfg
         self.device, self.augment = device, augment
         self.class_task = class_task
@@ -102,6 +103,7 @@ class Trainer:
         self.stage = Stage()  # the stage start() prepared
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        self.scaler: torch.amp.GradScaler | None = None  # fp16's dynamic loss scale, one per stage like the optimizer
         self.carried: dict[str, dict] = {}  # optimizer_state keep: the state a resumed run starts its next task with
 
     def start(self, method: Method, stage: Stage | dict | None = None, first_task: bool = False) -> None:
@@ -121,6 +123,7 @@ class Trainer:
             if name in carried and parameter in trained and _fits(carried[name], parameter):
                 self.optimizer.state[parameter] = carried[name]
         self.scheduler = make_scheduler(self.optimizer, self.cfg)  # stepped once per epoch, or per iteration
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     def kept_state(self, model: torch.nn.Module) -> dict[str, dict]:
         """The optimizer's per-parameter state by parameter name (what ``optimizer_state: keep`` carries over)."""
@@ -147,11 +150,26 @@ class Trainer:
         return [steps] * full + ([rest] if rest else [])
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:  # a checkpoint inside a task resumes with the loss scale it had reached
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _schedule(self) -> None:
+        """One scheduler step.  In fp16 the first optimizer steps may be skipped (the loss scale starts high and
+        halves on overflow); the schedule counts them anyway, as PyTorch's AMP recipe does, without its warning."""
+        if self.scaler is None:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
 
     def _task_ids(self, labels: torch.Tensor, task_index: int) -> torch.Tensor:
         if self.class_task is None:
@@ -197,7 +215,8 @@ class Trainer:
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.clip_grad_value
         forward, objective = self.stage.forward or method.forward, self.stage.loss or method.loss
-        reduced = self.precision == "bf16"
+        reduced = self.precision != "fp32"
+        scaler = self.scaler
         gathers = type(method).after_step is not Method.after_step  # under torchrun: after_step sees the whole batch
         num_seen = method.num_seen
         # progress_disabled: off with --quiet (and on torchrun's other ranks), else None: tqdm switches itself off
@@ -228,7 +247,7 @@ class Trainer:
                     batch = local_share(whole, dist)
                 with autocast(self.precision, device):
                     out = forward(batch)
-                    if reduced:  # the network ran in bf16; the losses read fp32
+                    if reduced:  # the network ran in bf16 or fp16; the losses read fp32
                         out = full_precision(out)
                     loss = objective(out, batch)
                     if batch.mix is not None:  # cutmix: λ·L(y_a) + (1 - λ)·L(y_b) (methods with mixes_labels only)
@@ -236,20 +255,26 @@ class Trainer:
                         other = dataclasses.replace(batch, labels=mixed, task_ids=self._task_ids(mixed, task_index))
                         loss = batch.mix.lam * loss + (1 - batch.mix.lam) * objective(out, other)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 if dist is not None:
                     dist.average_gradients(parameters, len(batch), total)
+                if scaler is not None:  # clipping and the methods' gradient hooks see the true gradients
+                    scaler.unscale_(self.optimizer)
                 if clip is not None:
                     torch.nn.utils.clip_grad_value_(parameters, clip)
                 method.before_step(self.optimizer)
-                self.optimizer.step()
+                if scaler is None:
+                    self.optimizer.step()
+                else:  # skipped when a gradient is inf or NaN (the scale is then halved, doubled after 2000 good steps)
+                    scaler.step(self.optimizer)
+                    scaler.update()
                 if dist is None or not gathers:
                     method.after_step(batch, out)
                 else:  # per-step state (a reservoir, stored logits) is updated alike everywhere, from the whole batch
                     method.after_step(whole, gather_stream_rows(out, len(batch), dist.shard(total), total, dist))
                 if per_iteration:
                     lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
-                    self.scheduler.step()
+                    self._schedule()
                 loss_sum += loss.detach().float() * (len(batch) / total if dist is not None else 1.0)
                 logits = out.logits.detach()[: len(batch), :num_seen]
                 correct += (logits.argmax(1) == batch.labels).sum()
@@ -259,7 +284,7 @@ class Trainer:
                 loss_sum, correct = dist.sum(loss_sum), dist.sum(correct)
             if not per_iteration:
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                self._schedule()
             mean_loss = loss_sum.item() / max(steps, 1)
             if not math.isfinite(mean_loss):
                 bar.close()
