@@ -222,6 +222,43 @@ def test_the_loop_draws_derpp_a_second_independent_minibatch(scenario, name):
 
 
 # --- ER-ACE --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("replay_loss", ["mean", "sum"])
+def test_er_replay_loss_averages_the_joint_batch_or_adds_the_two_means_by_hand(scenario, replay_loss):
+    """mean (Chaudhry et al., Mammoth): one CE over the 3 stream + 1 replayed rows; sum (pclucas14/AML's ER,
+    ``update(inc_loss + re_loss)``): the stream's mean CE plus the replayed one's.  Constant logits, by hand."""
+    method = make_method(scenario, "er", buffer_size=20, replay_loss=replay_loss)
+    start(method, scenario[0])
+    bias = [0.5, 2.0, -1.0, 1.5, 0.3, -0.2]
+    constant_logits(method.model, bias)
+    stream = stream_batch(method, scenario[0], np.arange(3))
+    stream.labels = torch.tensor([0, 1, 1])
+    stream.replay = stream_batch(method, scenario[0], np.arange(3, 4))
+    stream.replay.labels = torch.tensor([4])
+    log_z = math.log(sum(math.exp(v) for v in bias))  # every output: classification_outputs all
+    ce = [log_z - bias[c] for c in (0, 1, 1, 4)]
+    by_hand = sum(ce) / 4 if replay_loss == "mean" else sum(ce[:3]) / 3 + ce[3]
+    loss = method.loss(method.forward(stream), stream)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    stream.replay = None  # nothing replayed (the first step): the stream's mean CE either way
+    assert method.loss(method.forward(stream), stream).item() == pytest.approx(sum(ce[:3]) / 3, rel=1e-6)
+
+
+def test_er_separate_forward_passes_normalise_each_half_alone(scenario):
+    """forward_passes: separate (pclucas14/AML's ER runs process_inc and process_re): on a BatchNorm MLP in
+    training mode each half gets the logits of the network run on that half alone; joint normalises them together."""
+    for passes in ("separate", "joint"):
+        method = make_method(scenario, "er", buffer_size=20, forward_passes=passes)
+        method.model = build_model("mlp", 1, 8, hidden=[16], batchnorm=True)
+        start(method, scenario[0])
+        method.model.train()
+        stream = stream_batch(method, scenario[0], np.arange(4))
+        stream.replay = stream_batch(method, scenario[0], np.arange(4, 10))
+        reference = copy.deepcopy(method.model)
+        logits = method.forward(stream).logits
+        by_hand = torch.cat([reference(stream.inputs), reference(stream.replay.inputs)])
+        assert torch.allclose(logits, by_hand, atol=1e-6) == (passes == "separate")
+
+
 def test_er_ace_follows_the_authors_code_on_a_full_head(scenario):
     """pclucas14/AML methods/er_ace.py: the stream's softmax keeps the present classes and every output from
     seen_so_far.max() on; the replay's cross-entropy covers every output.  6 outputs (3 tasks of 2 classes)."""

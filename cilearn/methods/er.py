@@ -6,6 +6,17 @@ concatenated batch, one forward pass.  The cross-entropy covers every output of 
 from the first task, as Mammoth's ER (``classification_outputs: seen``: a growing head, the seen classes).
 After the step the stream batch (un-augmented, as stored) is offered to the buffer.
 
+How the two halves are combined (the literature's ER comes in two forms):
+
+- ``replay_loss: mean`` (default; Chaudhry et al.'s script, Mammoth's ER): one cross-entropy averaged over the
+  stream and replayed rows together — with equal halves, half the stream mean plus half the replay mean;
+- ``replay_loss: sum``: the stream batch's mean cross-entropy **plus** the replayed minibatch's, as Caccia et al.'s
+  ER (pclucas14/AML ``methods/er.py``: ``self.update(inc_loss + re_loss)``) — with equal halves, twice the
+  gradient of ``mean`` once the buffer replays, so the same lr takes twice the step.
+- ``forward_passes``: ``joint`` (default) runs stream and replay through the network in one pass, ``separate`` one
+  pass each (the AML ER's ``process_inc`` / ``process_re``); only BatchNorm in training mode tells them apart
+  (see :mod:`cilearn.methods.er_ace`).
+
 Which samples the buffer holds (``selection``):
 
 - ``reservoir`` (default, the paper's): reservoir sampling over the whole stream
@@ -36,7 +47,7 @@ from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
 from .parts.buffers import TensorStore
-from .parts.components import BufferMethod, BufferOptions
+from .parts.components import BufferMethod, BufferOptions, forward_with_replay
 from .replay import metric_values, rank
 
 
@@ -46,6 +57,13 @@ class EROptions(BufferOptions):
         "reservoir", help="which samples the buffer holds: reservoir sampling over the stream (every step), or "
                           "a metric choosing an equal share of each experience at its end")
     keep: Literal["hardest", "easiest"] = option("hardest", help="with a metric: keep the hardest or the easiest")
+    replay_loss: Literal["mean", "sum"] = option(
+        "mean", help="mean: one cross-entropy averaged over stream and replayed rows together (Chaudhry et al., "
+                     "Mammoth); sum: the stream batch's mean cross-entropy plus the replayed one's (Caccia et al.'s "
+                     "ER, pclucas14/AML)")
+    forward_passes: Literal["joint", "separate"] = option(
+        "joint", help="joint: stream and replayed batch through the network in one pass; separate: one pass each "
+                      "(BatchNorm sees each alone, as pclucas14/AML's ER)")
 
 
 def experience_shares(capacity: int, experiences: int) -> np.ndarray:
@@ -66,9 +84,18 @@ class ER(BufferMethod):
         if options.selection != "reservoir":  # filled by the metric at each experience's end
             self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
 
+    def forward(self, batch: Batch) -> Output:
+        return forward_with_replay(self.model, batch, separate=self.options.forward_passes == "separate")
+
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
-        labels = batch.labels if batch.replay is None else torch.cat([batch.labels, batch.replay.labels])
-        return self.classification_loss(self.ce_logits(out.logits), labels)
+        logits = self.ce_logits(out.logits)
+        if batch.replay is None:
+            return self.classification_loss(logits, batch.labels)
+        if self.options.replay_loss == "sum":
+            n = len(batch)
+            return (self.classification_loss(logits[:n], batch.labels)
+                    + self.classification_loss(logits[n:], batch.replay.labels))
+        return self.classification_loss(logits, torch.cat([batch.labels, batch.replay.labels]))
 
     def after_step(self, batch: Batch, out: Output) -> None:
         if self.options.selection == "reservoir":
