@@ -243,22 +243,6 @@ def test_er_replay_loss_averages_the_joint_batch_or_adds_the_two_means_by_hand(s
     assert method.loss(method.forward(stream), stream).item() == pytest.approx(sum(ce[:3]) / 3, rel=1e-6)
 
 
-def test_er_separate_forward_passes_normalise_each_half_alone(scenario):
-    """forward_passes: separate (pclucas14/AML's ER runs process_inc and process_re): on a BatchNorm MLP in
-    training mode each half gets the logits of the network run on that half alone; joint normalises them together."""
-    for passes in ("separate", "joint"):
-        method = make_method(scenario, "er", buffer_size=20, forward_passes=passes)
-        method.model = build_model("mlp", 1, 8, hidden=[16], batchnorm=True)
-        start(method, scenario[0])
-        method.model.train()
-        stream = stream_batch(method, scenario[0], np.arange(4))
-        stream.replay = stream_batch(method, scenario[0], np.arange(4, 10))
-        reference = copy.deepcopy(method.model)
-        logits = method.forward(stream).logits
-        by_hand = torch.cat([reference(stream.inputs), reference(stream.replay.inputs)])
-        assert torch.allclose(logits, by_hand, atol=1e-6) == (passes == "separate")
-
-
 def test_er_ace_follows_the_authors_code_on_a_full_head(scenario):
     """pclucas14/AML methods/er_ace.py: the stream's softmax keeps the present classes and every output from
     seen_so_far.max() on; the replay's cross-entropy covers every output.  6 outputs (3 tasks of 2 classes)."""
@@ -286,13 +270,15 @@ def test_er_ace_follows_the_authors_code_on_a_full_head(scenario):
     assert loss.item() == pytest.approx(stream_ce + replay_ce, rel=1e-6)
 
 
-def test_er_ace_forwards_stream_and_replay_separately_as_the_authors(scenario):
-    """pclucas14/AML: process_inc and process_re each run the network on their own batch.  On a BatchNorm MLP
-    (training mode) the default gives each half the logits of the network run on that half alone, and the running
-    statistics take two updates; forward_passes: joint normalises the two together (one update)."""
+@pytest.mark.parametrize("name", ["er_ace", "er"])
+def test_forward_passes_separate_runs_stream_and_replay_alone_as_the_authors(scenario, name):
+    """pclucas14/AML: process_inc and process_re each run the network on their own batch (ER-ACE's default, ER's
+    forward_passes: separate).  On a BatchNorm MLP (training mode) that gives each half the logits of the network
+    run on that half alone, and the running statistics take two updates; joint normalises the two together (one
+    update)."""
     outputs = {}
     for passes in ("separate", "joint"):
-        method = make_method(scenario, "er_ace", buffer_size=20, forward_passes=passes)
+        method = make_method(scenario, name, buffer_size=20, forward_passes=passes)
         method.model = build_model("mlp", 1, 8, hidden=[16], batchnorm=True)
         start(method, scenario[0])
         method.model.train()
