@@ -214,3 +214,21 @@ def test_memory_breakdown_script_prints_each_step_and_the_run_peak(tmp_path):
         *_, after, _, peak = task.split()
         assert float(peak) >= float(after) > rss[0]
     assert "peak RSS MiB per phase (the run's own meter): data" in out and "train" in out.split("meter")[-1]
+
+
+def test_gpu_checks_script_runs_every_step_and_records_each_exit(tmp_path):
+    """benchmarks/gpu_checks.sh, the prepared run for a lent GPU, as a dry run on the CPU with the protocol shrunk
+    to digits: the three protocol benches (fp32, fp32 deterministic, fp16) each leave a JSON with the precision
+    they were asked for and exit 0, and the two-GPU step says why it was skipped."""
+    shrink = " ".join([*TINY, "--set data.name=digits --set scenario.num_tasks=2 --set train.epochs=1",
+                       "--set train.augment=none --set method.memory_size=20"])
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "EXTRA": shrink, "PYTHON": sys.executable}
+    subprocess.run(["bash", str(ROOT / "benchmarks/gpu_checks.sh")], cwd=ROOT, env=env, check=True, timeout=600,
+                   capture_output=True)
+    summary = (tmp_path / "out/summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["fp32", "fp32_deterministic", "fp16", "torchrun_nccl"]
+    assert all(": exit 0," in line for line in summary[:3]), summary
+    assert "skipped" in summary[3]
+    for name, precision in (("fp32", "fp32"), ("fp32_deterministic", "fp32"), ("fp16", "fp16")):
+        (result,) = json.loads((tmp_path / f"out/{name}.json").read_text())["end_to_end"]
+        assert result["precision"] == precision and result["per_task"], name
