@@ -1,4 +1,4 @@
-"""van de Ven & Tolias's LwF on split MNIST Class-IL, as their code trains it, written out plainly without cilearn's
+"""van de Ven & Tolias's LwF on split MNIST Class-IL (or Domain-IL), as their code trains it, written out plainly without cilearn's
 loop: a second implementation to hold cilearn's ``lwf`` entry of ``configs/published/vandeven2019_split_mnist_class_il
 .yaml`` against (README, "Published results").
 
@@ -11,7 +11,13 @@ previous task: ``−Σ q·log_softmax(y_hat[:, seen] / T)``, ``q`` = softmax(old
 padded with zeros for the new ones, batch mean, × T², T = 2. ``--kd-outputs old`` gives the student's softmax over
 the old classes only (Li & Hoiem's form) instead.
 
+``--scenario domain``: their Domain-IL — two outputs shared by every task, the label the digit's place in its task
+(``perm[y] mod 2``), the cross-entropy and the KD (the previous model's softmax over the same two outputs) both
+over the two outputs; the same loss weights and optimizer. Against cilearn's ``lwf`` entry of
+``configs/published/vandeven2019_split_mnist_domain_il.yaml``.
+
     CILEARN_DATA=../shared/data python benchmarks/vandeven2019_lwf_replica.py --seeds 1 2 3 4 5
+    CILEARN_DATA=../shared/data python benchmarks/vandeven2019_lwf_replica.py --scenario domain --seeds 1 2 3
 
 prints, per seed, each task's accuracy after the last task and their task mean (%).
 """
@@ -37,7 +43,8 @@ def distill(scores: torch.Tensor, old_scores: torch.Tensor, temperature: float, 
     return -(q * F.log_softmax(scores / temperature, dim=1)).sum(1).mean() * temperature ** 2
 
 
-def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0, per_task: int = 2) -> list[float]:
+def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0, per_task: int = 2,
+        domain: bool = False) -> list[float]:
     np.random.seed(seed)
     num_classes = splits.train.num_classes
     perm = np.random.permutation(list(range(num_classes)))
@@ -45,15 +52,19 @@ def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0,
     y_train = torch.tensor(perm[splits.train.labels])
     x_test = torch.tensor(splits.test.images, dtype=torch.float32).flatten(1) / 255.0
     y_test = torch.tensor(perm[splits.test.labels])
+    # Domain-IL: the same two outputs for every task, labelled by the digit's place in its task
+    outputs = per_task if domain else num_classes
+    t_train, t_test = (y_train % per_task, y_test % per_task) if domain else (y_train, y_test)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(x_train.shape[1], 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
-                          nn.Linear(400, num_classes))
+                          nn.Linear(400, outputs))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001, betas=(0.9, 0.999))
     generator = torch.Generator().manual_seed(seed)
     previous = None
     tasks = num_classes // per_task
     for task in range(1, tasks + 1):
-        seen = list(range(per_task * task))
+        seen = list(range(outputs if domain else per_task * task))
+        old = outputs if domain else per_task * (task - 1)  # the previous model's outputs the KD matches
         pool = torch.nonzero(y_train // per_task == task - 1).flatten()
         order, position = pool[torch.randperm(len(pool), generator=generator)], 0
         for _ in range(iterations):
@@ -62,10 +73,10 @@ def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0,
             batch = order[position:position + 128]
             position += 128
             y_hat = model(x_train[batch])[:, seen]
-            loss = F.cross_entropy(y_hat, y_train[batch])
+            loss = F.cross_entropy(y_hat, t_train[batch])
             if previous is not None:
                 with torch.no_grad():
-                    old_scores = previous(x_train[batch])[:, : per_task * (task - 1)]
+                    old_scores = previous(x_train[batch])[:, :old]
                 loss = loss / task + (1 - 1 / task) * distill(y_hat, old_scores, temperature, pad)
             optimizer.zero_grad()
             loss.backward()
@@ -73,7 +84,7 @@ def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0,
         previous = copy.deepcopy(model).eval()
     with torch.no_grad():
         predicted = model(x_test).argmax(1)
-    return [float((predicted[y_test // per_task == k] == y_test[y_test // per_task == k]).float().mean())
+    return [float((predicted[y_test // per_task == k] == t_test[y_test // per_task == k]).float().mean())
             for k in range(tasks)]
 
 
@@ -83,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--dataset", default="mnist", help="a cilearn dataset name (tests: digits)")
     parser.add_argument("--kd-outputs", choices=["seen", "old"], default="seen")
+    parser.add_argument("--scenario", choices=["class", "domain"], default="class")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.dataset)
     means = []
     for seed in args.seeds:
-        accuracies = run(splits, seed, args.iterations, args.kd_outputs == "seen")
+        accuracies = run(splits, seed, args.iterations, args.kd_outputs == "seen", domain=args.scenario == "domain")
         means.append(100 * float(np.mean(accuracies)))
         print(f"seed {seed}: " + " ".join(f"{100 * a:.1f}" for a in accuracies) + f"  task mean {means[-1]:.2f}",
               flush=True)

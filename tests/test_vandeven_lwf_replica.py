@@ -41,3 +41,14 @@ def test_the_replica_trains_on_digits_and_reports_each_task(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("seed 1:") and len(lines[0].split(":")[1].split("task mean")[0].split()) == 5
     assert lines[-1].startswith("task mean over seeds [1, 2]:")
+
+
+def test_the_replica_s_domain_il_shares_two_outputs_across_tasks(capsys):
+    """--scenario domain: every task's test digits are scored on the same two outputs (is it the first or the
+    second digit of its task?), so each task's accuracy is a 2-way one: above 0 for every task after training."""
+    replica = load_script()
+    assert replica.main(["--dataset", "digits", "--iterations", "30", "--seeds", "1", "--scenario", "domain"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    accuracies = [float(a) for a in line.split(":")[1].split("task mean")[0].split()]
+    assert len(accuracies) == 5 and all(0 < a <= 100 for a in accuracies)
+    assert min(accuracies) > 20  # a 2-way choice: no task at class-IL's 0 % for digits the last model never outputs
