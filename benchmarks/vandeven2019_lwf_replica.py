@@ -1,6 +1,6 @@
-"""van de Ven & Tolias's LwF on split MNIST Class-IL (or Domain-IL), as their code trains it, written out plainly without cilearn's
-loop: a second implementation to hold cilearn's ``lwf`` entry of ``configs/published/vandeven2019_split_mnist_class_il
-.yaml`` against (README, "Published results").
+"""van de Ven & Tolias's LwF on split MNIST Class-IL (or Domain-IL), as their code trains it, written out plainly
+without cilearn's loop: a second implementation to hold cilearn's ``lwf`` entry of
+``configs/published/vandeven2019_split_mnist_class_il.yaml`` against (README, "Published results").
 
 From GMvandeVen/continual-learning, branch ``preprints`` (``train.py`` replay_mode "current" with ``--distill``,
 ``encoder.py`` ``train_a_batch``, ``utils.py`` ``loss_fn_kd``): MLP 784-400-400-10 (ReLU), one Adam (lr 0.001)
