@@ -3,6 +3,7 @@ README holds cilearn's ``lwf`` entry against: its distillation term is cilearn's
 (and ``old``) on the same numbers, and it trains and reports on digits."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
@@ -52,3 +53,14 @@ def test_the_replica_s_domain_il_shares_two_outputs_across_tasks(capsys):
     accuracies = [float(a) for a in line.split(":")[1].split("task mean")[0].split()]
     assert len(accuracies) == 5 and all(0 < a <= 100 for a in accuracies)
     assert min(accuracies) > 20  # a 2-way choice: no task at class-IL's 0 % for digits the last model never outputs
+
+
+def test_the_replica_s_domain_il_distillation_is_their_kd_on_the_two_shared_outputs():
+    """Domain-IL: student and teacher share the same two outputs, so nothing is padded; their loss_fn_kd is
+    −Σ_c softmax(old/T)_c · log_softmax(new/T)_c, batch mean, × T².  One sample, T = 2, by hand."""
+    replica = load_script()
+    new, old = torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+    q1 = math.exp(0.0) / (math.exp(0.0) + math.exp(1.0))  # teacher softmax at T = 2: logits 0, 1
+    z = math.log(math.exp(0.5) + math.exp(-0.5))  # student log-partition at T = 2: logits 0.5, -0.5
+    by_hand = -(q1 * (0.5 - z) + (1 - q1) * (-0.5 - z)) * 4
+    assert abs(float(replica.distill(new, old, 2.0, True)) - by_hand) < 1e-12
