@@ -26,7 +26,7 @@ from cilearn.methods import Batch, MethodContext, method_class, method_options
 from cilearn.methods.agem import project
 from cilearn.methods.er import experience_shares
 from cilearn.methods.er_ace import ERACE, present_class_mask
-from cilearn.methods.parts.buffers import ReservoirBuffer
+from cilearn.methods.parts.buffers import EarlierTasks, ReservoirBuffer
 from cilearn.methods.replay import metric_values, rank
 from cilearn.models import build_model
 from cilearn.models.net import IncrementalHead
@@ -118,6 +118,37 @@ def test_er_trains_every_step_on_the_stream_batch_plus_a_same_size_replay_miniba
     buffer = method.replay
     assert buffer.seen == sum(len(t.train) for t in run.scenario[:2])  # every stream batch was offered
     assert len(buffer) == 50
+
+
+def test_earlier_tasks_view_draws_only_the_samples_stored_in_earlier_tasks():
+    torch.manual_seed(0)
+    buffer = ReservoirBuffer(6)
+    buffer.add(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.arange(6),  # label = slot
+               {"task_ids": torch.tensor([0, 0, 1, 1, 2, 2])})
+    assert len(EarlierTasks(buffer, 0)) == 0  # the first task: nothing to replay
+    view = EarlierTasks(buffer, 2)
+    assert len(view) == 4 and len(buffer) == 6  # a view: the buffer keeps its six
+    for _ in range(20):  # two distinct samples of tasks 0 and 1, never one of task 2 (slots 4, 5)
+        drawn = view.sample(2)["labels"].tolist()
+        assert len(set(drawn)) == 2 and set(drawn) <= {0, 1, 2, 3}
+    # more than there are: each eligible sample once (AML's sample_random returns them all)
+    assert sorted(view.sample(10)["labels"].tolist()) == [0, 1, 2, 3]
+
+
+def test_er_replay_from_earlier_tasks_replays_nothing_in_the_first_task_and_only_old_classes_after(tmp_path):
+    run = make_run(tmp_path, {"name": "er", "buffer_size": 50, "replay_from": "earlier_tasks"}, num_tasks=2)
+    method, replays = run.method, []
+    original_loss = method.loss
+    method.loss = lambda out, batch: replays.append(batch.replay) or original_loss(out, batch)
+    run.run_task(run.scenario[0])
+    first = len(replays)
+    assert first > 1 and all(replay is None for replay in replays)  # the buffer fills, but nothing is drawn
+    assert len(method.replay) == 50
+    run.run_task(run.scenario[1])
+    old = set(run.scenario[0].new_classes)
+    later = replays[first:]
+    assert all(replay is not None for replay in later)
+    assert all(set(replay.labels.tolist()) <= old for replay in later)  # never the current task's samples
 
 
 def test_er_metric_selection_divides_the_buffer_between_experiences(scenario):

@@ -179,7 +179,7 @@ class Trainer:
     def _replay_batches(self, method: Method, size: int, task_index: int) -> tuple[Batch | None, Batch | None]:
         """The step's replayed minibatch and, where the method draws two (DER++), a second, independent one,
         drawn and augmented with the global RNG: under torchrun every process draws the same whole ones."""
-        sampler = method.replay
+        sampler = method.replay_source()
         if sampler is None or len(sampler) == 0:
             return None, None
         n = getattr(method, "replay_batch_size", None) or size

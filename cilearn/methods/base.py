@@ -29,7 +29,8 @@ Per epoch / task / run:
 
 A method that replays stored samples every step sets ``self.replay`` to a sampler
 (:mod:`cilearn.methods.parts.buffers`); the loop then attaches a same-device, augmented minibatch of it to every
-batch as ``batch.replay``.
+batch as ``batch.replay``, drawn from :meth:`Method.replay_source` (``self.replay`` unless the method draws from
+part of it).
 """
 
 from __future__ import annotations
@@ -240,6 +241,11 @@ class Method:
         self.class_task: torch.Tensor | None = None  # task of each class, set for task-incremental scenarios
 
     # --- hooks -------------------------------------------------------------------------------------
+    def replay_source(self) -> ReplaySampler | None:
+        """What the loop draws this step's replayed minibatch from (default: ``self.replay``; an empty one:
+        no replay this step)."""
+        return self.replay
+
     @classmethod
     def make_head(cls, options: MethodOptions, in_features: int) -> torch.nn.Module | None:
         """The classifier head this method trains instead of the default linear

@@ -16,6 +16,9 @@ How the two halves are combined (the literature's ER comes in two forms):
 - ``forward_passes``: ``joint`` (default) runs stream and replay through the network in one pass, ``separate`` one
   pass each (the AML ER's ``process_inc`` / ``process_re``); only BatchNorm in training mode tells them apart
   (see :mod:`cilearn.methods.er_ace`).
+- ``replay_from``: ``all`` (default) draws from the whole buffer, ``earlier_tasks`` only from samples stored in
+  earlier tasks (:class:`~cilearn.methods.parts.buffers.EarlierTasks`): the AML code runs ER either way, task-free
+  (``--task_free 1``) or task-based (its default, ``exclude_task`` = the current task).
 
 Which samples the buffer holds (``selection``):
 
@@ -46,7 +49,7 @@ from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
-from .parts.buffers import TensorStore
+from .parts.buffers import EarlierTasks, TensorStore
 from .parts.components import BufferMethod, BufferOptions, forward_with_replay
 from .replay import metric_values, rank
 
@@ -64,6 +67,10 @@ class EROptions(BufferOptions):
     forward_passes: Literal["joint", "separate"] = option(
         "joint", help="joint: stream and replayed batch through the network in one pass; separate: one pass each "
                       "(BatchNorm sees each alone, as pclucas14/AML's ER)")
+    replay_from: Literal["all", "earlier_tasks"] = option(
+        "all", help="all: draw from the whole buffer from the first step on, the current task's samples included "
+                    "(Mammoth, pclucas14/AML's task-free ER); earlier_tasks: only samples stored in earlier tasks, "
+                    "so nothing is replayed in the first task (pclucas14/AML's task-based ER, exclude_task)")
 
 
 def experience_shares(capacity: int, experiences: int) -> np.ndarray:
@@ -83,6 +90,11 @@ class ER(BufferMethod):
         super().__init__(options, model, context)  # a reservoir buffer
         if options.selection != "reservoir":  # filled by the metric at each experience's end
             self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
+
+    def replay_source(self):
+        if self.options.replay_from == "earlier_tasks" and self.task is not None:
+            return EarlierTasks(self.replay, self.task.index)
+        return self.replay
 
     def forward(self, batch: Batch) -> Output:
         return forward_with_replay(self.model, batch, separate=self.options.forward_passes == "separate")

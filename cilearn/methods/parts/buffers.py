@@ -142,6 +142,29 @@ def draw_indices(size: int, n: int, replacement: bool, device: torch.device | st
     return torch.randperm(size, device=device)[:count]
 
 
+class EarlierTasks:
+    """A store seen through the task each sample was stored in (its ``task_ids`` extra): only the samples of
+    tasks before ``task`` are drawn, so nothing is replayed in the first task and the current task's samples never
+    come back as replay — Caccia et al.'s task-based ER (pclucas14/AML ``buffer.sample_random`` with
+    ``exclude_task``, the current task).  A view: the store itself is filled and saved as usual."""
+
+    def __init__(self, store: TensorStore, task: int):
+        self.store, self.task = store, int(task)
+
+    def _eligible(self) -> torch.Tensor:
+        ids = self.store.extras.get("task_ids")
+        if ids is None or self.store.size == 0:
+            return torch.zeros(0, dtype=torch.long, device=self.store.device)
+        return torch.nonzero(ids[: self.store.size] < self.task).flatten()
+
+    def __len__(self) -> int:
+        return len(self._eligible())
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        eligible = self._eligible()
+        return self.store.take(eligible[draw_indices(len(eligible), n, self.store.replacement, self.store.device)])
+
+
 class ReservoirBuffer(TensorStore):
     """Reservoir sampling: sample ``i`` of the stream (0-based) fills a free slot while there is one,
     else replaces a uniformly drawn slot with probability ``capacity / (i + 1)``."""
