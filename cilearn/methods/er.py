@@ -91,7 +91,7 @@ class ER(BufferMethod):
         if options.selection != "reservoir":  # filled by the metric at each experience's end
             self.replay = TensorStore(options.buffer_size, context.device, options.replacement)
 
-    def replay_source(self):
+    def replay_source(self) -> TensorStore | EarlierTasks:
         if self.options.replay_from == "earlier_tasks" and self.task is not None:
             return EarlierTasks(self.replay, self.task.index)
         return self.replay

@@ -149,20 +149,17 @@ class EarlierTasks:
     ``exclude_task``, the current task).  A view: the store itself is filled and saved as usual."""
 
     def __init__(self, store: TensorStore, task: int):
-        self.store, self.task = store, int(task)
-
-    def _eligible(self) -> torch.Tensor:
-        ids = self.store.extras.get("task_ids")
-        if ids is None or self.store.size == 0:
-            return torch.zeros(0, dtype=torch.long, device=self.store.device)
-        return torch.nonzero(ids[: self.store.size] < self.task).flatten()
+        self.store = store
+        ids = store.extras.get("task_ids")  # the slots are read once: a view lives for one step
+        self.eligible = (torch.zeros(0, dtype=torch.long, device=store.device) if ids is None
+                         else torch.nonzero(ids[: store.size] < int(task)).flatten())
 
     def __len__(self) -> int:
-        return len(self._eligible())
+        return len(self.eligible)
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
-        eligible = self._eligible()
-        return self.store.take(eligible[draw_indices(len(eligible), n, self.store.replacement, self.store.device)])
+        return self.store.take(self.eligible[draw_indices(len(self.eligible), n, self.store.replacement,
+                                                          self.store.device)])
 
 
 class ReservoirBuffer(TensorStore):
