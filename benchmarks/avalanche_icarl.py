@@ -63,7 +63,8 @@ Other choices:
   class not seen yet a zero class mean, at distance 1 from any L2-normalised feature, so a test image farther
   than that (cosine < 0.5) from every seen class's mean is predicted as an unseen class and counted wrong.
   ``classifiers.nme_seen_classes`` (diagnostic) is the argmax over the seen classes only, as cilearn's NME, and
-  ``unseen_predictions`` counts the images that went to an unseen class. ``--smoke`` also runs Avalanche's
+  ``unseen_predictions`` counts the images that went to an unseen class; ``classifiers.head`` (diagnostic) is the
+  training head's argmax over the seen classes (cilearn's ``head`` classifier). ``--smoke`` also runs Avalanche's
   ``strategy.eval`` with its ``accuracy_metrics(stream=True)`` and checks the stream accuracy equals ours.
 - ``exemplars_per_class``: how many exemplars each seen class has after each task. Avalanche's herding loop stops
   after 1000 iterations and an iteration that lands on an image already chosen adds nothing, so a class can get
@@ -152,11 +153,14 @@ def nme_accuracy(strategy, experiences, seen: list[int], batch_size: int) -> dic
     model.eval()
     seen_mask = torch.full((10,), float("-inf"))
     seen_mask[seen] = 0.0
-    correct = correct_seen = unseen = total = 0
+    correct = correct_seen = correct_head = unseen = total = 0
     for exp in experiences:
         loader = torch.utils.data.DataLoader(exp.dataset.eval(), batch_size=batch_size, shuffle=False, num_workers=0)
         for x, y, _ in loader:
-            out = model(x.to(strategy.device)).cpu()
+            features = model.feature_extractor(x.to(strategy.device))
+            out = model.eval_classifier(features).cpu()  # what model(x) returns in eval mode
+            head = model.train_classifier(features).cpu()
+            correct_head += int(((head[:, :10] + seen_mask).argmax(1) == y).sum())
             pred = out.argmax(1)
             correct += int((pred == y).sum())
             unseen += int((~torch.isin(pred, torch.tensor(seen))).sum())
@@ -164,6 +168,7 @@ def nme_accuracy(strategy, experiences, seen: list[int], batch_size: int) -> dic
             total += len(y)
     model.train(was_training)
     return {"accuracy": correct / total, "accuracy_seen_classes": correct_seen / total,
+            "head_accuracy": correct_head / total,
             "unseen_predictions": unseen, "images": total}
 
 
@@ -175,6 +180,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--init", choices=("pytorch", "icarl"), default="pytorch",
                         help="pytorch: make_icarl_net as built; icarl: then initialize_icarl_net")
+    parser.add_argument("--tasks", type=int, default=N_EXPERIENCES, choices=range(1, N_EXPERIENCES + 1),
+                        metavar=f"1..{N_EXPERIENCES}", help="stop after this many tasks (the network keeps its 10 "
+                                                           "outputs: the tasks run is the whole run's beginning)")
     parser.add_argument("--smoke", action="store_true", help="150 train / 100 test images per class, 1 epoch, "
                                                              "memory 200: a quick check, not a measurement")
     args = parser.parse_args()
@@ -210,8 +218,8 @@ def main() -> int:
                      train_epochs=epochs, eval_mb_size=256, device="cpu", evaluator=evaluator, eval_every=-1)
     icarl_plugin = next(p for p in strategy.plugins if type(p).__name__ == "_ICaRLPlugin")
 
-    seen_accuracy, seen_only, unseen_predictions, exemplars, train_s, eval_s = [], [], [], [], [], []
-    for t, experience in enumerate(benchmark.train_stream):
+    seen_accuracy, seen_only, head_accuracy, unseen_predictions, exemplars, train_s, eval_s = [], [], [], [], [], [], []
+    for t, experience in enumerate(benchmark.train_stream[:args.tasks]):
         t0 = time.perf_counter()
         strategy.train(experience, num_workers=0)
         t1 = time.perf_counter()
@@ -226,6 +234,7 @@ def main() -> int:
         counts = {int(y[0]): len(y) for y in icarl_plugin.y_memory}
         seen_accuracy.append(result["accuracy"])
         seen_only.append(result["accuracy_seen_classes"])
+        head_accuracy.append(result["head_accuracy"])
         unseen_predictions.append(result["unseen_predictions"])
         exemplars.append({str(c): counts.get(c, 0) for c in seen})
         train_s.append(round(t1 - t0, 2))
@@ -243,10 +252,11 @@ def main() -> int:
 
     report = {
         "library": "avalanche", "strategy": "ICaRL", "complete": True, "smoke": args.smoke, "seed": args.seed,
-        "threads": args.threads, "init": args.init, "epochs": epochs, "memory_size": memory_size,
+        "threads": args.threads, "init": args.init, "tasks": args.tasks, "epochs": epochs, "memory_size": memory_size,
         "class_order": CLASS_ORDER, "normalization": {"mean": list(mean), "std": list(std)},
         **entry(seen_accuracy),
-        "classifiers": {"nme": entry(seen_accuracy), "nme_seen_classes": entry(seen_only)},
+        "classifiers": {"nme": entry(seen_accuracy), "nme_seen_classes": entry(seen_only),
+                        "head": entry(head_accuracy)},
         "unseen_predictions": unseen_predictions, "exemplars_per_class": exemplars,
         "train_seconds": train_s, "eval_seconds": eval_s, "load_seconds": round(loaded - start, 2),
         "wall_seconds": round(wall, 2),
