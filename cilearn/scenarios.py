@@ -68,6 +68,10 @@ class Scenario:
     std: tuple[float, ...] = ()
     dataset_name: str = ""
     extra: dict = field(default_factory=dict)
+    # New-class counts of the split's tasks that ``scenario.num_tasks`` left out.  A head with every class's output
+    # from the start (iCaRL, DER, ...) still gets theirs, so the tasks that run are the whole run's first tasks,
+    # digit for digit (a 2-output head would change the BCE's average and the initialisation).
+    cut_task_sizes: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -175,7 +179,9 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
         if num_tasks > len(sizes):
             raise ConfigError(f"scenario.num_tasks: {num_tasks} is more than the {len(sizes)} tasks this "
                               f"split has.")
-        sizes = sizes[:num_tasks]
+        sizes, cut = sizes[:num_tasks], sizes[num_tasks:]
+    else:
+        cut = []
     # Each split is copied once in class order (a stable sort: within a class, the dataset's order); a task's
     # data is then a view of one contiguous block, so the tasks together hold one copy of the dataset, not
     # two (the loaded splits are freed once the run has built its scenario).
@@ -198,7 +204,7 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
     mean, std = channel_stats(splits.train.images)
     return Scenario(tasks=tasks, class_names=names, class_order=order,
                     kind="task_incremental" if task_incremental else "class_incremental",
-                    mean=mean, std=std, dataset_name=splits.display_name)
+                    mean=mean, std=std, dataset_name=splits.display_name, cut_task_sizes=cut)
 
 
 def _split(task: Task, split: str) -> ImageData:

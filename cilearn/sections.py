@@ -30,7 +30,9 @@ class ScenarioConfig:
         "class_incremental", help="task_incremental = class split + a head per task with task ids at test")
     classes_per_task: int | None = option(None, min=1, help="classes added by each task after the first")
     initial_classes: int | None = option(None, min=1, help="classes in the first task (B0: = classes_per_task)")
-    num_tasks: int | None = option(None, min=1, help="stop after this many tasks")
+    num_tasks: int | None = option(None, min=1, help="stop after this many tasks (a head with every class's output "
+                                                      "from the start keeps all of them: the tasks run are the "
+                                                      "whole run's first ones)")
     class_order: str | list[int] = option(
         "seed", help="'seed' (numpy permutation from class_order_seed, default the run seed), 'pycil' (permutation "
                      "with seed 1993, PyCIL's CIFAR-100 order), 'icarl_script' (first order of iCaRL's CIFAR-100 "

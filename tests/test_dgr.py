@@ -174,8 +174,10 @@ def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets,
     with torch.no_grad():
         teacher = method.teacher.model(inputs)
         logits = method.model(torch.cat([batch.inputs, inputs]))
-    assert method.model.num_classes == (8 if head == "full" else 6) and teacher.shape[1] == (8 if head == "full" else 4)
-    teacher, logits = teacher[:, :4], logits[:, :6]  # a full head has every output; the seen ones score
+    # a full head has all 10 outputs of the split (num_tasks=4 keeps the left-out task's); the seen ones score
+    outputs = 10 if head == "full" else 6
+    assert method.model.num_classes == outputs and teacher.shape[1] == (10 if head == "full" else 4)
+    teacher, logits = teacher[:, :4], logits[:, :6]
     current = F.cross_entropy(logits[:16, 4:6], batch.labels - 4)  # the stream's own head
     per_task = []
     for outputs in (slice(0, 2), slice(2, 4)):

@@ -180,8 +180,8 @@ def test_load_run_model_reproduces_saved_features(experiment):
     from cilearn.report.model import read_memory
 
     model, cfg, info = load_run_model(run, 1)
-    # iCaRL's network has every class's output from the first task (3 tasks of 2 classes here)
-    assert cfg.seed == 1 and model.num_classes == 6 and info.task_index == 1
+    # iCaRL's network has every class's output from the first task (all 10 of digits; 3 of its 5 tasks run here)
+    assert cfg.seed == 1 and model.num_classes == 10 and info.task_index == 1
     memory = read_memory(run, 1)  # what the run saved after task 2, with features under that model
     assert memory is not None and len(memory) > 0 and set(np.unique(memory.labels)) == {0, 1, 2, 3}
     assert memory.images.dtype == np.uint8 and memory.images.shape[1:] == (8, 8, 1)

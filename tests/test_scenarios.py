@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import make_run
 
 from cilearn.data import DatasetSplits, ImageData, load_dataset
 from cilearn.errors import ConfigError
@@ -134,3 +135,18 @@ def test_vandeven_order_reproduces_their_relabelling():
         perm = np.random.permutation(list(range(10)))
         assert [int(perm[d]) for d in resolve_class_order("vandeven", 10, seed=seed)] == list(range(10))
     assert resolve_class_order("vandeven", 10, seed=0) == list(range(10))  # their seed-0 "exception": no permutation
+
+
+@pytest.mark.parametrize("method", [{"name": "icarl", "memory_size": 40}, {"name": "der", "buffer_size": 40}])
+def test_stopping_after_n_tasks_runs_the_whole_runs_first_tasks(tmp_path, method):
+    """scenario.num_tasks stops early; a head with every class's output from the start keeps the outputs of the
+    tasks left out, so the tasks that ran are the whole run's, to the digit (a 4-output head would have averaged
+    iCaRL's BCE over 4 outputs instead of 10 and drawn another initialisation)."""
+    short = make_run(tmp_path / "short", method, num_tasks=2)  # set up and run one after the other: setup seeds
+    assert short.scenario.cut_task_sizes == [2, 2, 2]
+    short_matrix = short.execute()["accuracy_matrix"]
+    assert short.model.num_classes == 10
+    whole = make_run(tmp_path / "whole", method, num_tasks=5)
+    assert whole.scenario.cut_task_sizes == []
+    whole_matrix = whole.execute()["accuracy_matrix"]
+    assert [row[:2] for row in whole_matrix[:2]] == [row[:2] for row in short_matrix]

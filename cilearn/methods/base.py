@@ -261,13 +261,14 @@ class Method:
     def grow_head(self, task: Task) -> None:
         """Add ``task``'s new classes to the model's head (the run calls it first for each task, not when it
         resumes inside one).  With ``full_head`` every class's output exists from the first task on (one chunk
-        per task); domain streams add no classes after the first experience."""
+        per task, tasks that ``scenario.num_tasks`` left out included); domain streams add no classes after the
+        first experience."""
         if self.full_head:
             if self.model.num_classes == 0:
                 scenario = self.context.scenario
-                for later in scenario:
-                    if later.new_classes:
-                        self.model.add_classes(len(later.new_classes), scenario.num_classes)
+                sizes = [len(later.new_classes) for later in scenario if later.new_classes]
+                for size in sizes + scenario.cut_task_sizes:
+                    self.model.add_classes(size, scenario.num_classes)
         elif task.new_classes:
             self.model.add_classes(len(task.new_classes))
 
