@@ -18,8 +18,10 @@ class DataConfig:
     name: str = option(help="dataset name (cilearn list)")
     root: str | None = option(None, help="data folder; default: $CILEARN_DATA or ~/.cache/cilearn/data")
     download: bool = option(False, help="download official archives when missing")
-    normalize: bool = option(True, help="standardise the inputs by the training set's per-channel mean and std; "
-                                        "false: raw pixels in [0, 1] (Mammoth's MNIST, van de Ven & Tolias)")
+    normalize: bool | Literal["symmetric"] = option(
+        True, help="standardise the inputs by the training set's per-channel mean and std; false: raw pixels in "
+                   "[0, 1] (Mammoth's MNIST, van de Ven & Tolias); symmetric: 2x - 1, pixels in [-1, 1] (the "
+                   "ER-ACE authors' code)")
     options: Any = option(default_factory=dict, help="the dataset's options, e.g. path for image_folder (cilearn "
                                                      "list --options); parsed into the dataset's options dataclass")
 

@@ -692,7 +692,7 @@ def test_data_normalize_false_feeds_raw_pixels_in_0_1(tmp_path):
     from cilearn.config import parse_config
     from cilearn.engine.runner import Run
 
-    def inputs(normalize: bool):
+    def inputs(normalize: bool | str):
         raw = {"data": {"name": "digits", "normalize": normalize}, "model": {"name": "mlp", "options": {"hidden": [8]}},
                "method": {"name": "finetune"}, "scenario": {"classes_per_task": 2},
                "train": {"progress": False, "num_threads": 1}, "output": {"save_checkpoints": False}}
@@ -707,3 +707,16 @@ def test_data_normalize_false_feeds_raw_pixels_in_0_1(tmp_path):
     _, standardised, scenario = inputs(True)
     mean, std = scenario.mean[0], scenario.std[0]
     assert torch.allclose(standardised, (images.float() / 255 - mean) / std, atol=1e-5)
+    _, symmetric, scenario = inputs("symmetric")  # the ER-ACE authors' (x / 255 - 0.5) * 2
+    assert scenario.mean == (0.5,) and scenario.std == (0.5,)
+    assert torch.allclose(symmetric, (images.float() / 255 - 0.5) * 2, atol=1e-6)
+    assert float(symmetric.min()) >= -1 and float(symmetric.max()) <= 1
+
+
+def test_data_normalize_refuses_other_words(tmp_path):
+    from cilearn.config import parse_config
+
+    with pytest.raises(ConfigError, match="data.normalize") as error:
+        parse_config({"data": {"name": "digits", "normalize": "minus_one"}, "model": {"name": "mlp"},
+                      "method": {"name": "finetune"}, "scenario": {"classes_per_task": 2}})
+    assert "symmetric" in str(error.value)

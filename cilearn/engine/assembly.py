@@ -25,15 +25,18 @@ from ..transfer import apply_transfer
 
 def scenario_from(cfg: Config, data: DatasetSplits | None = None) -> Scenario:
     """The run's scenario: ``data`` (a dataset given from Python) or the dataset ``cfg.data`` names, cut into
-    tasks; with ``data.normalize: false`` the network sees raw pixels in [0, 1] (mean 0, std 1)."""
+    tasks; with ``data.normalize: false`` the network sees raw pixels in [0, 1] (mean 0, std 1), with
+    ``symmetric`` pixels in [-1, 1] (mean 0.5, std 0.5: 2x - 1; the crop's black padding becomes -1)."""
     splits = data if data is not None else load_splits(cfg.data)
     scenario = build_scenario(cfg.scenario, splits, cfg.seed)
     height, width, channels = scenario.image_shape
     if height != width:
         raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "
                           f"(resize them with data.options.image_size for image folders).")
-    if not cfg.data.normalize:
+    if cfg.data.normalize is False:
         scenario = dataclasses.replace(scenario, mean=(0.0,) * channels, std=(1.0,) * channels)
+    elif cfg.data.normalize == "symmetric":
+        scenario = dataclasses.replace(scenario, mean=(0.5,) * channels, std=(0.5,) * channels)
     return scenario
 
 
