@@ -175,8 +175,8 @@ def test_task_incremental_replay_is_their_mean_over_earlier_tasks_heads(targets,
         teacher = method.teacher.model(inputs)
         logits = method.model(torch.cat([batch.inputs, inputs]))
     # a full head has all 10 outputs of the split (num_tasks=4 keeps the left-out task's); the seen ones score
-    outputs = 10 if head == "full" else 6
-    assert method.model.num_classes == outputs and teacher.shape[1] == (10 if head == "full" else 4)
+    full = head == "full"
+    assert method.model.num_classes == (10 if full else 6) and teacher.shape[1] == (10 if full else 4)
     teacher, logits = teacher[:, :4], logits[:, :6]
     current = F.cross_entropy(logits[:16, 4:6], batch.labels - 4)  # the stream's own head
     per_task = []
