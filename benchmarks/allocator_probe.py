@@ -12,6 +12,10 @@ speed drifts).  The settings are glibc's environment variables:
   new activation;
 * ``mmap_1m`` / ``mmap_4m``: ``MALLOC_MMAP_THRESHOLD_=1048576`` / ``4194304``: only the tensors over 1 / 4 MiB;
 * ``arena_1``: ``MALLOC_ARENA_MAX=1``: one heap for all threads (whether the second thread's arena holds memory);
+* ``thp`` / ``mmap_1m_thp`` / ``mmap_4m_thp``: glibc's transparent-huge-page tunable (``GLIBC_TUNABLES=
+  glibc.malloc.hugetlb=1``, glibc 2.35+; the kernel's THP mode ``madvise`` or ``always``) alone and with the fixed
+  thresholds: fewer page faults for each new mapping;
+* ``trim_0``: ``MALLOC_TRIM_THRESHOLD_=0`` (which, as any of these, also fixes the mmap threshold at 128 KiB);
 * ``jemalloc`` / ``tcmalloc``: the process run with another allocator (``LD_PRELOAD``), where one is installed.
 
     python benchmarks/allocator_probe.py --threads 2 --steps 8 --rounds 2
@@ -31,7 +35,11 @@ import time
 
 SETTINGS = {"default": {}, "mmap_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
             "mmap_1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"}, "mmap_4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
-            "arena_1": {"MALLOC_ARENA_MAX": "1"}}
+            "arena_1": {"MALLOC_ARENA_MAX": "1"},
+            "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "mmap_1m_thp": {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "mmap_4m_thp": {"MALLOC_MMAP_THRESHOLD_": "4194304", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "trim_0": {"MALLOC_TRIM_THRESHOLD_": "0"}}
 # Other allocators, where installed (Debian: apt install libjemalloc2 libtcmalloc-minimal4), preloaded
 PRELOADS = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc_minimal"}
 
