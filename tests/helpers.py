@@ -7,6 +7,7 @@ The suite's fixtures (one CPU thread for every test module) live in conftest.py;
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import textwrap
 from pathlib import Path
@@ -21,6 +22,15 @@ DIGITS = {"data": {"name": "digits"},
           "model": {"name": "mlp", "options": {"hidden": [32]}},
           "method": {"name": "finetune"},
           "train": {"batch_size": 32, "lr": 0.05, "progress": False}}
+
+
+def load_script(relative: str):
+    """A script of the repository (``benchmarks/…``, ``docs/…``) imported as a module, by its path."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def merged(base: dict, changes: dict) -> dict:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mkdocs", reason="the docs extra (mkdocs) builds the documentation site")
+
+from helpers import load_script  # noqa: E402
 
 from cilearn.config import TrainConfig, json_schema  # noqa: E402
 from cilearn.methods import METHODS  # noqa: E402
@@ -19,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def gen_pages():
-    spec = importlib.util.spec_from_file_location("gen_pages", ROOT / "docs" / "gen_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/gen_pages.py")
 
 
 def test_generated_pages_are_deterministic_and_cover_the_registries(gen_pages):

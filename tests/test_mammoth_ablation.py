@@ -1,7 +1,6 @@
 """benchmarks/mammoth2020_icarl.py: the two departures of the DER paper's iCaRL code that the README's ablation
 measures, checked against their definitions on tiny cases (the script's patches run in a subprocess only)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,22 +8,16 @@ from pathlib import Path
 
 import torch
 import yaml
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks/mammoth2020_icarl.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("mammoth2020_icarl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines functions only; nothing is patched until main() runs
-    return module
-
-
 def test_raw_herding_is_mammoths_cost_on_unnormalised_features():
     # f = (3, 0), (0, 1), (1, 1); mu = (4/3, 2/3).  k = 1: ||mu - f_i|| = sqrt(29)/3, sqrt(17)/3, sqrt(2)/3 -> 2.
     # k = 2, S = (1, 1): ||mu - (S + f_i)/2|| = sqrt(17)/6 (i = 0), sqrt(29)/6 (i = 1) -> 0; then 1.
-    script = load_script()
+    script = load_script("benchmarks/mammoth2020_icarl.py")
     features = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     assert script.raw_herding(features, 3).tolist() == [2, 0, 1]
     assert script.raw_herding(features, 1).tolist() == [2]

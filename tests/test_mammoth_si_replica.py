@@ -2,26 +2,15 @@
 the README holds cilearn's Seq-MNIST SI row against: its end-of-task importance is Mammoth's rule by hand, its
 network is Mammoth's Xavier MLP, and it trains and reports each task on digits."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks/mammoth2020_si_replica.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("mammoth2020_si_replica", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_the_replica_s_importance_is_mammoths_end_task_by_hand():
     """Ω += ω / ((θ − θ*)² + ξ), starting from nothing: two parameters, two tasks, ξ 0.5."""
-    replica = load_script()
+    replica = load_script("benchmarks/mammoth2020_si_replica.py")
     checkpoint, now = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])
     first = replica.consolidate(None, torch.tensor([3.0, 2.0]), now, checkpoint, 0.5)
     assert first.tolist() == [3.0 / (1.0 + 0.5), 2.0 / (0.0 + 0.5)]
@@ -30,7 +19,7 @@ def test_the_replica_s_importance_is_mammoths_end_task_by_hand():
 
 
 def test_the_replica_s_network_is_mammoths_xavier_mlp():
-    replica = load_script()
+    replica = load_script("benchmarks/mammoth2020_si_replica.py")
     torch.manual_seed(0)
     model = replica.xavier_mlp(784, 10)
     layers = [m for m in model if isinstance(m, torch.nn.Linear)]
@@ -42,7 +31,7 @@ def test_the_replica_s_network_is_mammoths_xavier_mlp():
 
 
 def test_the_replica_trains_on_digits_and_reports_each_task(capsys):
-    replica = load_script()
+    replica = load_script("benchmarks/mammoth2020_si_replica.py")
     assert replica.main(["--dataset", "digits", "--seeds", "1", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     accuracies = [float(a) for a in lines[0].split(":")[1].split("->")[0].split()[1:]]
