@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,6 @@ from helpers import load_script  # noqa: E402
 
 from cilearn.config import TrainConfig, json_schema  # noqa: E402
 from cilearn.methods import METHODS  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
