@@ -23,7 +23,6 @@ import argparse
 import math
 import statistics
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,7 +54,6 @@ def consolidate(big_omega: torch.Tensor | None, small_omega: torch.Tensor, now: 
 
 def run(splits, seed: int, c: float, xi: float, lr: float, batch: int, per_task: int = 2) -> list[float]:
     torch.manual_seed(seed)
-    np.random.seed(seed)
     x_train = torch.tensor(splits.train.images, dtype=torch.float32).flatten(1) / 255.0
     y_train = torch.tensor(splits.train.labels, dtype=torch.long)
     x_test = torch.tensor(splits.test.images, dtype=torch.float32).flatten(1) / 255.0
