@@ -151,6 +151,56 @@ def test_reservoir_buffer_is_algorithm_r():
     assert buffer.labels.tolist() == sequential_reservoir(10, draws)
 
 
+def batchwise_reservoir(capacity: int, batches: list[list[float]]) -> list[int]:
+    """Caccia et al.'s ``Buffer.add_reservoir`` (pclucas14/AML buffer.py) written out batch by batch with the given
+    uniform draws: every item's slot is floor(u * seen), seen counted before its batch; free slots first."""
+    slots: list[int] = []
+    seen = 0
+    for draws in batches:
+        n = len(draws)
+        indices = [int(u * seen) for u in draws]
+        place_left = max(0, capacity - len(slots))
+        for k in range(min(place_left, n)):
+            indices[k] = len(slots) + k
+        for k, index in enumerate(indices):  # in batch order, so a repeated slot keeps the later item
+            if index < capacity:
+                if index == len(slots):
+                    slots.append(seen + k)
+                else:
+                    slots[index] = seen + k
+        seen += n
+    return slots
+
+
+def test_per_batch_reservoir_is_caccia_et_al_buffer():
+    torch.manual_seed(3)
+    buffer = ReservoirBuffer(25, draws="per_batch")
+    batches = []
+    for start in range(0, 200, 10):  # batches of 10 (the ER-ACE paper's); the third straddles the capacity
+        state = torch.get_rng_state()
+        batches.append(torch.rand(10).double().tolist())
+        torch.set_rng_state(state)
+        buffer.add(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(start, start + 10))
+    assert len(buffer) == 25 and buffer.seen == 200
+    assert buffer.labels.tolist() == batchwise_reservoir(25, batches)
+    # and it is not algorithm R on the same draws
+    assert buffer.labels.tolist() != sequential_reservoir(25, [u for draws in batches for u in draws])
+
+
+def test_per_batch_reservoir_keeps_a_batch_with_capacity_over_seen_before_it():
+    torch.manual_seed(2)
+    kept = torch.zeros(100)
+    for _ in range(600):
+        buffer = ReservoirBuffer(10, draws="per_batch")
+        for start in range(0, 100, 50):
+            buffer.add(torch.zeros(50, 1, 1, 1, dtype=torch.uint8), torch.arange(start, start + 50))
+        kept[buffer.labels] += 1
+    # The second batch's 50 items each draw a slot in [0, 50): kept with probability 10/50, repeated slots keep one
+    # item, so 10 * (1 - (1 - 1/50)^50) = 6.36 of them are in the buffer on average (algorithm R: 10 * 50/100 = 5).
+    second = kept[50:].sum() / 600
+    assert abs(second - 10 * (1 - (1 - 1 / 50) ** 50)) < 0.15
+
+
 def test_reservoir_keeps_every_item_with_the_same_probability():
     torch.manual_seed(1)
     kept = torch.zeros(100)

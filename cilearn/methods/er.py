@@ -46,6 +46,7 @@ import torch
 
 from ..augment import to_tensor_images
 from ..data import ImageData
+from ..errors import ConfigError
 from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Output
@@ -71,6 +72,12 @@ class EROptions(BufferOptions):
         "all", help="all: draw from the whole buffer from the first step on, the current task's samples included "
                     "(Mammoth, pclucas14/AML's task-free ER); earlier_tasks: only samples stored in earlier tasks, "
                     "so nothing is replayed in the first task (pclucas14/AML's task-based ER, exclude_task)")
+
+    def __post_init__(self) -> None:
+        if self.selection != "reservoir" and self.reservoir_draws != "per_sample":
+            raise ConfigError(f"method.reservoir_draws: {self.reservoir_draws} says how a reservoir buffer keeps "
+                              f"stream samples; selection: {self.selection} fills the buffer by its metric at each "
+                              f"experience's end. Remove reservoir_draws or use selection: reservoir.")
 
 
 def experience_shares(capacity: int, experiences: int) -> np.ndarray:

@@ -164,10 +164,20 @@ class EarlierTasks:
 
 class ReservoirBuffer(TensorStore):
     """Reservoir sampling: sample ``i`` of the stream (0-based) fills a free slot while there is one,
-    else replaces a uniformly drawn slot with probability ``capacity / (i + 1)``."""
+    else replaces a uniformly drawn slot with probability ``capacity / (i + 1)`` (``draws="per_sample"``,
+    Vitter's algorithm R).
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu", replacement: bool = False):
+    ``draws="per_batch"`` is Caccia et al.'s buffer (pclucas14/AML ``buffer.add_reservoir``): every sample of a
+    batch draws its slot from ``[0, seen)``, ``seen`` counted before the batch, so each is kept with probability
+    ``capacity / seen`` instead of ``capacity / (i + 1)`` — a batch's samples are kept at most ``n / seen`` more
+    often (relative), all with the same chance."""
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", replacement: bool = False,
+                 draws: str = "per_sample"):
         super().__init__(capacity, device, replacement)
+        if draws not in ("per_sample", "per_batch"):
+            raise ValueError(f"draws must be per_sample or per_batch, not {draws!r}")
+        self.draws = draws
         self.seen = 0
 
     def add(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
@@ -175,8 +185,10 @@ class ReservoirBuffer(TensorStore):
         """Offer a batch; returns the slot each sample took (-1: not kept)."""
         n = len(labels)
         positions = torch.arange(self.seen, self.seen + n, device=self.device)
-        # One random draw per sample, as algorithm R: j ~ U{0..i}; keep it if j < capacity.
-        draws = (torch.rand(n, device=self.device) * (positions + 1).double()).long()
+        # One random draw per sample: j ~ U{0..i} (algorithm R) or j ~ U{0..seen-1}, seen before the batch
+        # (per_batch); the sample is kept if j < capacity.
+        bound = (positions + 1).double() if self.draws == "per_sample" else float(self.seen)
+        draws = (torch.rand(n, device=self.device) * bound).long()
         slots = torch.where(positions < self.capacity, positions, draws)
         slots = torch.where(slots < self.capacity, slots, torch.full_like(slots, -1))
         # Within one batch two samples may draw the same slot: the later one wins, as sequentially.

@@ -265,6 +265,10 @@ class BufferOptions(StepReplayOptions):
                                                              "paper tunes it per method and buffer, Mammoth's "
                                                              "utils/best_args.py: Seq-MNIST, buffer 200: ER and DER "
                                                              "10, DER++ 128)")
+    reservoir_draws: Literal["per_sample", "per_batch"] = option(
+        "per_sample", help="how the reservoir keeps stream samples: per_sample, Vitter's algorithm R (sample i kept "
+                           "with probability buffer_size / (i + 1)); per_batch, every sample of a batch with "
+                           "buffer_size / (samples seen before the batch), as Caccia et al.'s code (pclucas14/AML)")
 
 
 def forward_with_replay(model: torch.nn.Module, batch: Batch, separate: bool = False) -> Output:
@@ -313,7 +317,8 @@ class BufferMethod(StoredReplay):
 
     def __init__(self, options: BufferOptions, model: torch.nn.Module, context):
         super().__init__(options, model, context)
-        self.replay = ReservoirBuffer(options.buffer_size, context.device, options.replacement)
+        self.replay = ReservoirBuffer(options.buffer_size, context.device, options.replacement,
+                                      options.reservoir_draws)
         self.replay_batch_size = options.replay_batch_size  # None: the loop uses the stream batch size
 
     def forward(self, batch: Batch) -> Output:
