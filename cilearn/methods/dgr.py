@@ -40,12 +40,13 @@ from ..losses import distillation_loss
 from ..models.vae import VAE
 from ..scenarios import Scenario, Task
 from ..schema import option
-from .base import Batch, Method, MethodOptions, Output
+from .base import Batch, Method, Output
+from .parts.components import OutputLayerOptions
 from .parts.distill import Teacher, frozen_copy, padded_to
 
 
 @dataclasses.dataclass
-class DGROptions(MethodOptions):
+class DGROptions(OutputLayerOptions):
     replay_targets: Literal["hard", "soft"] = option(
         "hard", help="hard: the previous model's most likely class (DGR); soft: its softmax at temperature, "
                      "distilled (van de Ven & Tolias's DGR+distill)")
@@ -56,10 +57,6 @@ class DGROptions(MethodOptions):
                                               "them; theirs: as the classifier, 2 × 400)")
     generator_lr: float = option(0.001, min=0.0, help="Adam learning rate of the generator (theirs: the "
                                                       "classifier's, 0.001), one Adam for the whole sequence")
-    head: Literal["growing", "full"] = option(
-        "growing", help="growing: outputs added per task; full: every class's output from the first task (the "
-                        "losses use the classes seen so far, or in task-incremental scenarios each task's own), "
-                        "as their 10-output layer")
 
     def __post_init__(self) -> None:
         if any(size < 1 for size in self.generator_hidden) or not self.generator_hidden:

@@ -49,12 +49,13 @@ from ..data import ImageData
 from ..errors import ConfigError
 from ..scenarios import Task
 from ..schema import option
-from .base import Batch, Method, MethodOptions, Output
+from .base import Batch, Method, Output
+from .parts.components import OutputLayerOptions
 from .parts.importance import ImportancePenalty, per_sample_gradient_mean
 
 
 @dataclasses.dataclass
-class EWCOptions(MethodOptions):
+class EWCOptions(OutputLayerOptions):
     variant: Literal["online", "separate"] = option(
         "online", help="online: one running Fisher (decay gamma) and the latest anchor; separate: one penalty per "
                        "past task with its own Fisher and anchor (Kirkpatrick et al. 2017)")
@@ -67,10 +68,6 @@ class EWCOptions(MethodOptions):
         "empirical", help="empirical: gradients of the true label's log-likelihood; predicted: of the model's most "
                           "likely label; sampled: of a label drawn from the model's predictive distribution (one draw "
                           "per sample: a Monte-Carlo estimate of the true Fisher)")
-    head: Literal["growing", "full"] = option(
-        "growing", help="growing: outputs added per task; full: every class's output from the first task (the "
-                        "loss and the Fisher use the classes seen so far), as van de Ven & Tolias's and Hsu et "
-                        "al.'s code")
     fisher_samples: int = option(1000, min=1, help="training samples of each task used for the Fisher")
     fisher_batch_size: int = option(64, min=1, help="per-sample gradients computed this many at a time "
                                                   "(capped so that they take about 512 MB; networks of Linear "

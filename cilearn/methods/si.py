@@ -15,8 +15,10 @@ Two options reproduce the DER paper's code (Mammoth's ``models/si.py``, 2020), w
 ``path_gradient: total`` integrates the gradient of the whole objective, penalty included (Mammoth adds
 ``lr · g²`` of the total, clipped gradient: the same as ``−g·Δθ`` under plain SGD), and ``classification_outputs:
 all`` gives the network every class's output from the first task with the cross-entropy over all of them
-(Mammoth's 10-output MLP; the penalty then also covers the outputs of classes not seen yet).  Mammoth also clips
-every gradient to [−1, 1]: ``train.clip_grad_value: 1``.
+(Mammoth's 10-output MLP; the penalty then also covers the outputs of classes not seen yet).  ``head: full`` alone
+gives the network those outputs from the first task but keeps the loss on the classes seen so far (in
+task-incremental scenarios each sample's own task's outputs), as van de Ven & Tolias's 10-output layer.
+Mammoth also clips every gradient to [−1, 1]: ``train.clip_grad_value: 1``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import torch
 from ..data import ImageData
 from ..scenarios import Task
 from ..schema import option
-from .base import Batch, Method, MethodOptions, Output
+from .base import Batch, Method, Output
+from .parts.components import OutputLayerOptions
 from .parts.importance import ImportancePenalty
 
 
 @dataclasses.dataclass
-class SIOptions(MethodOptions):
+class SIOptions(OutputLayerOptions):
     si_c: float = option(1.0, min=0.0, help="c, strength of the surrogate loss (1: the authors' split MNIST, "
                                             "Adam lr 1e-3, ganguli-lab/pathint; also the DER paper's Seq-MNIST value)")
     xi: float = option(1e-3, min=1e-12, help="ξ, damping of the importance's denominator (1e-3: the authors' split "
@@ -45,7 +48,8 @@ class SIOptions(MethodOptions):
                           "code) or total (the whole objective's, as the DER paper's code, Mammoth 2020)")
     classification_outputs: Literal["seen", "all"] = option(
         "seen", help="outputs the cross-entropy covers: seen (outputs added per task) or all (every class's output "
-                     "from the first task, the classes not seen yet included, as Mammoth's 10-output MLP)")
+                     "from the first task, the classes not seen yet included, as Mammoth's 10-output MLP; "
+                     "class-incremental scenarios)")
 
 
 class SI(Method):
@@ -56,7 +60,8 @@ class SI(Method):
 
     def __init__(self, options: SIOptions, model, context):
         super().__init__(options, model, context)
-        self.full_head = options.classification_outputs == "all" and not context.scenario.task_incremental
+        self.all_outputs = options.classification_outputs == "all" and not context.scenario.task_incremental
+        self.full_head = self.all_outputs or options.head == "full"
         self.quadratic = ImportancePenalty()
         self.path: dict[str, torch.Tensor] = {}   # ω: the running path integral of this task
         self.start: dict[str, torch.Tensor] = {}  # the weights as the task began
@@ -69,7 +74,7 @@ class SI(Method):
         self.start = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def loss(self, out: Output, batch: Batch) -> torch.Tensor:
-        if self.full_head:
+        if self.all_outputs:
             loss = self.classification_loss(out.logits, batch.labels)
         else:
             loss = super().loss(out, batch)

@@ -23,11 +23,12 @@ import torch
 from ..errors import ConfigError
 from ..scenarios import Scenario, Task
 from ..schema import option
-from .base import Method, MethodContext, MethodOptions
+from .base import Method, MethodContext
+from .parts.components import OutputLayerOptions
 
 
 @dataclasses.dataclass
-class XdGOptions(MethodOptions):
+class XdGOptions(OutputLayerOptions):
     gating_prop: float = option(0.8, min=0.0, max=1.0,
                                 help="share of each hidden layer's units gated for a task (van de Ven & Tolias "
                                      "split MNIST: 0.95; Masse et al.: 0.8)")
@@ -42,6 +43,7 @@ class XdG(Method):
 
     def __init__(self, options: XdGOptions, model: torch.nn.Module, context: MethodContext):
         super().__init__(options, model, context)
+        self.full_head = options.head == "full"  # their one 10-output layer (each task's loss on its own outputs)
         self.layers = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
         self.active: int | None = None  # the task whose gate the hidden layers apply (None: no gate)
         self._masks: dict[int, list[torch.Tensor]] = {}

@@ -239,6 +239,16 @@ class ExemplarClassifiers:
         self.fitted, self.memory_features = {}, None
 
 
+# --- the output layer of methods that train on the classification loss alone (and a penalty or replay) ----
+@dataclasses.dataclass
+class OutputLayerOptions(MethodOptions):
+    head: Literal["growing", "full"] = option(
+        "growing", help="growing: outputs added per task (in task-incremental scenarios a head per task); full: "
+                        "every class's output from the first task, one layer that the optimizer steps from the "
+                        "start, as van de Ven & Tolias's and Hsu et al.'s 10-output layer (the losses still use the "
+                        "classes seen so far, in task-incremental scenarios each sample's own task's outputs)")
+
+
 # --- replay buffers sampled at every step (ER, DER, ER-ACE, A-GEM) ---------------------------------------
 @dataclasses.dataclass
 class StepReplayOptions(MethodOptions):
