@@ -24,6 +24,26 @@ DIGITS = {"data": {"name": "digits"},
           "train": {"batch_size": 32, "lr": 0.05, "progress": False}}
 
 
+def method_on(scenario, name: str, **options):
+    """Method ``name`` with ``options`` on a fresh MLP (one hidden layer of 16, seeded) over ``scenario``'s images, on
+    the CPU, as a run would build it, for the hook-level tests; the head is grown by the test."""
+    import torch
+
+    from cilearn.augment import BatchAugment
+    from cilearn.engine.evaluate import Inference
+    from cilearn.methods import MethodContext, method_class, method_options
+    from cilearn.models import build_model
+
+    torch.manual_seed(0)
+    height, _, channels = scenario.image_shape
+    model = build_model("mlp", channels, height, hidden=[16])
+    augment = BatchAugment(scenario.mean, scenario.std)
+    device = torch.device("cpu")
+    context = MethodContext(scenario=scenario, device=device, seed=0,
+                            infer=Inference(model, augment, device, 256), augment=augment)
+    return method_class(name)(method_options({"name": name, **options}), model, context)
+
+
 def load_script(relative: str):
     """A script of the repository (``benchmarks/…``, ``docs/…``) imported as a module, by its path."""
     path = Path(__file__).resolve().parents[1] / relative

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import method_on
 
-from cilearn.augment import BatchAugment
 from cilearn.cli import main
 from cilearn.data import load_dataset
-from cilearn.engine.evaluate import Inference
-from cilearn.methods import MethodContext, method_class, method_options
+from cilearn.methods import method_options
 from cilearn.methods.base import Batch
-from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
 
 
@@ -27,13 +25,7 @@ def scenario():
 
 
 def make_ewc(scenario, **options):
-    torch.manual_seed(0)
-    model = build_model("mlp", 1, 8, hidden=[16])
-    augment = BatchAugment(scenario.mean, scenario.std)
-    device = torch.device("cpu")
-    context = MethodContext(scenario=scenario, device=device, seed=0,
-                            infer=Inference(model, augment, device, 256), augment=augment)
-    return method_class("ewc")(method_options({"name": "ewc", **options}), model, context)
+    return method_on(scenario, "ewc", **options)
 
 
 def start(method, task) -> None:

@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import method_on
 
-from cilearn.augment import BatchAugment
 from cilearn.cli import main
 from cilearn.data import load_dataset
-from cilearn.engine.evaluate import Inference
-from cilearn.methods import MethodContext, method_class, method_options
 from cilearn.methods.base import Batch
-from cilearn.models import build_model
 from cilearn.scenarios import class_incremental
 
 
@@ -28,14 +25,7 @@ def task_il():
     return class_incremental(load_dataset("digits"), 2, class_order="sorted", num_tasks=3, task_incremental=True)
 
 
-def make(scenario, name: str, **options):
-    torch.manual_seed(0)
-    model = build_model("mlp", 1, 8, hidden=[16])
-    augment = BatchAugment(scenario.mean, scenario.std)
-    device = torch.device("cpu")
-    context = MethodContext(scenario=scenario, device=device, seed=0,
-                            infer=Inference(model, augment, device, 256), augment=augment)
-    return method_class(name)(method_options({"name": name, **options}), model, context)
+make = method_on
 
 
 def batch_of(method, task, n: int = 32) -> Batch:
