@@ -430,13 +430,13 @@ def test_each_per_step_replay_method_takes_the_replay_sampling_option(scenario):
     assert metric.replay.replacement is True
 
 
-
 def test_each_reservoir_method_takes_the_reservoir_draws_option(scenario):
     for name in ("er", "der", "derpp", "er_ace"):
         assert make_method(scenario, name).replay.draws == "per_sample"
         assert make_method(scenario, name, reservoir_draws="per_batch").replay.draws == "per_batch"
     with pytest.raises(ConfigError, match="reservoir_draws: per_batch .* selection: entropy"):
         make_method(scenario, "er", selection="entropy", reservoir_draws="per_batch")
+
 
 # --- A-GEM ---------------------------------------------------------------------------------------------
 def test_agem_reference_uses_all_memory_samples_while_the_memory_holds_fewer_than_the_reference_size(scenario):

@@ -188,8 +188,8 @@ class ReservoirBuffer(TensorStore):
         # One random draw per sample: j ~ U{0..i} (algorithm R) or j ~ U{0..seen-1}, seen before the batch
         # (per_batch); the sample is kept if j < capacity.
         bound = (positions + 1).double() if self.draws == "per_sample" else float(self.seen)
-        draws = (torch.rand(n, device=self.device) * bound).long()
-        slots = torch.where(positions < self.capacity, positions, draws)
+        picks = (torch.rand(n, device=self.device) * bound).long()
+        slots = torch.where(positions < self.capacity, positions, picks)
         slots = torch.where(slots < self.capacity, slots, torch.full_like(slots, -1))
         # Within one batch two samples may draw the same slot: the later one wins, as sequentially.
         keep = slots >= 0
