@@ -43,15 +43,54 @@ def distill(scores: torch.Tensor, old_scores: torch.Tensor, temperature: float, 
     return -(q * F.log_softmax(scores / temperature, dim=1)).sum(1).mean() * temperature ** 2
 
 
+def relabelled(splits, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat [0, 1] pixels and their labels ``perm[y]`` (numpy's permutation after ``np.random.seed(seed)``):
+    ``x_train, y_train, x_test, y_test``."""
+    np.random.seed(seed)
+    perm = np.random.permutation(list(range(splits.train.num_classes)))
+    x_train = torch.tensor(splits.train.images, dtype=torch.float32).flatten(1) / 255.0
+    x_test = torch.tensor(splits.test.images, dtype=torch.float32).flatten(1) / 255.0
+    return x_train, torch.tensor(perm[splits.train.labels]), x_test, torch.tensor(perm[splits.test.labels])
+
+
+def task_batches(pool: torch.Tensor, iterations: int, generator: torch.Generator, size: int = 128):
+    """``iterations`` batches of indices from ``pool``: shuffled passes, each one's last partial batch dropped (their
+    data loader, re-created when exhausted)."""
+    order, position = pool[torch.randperm(len(pool), generator=generator)], 0
+    for _ in range(iterations):
+        if position + size > len(order):
+            order, position = pool[torch.randperm(len(pool), generator=generator)], 0
+        yield order[position:position + size]
+        position += size
+
+
+def task_accuracies(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, targets: torch.Tensor,
+                    tasks: int, per_task: int) -> list[float]:
+    """Each task's test accuracy of the model's argmax over all its outputs."""
+    with torch.no_grad():
+        predicted = model(x_test).argmax(1)
+    return [float((predicted[y_test // per_task == k] == targets[y_test // per_task == k]).float().mean())
+            for k in range(tasks)]
+
+
+def report(seeds: list[int], per_seed) -> None:
+    """Runs ``per_seed(seed)`` (a list of task accuracies) for each seed, prints them and their task mean, then the
+    mean ± SEM over the seeds."""
+    means = []
+    for seed in seeds:
+        accuracies = per_seed(seed)
+        means.append(100 * float(np.mean(accuracies)))
+        print(f"seed {seed}: " + " ".join(f"{100 * a:.1f}" for a in accuracies) + f"  task mean {means[-1]:.2f}",
+              flush=True)
+    if len(means) > 1:
+        sem = np.std(means, ddof=1) / len(means) ** 0.5
+        print(f"task mean over seeds {seeds}: {np.mean(means):.2f} ± {sem:.2f} (± SEM)")
+
+
 def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0, per_task: int = 2,
         domain: bool = False) -> list[float]:
-    np.random.seed(seed)
     num_classes = splits.train.num_classes
-    perm = np.random.permutation(list(range(num_classes)))
-    x_train = torch.tensor(splits.train.images, dtype=torch.float32).flatten(1) / 255.0
-    y_train = torch.tensor(perm[splits.train.labels])
-    x_test = torch.tensor(splits.test.images, dtype=torch.float32).flatten(1) / 255.0
-    y_test = torch.tensor(perm[splits.test.labels])
+    x_train, y_train, x_test, y_test = relabelled(splits, seed)
     # Domain-IL: the same two outputs for every task, labelled by the digit's place in its task
     outputs = per_task if domain else num_classes
     t_train, t_test = (y_train % per_task, y_test % per_task) if domain else (y_train, y_test)
@@ -66,12 +105,7 @@ def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0,
         seen = list(range(outputs if domain else per_task * task))
         old = outputs if domain else per_task * (task - 1)  # the previous model's outputs the KD matches
         pool = torch.nonzero(y_train // per_task == task - 1).flatten()
-        order, position = pool[torch.randperm(len(pool), generator=generator)], 0
-        for _ in range(iterations):
-            if position + 128 > len(order):  # a fresh pass, the last partial batch dropped (their data loader)
-                order, position = pool[torch.randperm(len(pool), generator=generator)], 0
-            batch = order[position:position + 128]
-            position += 128
+        for batch in task_batches(pool, iterations, generator):
             y_hat = model(x_train[batch])[:, seen]
             loss = F.cross_entropy(y_hat, t_train[batch])
             if previous is not None:
@@ -82,10 +116,7 @@ def run(splits, seed: int, iterations: int, pad: bool, temperature: float = 2.0,
             loss.backward()
             optimizer.step()
         previous = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        predicted = model(x_test).argmax(1)
-    return [float((predicted[y_test // per_task == k] == t_test[y_test // per_task == k]).float().mean())
-            for k in range(tasks)]
+    return task_accuracies(model, x_test, y_test, t_test, tasks, per_task)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,15 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.dataset)
-    means = []
-    for seed in args.seeds:
-        accuracies = run(splits, seed, args.iterations, args.kd_outputs == "seen", domain=args.scenario == "domain")
-        means.append(100 * float(np.mean(accuracies)))
-        print(f"seed {seed}: " + " ".join(f"{100 * a:.1f}" for a in accuracies) + f"  task mean {means[-1]:.2f}",
-              flush=True)
-    if len(means) > 1:
-        sem = np.std(means, ddof=1) / len(means) ** 0.5
-        print(f"task mean over seeds {args.seeds}: {np.mean(means):.2f} ± {sem:.2f} (± SEM)")
+    report(args.seeds, lambda seed: run(splits, seed, args.iterations, args.kd_outputs == "seen",
+                                        domain=args.scenario == "domain"))
     return 0
 
 
