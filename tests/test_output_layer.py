@@ -1,5 +1,5 @@
 """``head: full`` for the methods whose objective is the classification loss (+ a penalty or a gate): fine-tuning,
-SI and XdG (EWC's and DGR's own tests cover theirs).  van de Ven & Tolias's code gives every method one output layer
+SI and XdG (EWC's and DGR's own tests cover theirs), and LwF's in Task-IL (its per-task distillation by hand).  van de Ven & Tolias's code gives every method one output layer
 of all 10 digits, stepped by one Adam from the first task; in Task-IL each sample's loss covers its own task's two
 outputs.  What that changes against a head per task is the optimizer: a task's outputs exist (with zero gradients)
 before their task, so Adam's step count has advanced and their first updates are not Adam's first step."""
@@ -121,12 +121,13 @@ methods:
   - {name: finetune, head: full, label: none}
   - {name: si, si_c: 1.0, head: full}
   - {name: xdg, gating_prop: 0.5, head: full}
+  - {name: lwf, classification_outputs: all, distillation_loss: kd, temperature: 2.0, balance: tasks, head: full}
 train: {iterations: 20, batch_size: 32, optimizer: adam, optimizer_state: keep, lr: 0.001, scheduler: constant,
         progress: false}
 """)
     out = tmp_path / "runs"
     assert main(["run", str(config), "--out", str(out)]) == 0
-    for label in ("none", "si", "xdg"):
+    for label in ("none", "si", "xdg", "lwf"):
         run = out / label
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["complete"], label
@@ -134,3 +135,50 @@ train: {iterations: 20, batch_size: 32, optimizer: adam, optimizer_state: keep, 
         assert len(aware["accuracy_matrix"]) == 3 and aware["last_accuracy"] > 0.6, label
         first = torch.load(run / "checkpoints" / "task_00.pt", weights_only=True)
         assert "head.chunks.4.weight" in first["model"], label  # every output after the first task
+
+
+def test_task_il_lwf_on_their_one_layer_is_their_per_task_distillation(task_il):
+    """Their Task-IL LwF (train.py replay "current" + distill, encoder.py train_a_batch) on one 10-output layer, in
+    task t = 3 (1-based): (1/t)·CE over the batch's own task's two outputs + (1 − 1/t)·the mean over the two earlier
+    tasks of T²·KD between the previous model's softmax and the student's, each over that task's two outputs
+    (T 2); the later tasks' outputs get exactly zero gradient."""
+    method = make(task_il, "lwf", classification_outputs="all", distillation_loss="kd", temperature=2.0,
+                  kd_t2_scaling=True, balance="tasks", head="full")
+    assert method.full_head
+    method.grow_head(task_il[0])
+    assert method.model.num_classes == 10
+    for task in task_il[:2]:  # the teacher of task 2 is the model as task 1 left it
+        method.begin_task(task)
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # the student moves away from its teacher
+    method.begin_task(task_il[2])
+    teacher = method.teacher.model
+    batch = batch_of(method, task_il[2])
+    method.model.zero_grad()
+    out = method.forward(batch)
+    loss = method.loss(out, batch)
+    logits = out.logits.detach()
+    with torch.no_grad():
+        old = teacher(batch.inputs)
+
+    def kd(cols):
+        q = F.softmax(old[:, cols] / 2, 1)
+        return -(q * F.log_softmax(logits[:, cols] / 2, 1)).sum(1).mean() * 4
+
+    current = F.cross_entropy(logits[:, 4:6], batch.labels - 4)  # task 2 holds classes 4 and 5
+    expected = current / 3 + (2 / 3) * (kd(slice(0, 2)) + kd(slice(2, 4))) / 2
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    chunks = method.model.head.chunks
+    assert all(chunks[i].weight.grad.abs().sum() > 0 for i in range(3))
+    assert all(not chunks[i].weight.grad.any() for i in range(3, 5))
+
+
+def test_icarl_and_l2_still_refuse_one_layer_in_task_il(task_il):
+    """iCaRL's and L2's full head stays class-incremental only (LwF's is their Task-IL layer, above)."""
+    from cilearn.errors import ConfigError
+
+    for name in ("icarl", "l2"):
+        with pytest.raises(ConfigError, match="task-incremental scenarios need one head per task"):
+            make(task_il, name, head="full").check(task_il)

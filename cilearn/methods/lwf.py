@@ -26,11 +26,11 @@ import torch
 
 from .parts.classifiers import check_classifiers
 from .parts.distill import Teacher
-from ..scenarios import Scenario, Task
+from ..scenarios import Task
 from ..schema import option
 from .base import Batch, Classifier, Method, MethodContext, Output, Stage, head_classifier
-from .parts.components import (DistillationOptions, check_full_head, distillation_loss, distillation_objective,
-                               forward_teacher_first, resolve_losses, uses_full_head)
+from .parts.components import (DistillationOptions, distillation_loss, distillation_objective, forward_teacher_first,
+                               resolve_losses, uses_full_head)
 
 
 @dataclasses.dataclass
@@ -58,9 +58,6 @@ class LwF(Method):
         self.full_head = uses_full_head(options, self.losses, scenario)
         self.objective = distillation_objective(options, self.losses, scenario, self.full_head)
         self.teacher = Teacher()
-
-    def check(self, scenario: Scenario) -> None:
-        check_full_head(self.options, scenario)
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)

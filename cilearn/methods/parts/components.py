@@ -57,9 +57,10 @@ class DistillationOptions(MethodOptions):
                     "model's softmax over every seen class against the teacher's over the old ones, padded with 0 "
                     "for the new classes (van de Ven & Tolias's loss_fn_kd with their active classes)")
     head: Literal["auto", "full", "growing"] = option(
-        "auto", help="full: every class's output exists from the first task (the original iCaRL network); "
-                     "growing: outputs are added per task; auto: full for a BCE classification loss in "
-                     "class-incremental scenarios, else growing")
+        "auto", help="full: every class's output exists from the first task (the original iCaRL network; "
+                     "for lwf in task-incremental scenarios van de Ven & Tolias's one layer, each loss over its "
+                     "task's outputs); growing: outputs are added per task; auto: full for a BCE classification "
+                     "loss in class-incremental scenarios, else growing")
     bce_average: Literal["all_classes", "seen_classes"] = option(
         "all_classes", help="with a growing head, divide the BCE by every class of the scenario (the "
                             "original's gradient per output) or by the classes seen so far (cilearn 0.1)")
