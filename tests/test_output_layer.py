@@ -1,8 +1,9 @@
 """``head: full`` for the methods whose objective is the classification loss (+ a penalty or a gate): fine-tuning,
-SI and XdG (EWC's and DGR's own tests cover theirs), and LwF's in Task-IL (its per-task distillation by hand).  van de Ven & Tolias's code gives every method one output layer
-of all 10 digits, stepped by one Adam from the first task; in Task-IL each sample's loss covers its own task's two
-outputs.  What that changes against a head per task is the optimizer: a task's outputs exist (with zero gradients)
-before their task, so Adam's step count has advanced and their first updates are not Adam's first step."""
+SI and XdG (EWC's and DGR's own tests cover theirs), and LwF's in Task-IL (its per-task distillation by hand).
+van de Ven & Tolias's code gives every method one output layer of all 10 digits, stepped by one Adam from the first
+task; in Task-IL each sample's loss covers its own task's two outputs.  What that changes against a head per task
+is the optimizer: a task's outputs exist (with zero gradients) before their task, so Adam's step count has advanced
+and their first updates are not Adam's first step."""
 
 from __future__ import annotations
 
