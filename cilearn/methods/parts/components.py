@@ -150,7 +150,7 @@ def distillation_loss(method, out: Output, batch: Batch) -> torch.Tensor:
 
 
 def check_full_head(options: MethodOptions, scenario: Scenario) -> None:
-    """Refuse ``head: full`` (an option of LwF, iCaRL and L2) in a task-incremental scenario."""
+    """Refuse ``head: full`` of iCaRL and L2 in a task-incremental scenario (LwF's is van de Ven & Tolias's layer)."""
     if options.head == "full" and scenario.task_incremental:
         raise ConfigError("method.head: full gives every class an output from the start; task-incremental "
                           "scenarios need one head per task. Use head: growing (or auto).")
