@@ -720,3 +720,23 @@ def test_data_normalize_refuses_other_words(tmp_path):
         parse_config({"data": {"name": "digits", "normalize": "minus_one"}, "model": {"name": "mlp"},
                       "method": {"name": "finetune"}, "scenario": {"classes_per_task": 2}})
     assert "symmetric" in str(error.value)
+
+
+def test_image_folder_cache_keeps_one_file_per_source(tmp_path: Path, cache: Path) -> None:
+    """Data that changed (new mtime: copied again, re-mounted) is decoded again into a new cache file and the old
+    file goes; another source's cache file stays."""
+    make_image_folder(tmp_path / "a", np.random.default_rng(1))
+    make_image_folder(tmp_path / "b", np.random.default_rng(2))
+    load_dataset("image_folder", path=tmp_path / "a")
+    load_dataset("image_folder", path=tmp_path / "b")
+    before = sorted(p.name for p in (cache / "image_folder").glob("*.npz"))
+    assert len(before) == 2
+    changed = tmp_path / "a" / "train" / "cat" / "00.png"
+    save_image(changed, np.zeros((6, 5, 3), np.uint8))
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    again = load_dataset("image_folder", path=tmp_path / "a")
+    assert np.all(again.train.images[0] == 0)  # the new image, not the cached old one
+    after = sorted(p.name for p in (cache / "image_folder").glob("*.npz"))
+    assert len(after) == 2 and len(set(after) & set(before)) == 1
+    source_of = {name.split("-")[0] for name in after}
+    assert source_of == {name.split("-")[0] for name in before}  # one file per source, a new version of a's

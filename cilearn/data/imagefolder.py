@@ -312,12 +312,14 @@ def _read_image_folder(path: Path, image_size: ImageSize, workers: int, batch_si
 # ---------------------------------------------------------------------------------------------
 
 def _cache_file(path: Path, kind: str, size: tuple[int, int] | None) -> Path:
-    """Cache file named by the sha1 of the source's resolved path, size and mtime (and options): one file however
-    the path is spelled (``../shared/data`` or ``/work/shared/data``, a symbolic link or its target)."""
+    """Cache file ``<source>-<version>.npz``: ``<source>`` is the sha1 of the source's resolved path and the image
+    size (one name however the path is spelled: ``../shared/data`` or ``/work/shared/data``, a symbolic link or its
+    target), ``<version>`` that of its size and mtime (every file's, for a folder).  A changed source gets a new
+    file and :func:`_write_cache` removes the old one."""
     path = path.resolve()
     st = path.stat()
-    signature: dict = {"version": _CACHE_VERSION, "path": str(path), "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns, "image_size": size}
+    source = {"version": _CACHE_VERSION, "path": str(path), "image_size": size}
+    signature: dict = {**source, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if kind == "dir":
         # A folder's own mtime misses edits inside sub-folders, so fingerprint every file.
         files = hashlib.sha1()
@@ -327,8 +329,14 @@ def _cache_file(path: Path, kind: str, size: tuple[int, int] | None) -> Path:
                 fst = os.stat(os.path.join(dirpath, f))
                 files.update(f"{os.path.join(dirpath, f)}\0{fst.st_size}\0{fst.st_mtime_ns}\n".encode())
         signature["files"] = files.hexdigest()
-    digest = hashlib.sha1(json.dumps(signature, sort_keys=True).encode()).hexdigest()
-    return cache_dir() / "image_folder" / f"{digest}.npz"
+    digests = [hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest() for d in (source, signature)]
+    return cache_dir() / "image_folder" / f"{digests[0][:20]}-{digests[1][:20]}.npz"
+
+
+def _older_versions(file: Path) -> list[Path]:
+    """The cache files of the same source as ``file`` (same ``<source>-`` prefix) but another version."""
+    prefix = file.name.split("-")[0] + "-"
+    return [other for other in file.parent.glob(prefix + "*.npz") if other.name != file.name]
 
 
 _CACHE_KEYS = ("class_names", "train_images", "train_labels", "test_images", "test_labels")
@@ -364,9 +372,15 @@ def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
         Path(tmp).unlink(missing_ok=True)
         log.warning(f"cannot write the image cache {file} ({exc.strerror or exc}); images will be decoded "
                     "again next time.")
+        return
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in _older_versions(file):  # the same source decoded before it changed: never read again
+        try:
+            stale.unlink()
+        except OSError as exc:
+            log.warning(f"cannot remove the outdated image cache {stale} ({exc.strerror or exc}).")
 
 
 # ---------------------------------------------------------------------------------------------
