@@ -25,7 +25,7 @@ import numpy as np
 from .class_orders import resolve_class_order
 from .data import DatasetSplits, ImageData, load_dataset
 from .data.adapters import ImageDataset
-from .data.base import JoinedData, consecutive_view, joined
+from .data.base import JoinedData, cache_dir, consecutive_view, file_backed_empty, joined, release_pages
 from .errors import ConfigError
 from .schema import build_section
 from .sections import ScenarioConfig
@@ -86,6 +86,14 @@ class Scenario:
             return dataclasses.replace(self, tasks=self.tasks[item])
         return self.tasks[item]
 
+    def release_pages(self) -> None:
+        """With ``data.keep_in_memory: false``, hand the pages of every task's images back to the operating system
+        (the runner does so as each task begins: what the task uses is read back, the rest stays out of the
+        process); nothing for images in memory."""
+        for task in self.tasks:
+            release_pages(task.train.images)
+            release_pages(task.test.images)
+
     def __repr__(self) -> str:
         return (f"Scenario({self.kind}, {self.dataset_name!r}, {len(self)} tasks, "
                 f"{[len(t.new_classes) for t in self.tasks]} new classes each)")
@@ -143,9 +151,23 @@ def _remap(data: ImageData, order: list[int], names: list[str]) -> ImageData:
     return ImageData(images=data.images, labels=mapping[data.labels], class_names=names)
 
 
-def _sorted_by_label(data: ImageData) -> ImageData:
-    """``data`` in label order (stable), as one new array."""
-    return data.subset(np.argsort(data.labels, kind="stable"))
+def _sorted_by_label(data: ImageData, file_backed: bool = False) -> ImageData:
+    """``data`` in label order (stable), as one new array: in memory, or ``file_backed`` (see
+    :func:`~cilearn.data.base.file_backed_empty`; copied in chunks, so that no second copy is ever resident)."""
+    order = np.argsort(data.labels, kind="stable")
+    if not file_backed:
+        return data.subset(order)
+    try:
+        images = file_backed_empty(data.images.shape, data.images.dtype, cache_dir())
+    except OSError as exc:
+        raise ConfigError(f"data.keep_in_memory: false needs {data.images.nbytes / 2**20:.0f} MiB of disk in the "
+                          f"cache folder {cache_dir()} ({exc.strerror or exc}); free space there, set CILEARN_CACHE "
+                          "to a folder with room, or keep the images in memory.") from None
+    step = 4096
+    for start in range(0, len(order), step):
+        images[start:start + step] = data.images[order[start:start + step]]
+    release_pages(images)
+    return ImageData(images, data.labels[order], list(data.class_names))
 
 
 def check_class_split(num_classes: int, classes_per_task: int, initial_classes: int | None, name: str) -> None:
@@ -164,10 +186,11 @@ def check_class_split(num_classes: int, classes_per_task: int, initial_classes: 
 def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_classes: int | None = None,
                       class_order: str | Sequence[int] = "seed", seed: int = 0,
                       task_incremental: bool = False, num_tasks: int | None = None,
-                      class_order_seed: int | None = None) -> Scenario:
+                      class_order_seed: int | None = None, keep_in_memory: bool = True) -> Scenario:
     """Split a dataset by classes: ``initial_classes`` first (B0 style when equal to classes_per_task,
     B50 style with ``initial_classes=50``), then ``classes_per_task`` per task.  The class order is
-    resolved by :func:`resolve_class_order` (``class_order_seed`` fixes the ``seed`` order)."""
+    resolved by :func:`resolve_class_order` (``class_order_seed`` fixes the ``seed`` order).
+    ``keep_in_memory=False`` puts the class-ordered copy in a temporary file (:meth:`Scenario.release_pages`)."""
     num_classes = splits.train.num_classes
     initial = classes_per_task if initial_classes is None else initial_classes
     check_class_split(num_classes, classes_per_task, initial_classes, splits.display_name)
@@ -185,7 +208,7 @@ def class_incremental(splits: DatasetSplits, classes_per_task: int, initial_clas
     # Each split is copied once in class order (a stable sort: within a class, the dataset's order); a task's
     # data is then a view of one contiguous block, so the tasks together hold one copy of the dataset, not
     # two (the loaded splits are freed once the run has built its scenario).
-    train, test = _sorted_by_label(train), _sorted_by_label(test)
+    train, test = _sorted_by_label(train, not keep_in_memory), _sorted_by_label(test, not keep_in_memory)
     train_bounds = np.searchsorted(train.labels, np.arange(num_classes + 1))
     test_bounds = np.searchsorted(test.labels, np.arange(num_classes + 1))
     tasks, start = [], 0
@@ -225,16 +248,20 @@ def concat(datasets: Sequence[ImageData]) -> ImageData:
     return ImageData(images=images, labels=joined([d.labels for d in datasets]), class_names=datasets[0].class_names)
 
 
-def build_scenario(cfg, splits: DatasetSplits, seed: int) -> Scenario:
+def build_scenario(cfg, splits: DatasetSplits, seed: int, keep_in_memory: bool = True) -> Scenario:
     """Scenario described by a :class:`~cilearn.config.ScenarioConfig` (its ``options`` parsed: a domain stream's
-    options dataclass, or empty for class splits)."""
+    options dataclass, or empty for class splits); ``keep_in_memory`` is ``data.keep_in_memory``."""
     if cfg.type in ("class_incremental", "task_incremental"):
         unknown = set(cfg.options) if isinstance(cfg.options, dict) else {cfg.options.stream}
         if unknown:
             raise ConfigError(f"scenario.options: {sorted(unknown)} are not used by {cfg.type} scenarios.")
         return class_incremental(splits, cfg.classes_per_task, cfg.initial_classes, cfg.class_order, seed,
                                  task_incremental=cfg.type == "task_incremental", num_tasks=cfg.num_tasks,
-                                 class_order_seed=cfg.class_order_seed)
+                                 class_order_seed=cfg.class_order_seed, keep_in_memory=keep_in_memory)
+    if not keep_in_memory:
+        raise ConfigError("data.keep_in_memory: false applies to class- and task-incremental scenarios (their "
+                          "tasks are blocks of one class-ordered copy); domain_incremental streams keep their "
+                          "experiences in memory: remove the setting.")
     return domain_incremental(cfg, splits, seed)
 
 

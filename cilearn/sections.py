@@ -24,6 +24,11 @@ class DataConfig:
                    "ER-ACE authors' code)")
     options: Any = option(default_factory=dict, help="the dataset's options, e.g. path for image_folder (cilearn "
                                                      "list --options); parsed into the dataset's options dataclass")
+    keep_in_memory: bool = option(
+        True, help="false: the run's class-ordered copy of the images lives in a temporary file in $CILEARN_CACHE "
+                   "(deleted with the run) and only the pages a task reads stay resident (each task begins by "
+                   "handing the others back): a smaller peak RSS, the same numbers; class- and task-incremental "
+                   "scenarios")
 
 
 @dataclasses.dataclass

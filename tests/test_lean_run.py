@@ -109,6 +109,88 @@ def test_tasks_are_views_of_one_class_ordered_copy():
                                   splits.train.images[where])
 
 
+def resident_kib(array: np.ndarray) -> int:
+    """Resident size of the mapping that holds ``array`` (``/proc/self/smaps``), in KiB."""
+    address, found, rss = array.ctypes.data, False, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(part, 16) for part in head.split("-"))
+            found = start <= address < end
+        elif found and line.startswith("Rss:"):
+            rss = int(line.split()[1])
+            found = False
+    assert rss is not None, "the array's mapping is not in /proc/self/smaps"
+    return rss
+
+
+def test_file_backed_tasks_hold_the_same_images_and_hand_their_pages_back(tmp_path, monkeypatch):
+    """data.keep_in_memory false: the class-ordered copy lives in a deleted temporary file (in CILEARN_CACHE); the
+    tasks are the same views with the same images, and release_pages drops what is resident while the images
+    stay readable."""
+    monkeypatch.setenv("CILEARN_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 4000)
+    images = rng.integers(0, 256, (4000, 32, 32, 3), dtype=np.uint8)  # 12 MiB
+    splits = DatasetSplits(name="toy", display_name="toy", train=ImageData(images, labels, list("abcd")),
+                           test=ImageData(images[:400], labels[:400], list("abcd")))
+    in_memory = class_incremental(splits, classes_per_task=2, class_order=[3, 1, 0, 2])
+    backed = class_incremental(splits, classes_per_task=2, class_order=[3, 1, 0, 2], keep_in_memory=False)
+    assert list((tmp_path / "cache").iterdir()) == []  # already deleted: it goes with the process
+    for memory_task, file_task in zip(in_memory, backed):
+        for split in ("train", "test"):
+            a, b = getattr(memory_task, split), getattr(file_task, split)
+            assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    whole = consecutive_view([task.train.images for task in backed])
+    assert whole is not None and len(whole) == 4000  # still one block: concat() joins tasks without a copy
+    if not Path("/proc/self/smaps").is_file():
+        pytest.skip("resident pages are read from /proc/self/smaps (Linux)")
+    int(whole.sum(dtype=np.int64))  # read every page
+    assert resident_kib(whole) > 11 * 1024
+    backed.release_pages()
+    assert resident_kib(whole) < 256
+    first = backed[0].train.images
+    assert np.array_equal(first, in_memory[0].train.images)  # read back from the file
+    assert 0.8 * first.nbytes / 1024 < resident_kib(whole) < 1.2 * first.nbytes / 1024 + 256
+    in_memory.release_pages()  # images in ordinary memory: nothing to do, nothing lost
+    assert np.array_equal(in_memory[1].test.images, backed[1].test.images)
+
+
+def test_keep_in_memory_false_runs_to_the_same_metrics(tmp_path, monkeypatch):
+    """The run a user starts (`cilearn run ... --set data.keep_in_memory=false`) gives the default's metrics."""
+    from cilearn.cli import main
+
+    monkeypatch.setenv("CILEARN_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "icarl.yaml"
+    config.write_text(json.dumps(digits_config(
+        scenario={"num_tasks": 3}, method={"name": "icarl", "memory_size": 60},
+        train={"epochs": 1, "scheduler": "constant"}, output={"save_checkpoints": False}, seed=3)))
+    for name, extra in (("memory", []), ("file", ["--set", "data.keep_in_memory=false"])):
+        assert main(["run", "-q", str(config), "--out", str(tmp_path / name), *extra]) == 0
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("memory", "file")]
+    assert metrics[0]["accuracy_matrix"] == metrics[1]["accuracy_matrix"]
+    assert metrics[0]["classifiers"] == metrics[1]["classifiers"]
+
+
+def test_keep_in_memory_false_is_refused_for_domain_streams_and_without_disk(tmp_path, monkeypatch):
+    from cilearn.errors import ConfigError
+
+    monkeypatch.setenv("CILEARN_CACHE", str(tmp_path / "cache"))
+    raw = digits_config(scenario={"type": "domain_incremental", "classes_per_task": None,
+                                  "options": {"stream": "rotated", "num_tasks": 2}},
+                        data={"keep_in_memory": False})
+    with pytest.raises(ConfigError, match="domain_incremental streams keep their experiences in memory"):
+        Run(parse_config(raw), tmp_path / "run").setup()
+
+    def disk_full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", disk_full, raising=False)
+    with pytest.raises(ConfigError, match="No space left on device.*set CILEARN_CACHE"):
+        make_run(tmp_path / "full", {"name": "finetune"}, data={"keep_in_memory": False})
+    assert not (tmp_path / "full").exists() or not any((tmp_path / "full").iterdir())
+
+
 def test_exemplar_features_saved_for_the_report_are_the_current_models(tmp_path):
     """iCaRL's classifiers computed the memory's features after the task: the report's exemplar file gets
     those (the run's own feature pass for it would fail here), and they equal a fresh computation."""

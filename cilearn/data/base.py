@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,36 @@ def consecutive_view(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
             return None
     shape = (sum(len(a) for a in parts), *first.shape[1:])
     return np.ndarray(shape, dtype=first.dtype, buffer=owner, offset=first.ctypes.data - owner.ctypes.data)
+
+
+def file_backed_empty(shape: tuple[int, ...], dtype, folder: Path) -> np.ndarray:
+    """An uninitialised writable array whose memory is a temporary file in ``folder`` (already deleted: it goes
+    with the array) instead of the process's heap: the operating system can drop its pages from the process
+    (:func:`release_pages`) and read them back when they are used again.  The file's blocks are reserved first, so
+    that a full disk is an error here, not a crash when a page is written."""
+    count = int(np.prod(shape))
+    nbytes = max(count * np.dtype(dtype).itemsize, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix="cilearn-images-") as file:
+        if hasattr(os, "posix_fallocate"):  # Linux; elsewhere a sparse file
+            os.posix_fallocate(file.fileno(), 0, nbytes)
+        else:
+            file.truncate(nbytes)
+        mapped = mmap.mmap(file.fileno(), nbytes)  # shared: dropped pages are read back from the file
+    return np.frombuffer(mapped, dtype=dtype, count=count).reshape(shape)
+
+
+def release_pages(array: np.ndarray) -> bool:
+    """Hand the resident pages of a :func:`file_backed_empty` array (or a view of one) back to the operating
+    system; the contents stay (in the file, and in the page cache while memory allows).  False, and nothing done,
+    for an array in ordinary memory or where the system lacks ``madvise``."""
+    buffer = _owner(array).base
+    if isinstance(buffer, memoryview):  # np.frombuffer's arrays hold a memoryview of the mmap
+        buffer = buffer.obj
+    if not isinstance(buffer, mmap.mmap) or not hasattr(buffer, "madvise"):
+        return False
+    buffer.madvise(mmap.MADV_DONTNEED)
+    return True
 
 
 def _owner(array: np.ndarray) -> np.ndarray:

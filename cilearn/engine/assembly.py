@@ -28,7 +28,7 @@ def scenario_from(cfg: Config, data: DatasetSplits | None = None) -> Scenario:
     tasks; with ``data.normalize: false`` the network sees raw pixels in [0, 1] (mean 0, std 1), with
     ``symmetric`` pixels in [-1, 1] (mean 0.5, std 0.5: 2x - 1; the crop's black padding becomes -1)."""
     splits = data if data is not None else load_splits(cfg.data)
-    scenario = build_scenario(cfg.scenario, splits, cfg.seed)
+    scenario = build_scenario(cfg.scenario, splits, cfg.seed, cfg.data.keep_in_memory)
     height, width, channels = scenario.image_shape
     if height != width:
         raise ConfigError(f"data: images are {height}×{width}; cilearn models expect square images "

@@ -87,7 +87,6 @@ class Run:
         """A freshly initialised network of this run's architecture, on its device (no classes yet)."""
         return fresh_model(self.cfg, self.scenario, self.device)
 
-
     @cached_property
     def recorder(self) -> Recorder:
         """The run's record (epoch rows, task history, timings), result files and loggers; after setup()."""
@@ -170,6 +169,7 @@ class Run:
 
     def run_task(self, task, state: dict | None = None) -> None:
         """Train, evaluate and save ``task``; ``state``: a checkpoint from inside this task to resume."""
+        self.scenario.release_pages()  # data.keep_in_memory false: only what this task reads comes back
         if state is None:
             self.method.grow_head(task)
             self.task_rng = rng_state()  # saved with epoch checkpoints: see below
