@@ -90,9 +90,7 @@ class Scenario:
         """With ``data.keep_in_memory: false``, hand the pages of every task's images back to the operating system
         (the runner does so as each task begins: what the task uses is read back, the rest stays out of the
         process); nothing for images in memory."""
-        for task in self.tasks:
-            release_pages(task.train.images)
-            release_pages(task.test.images)
+        release_pages(*(data.images for task in self.tasks for data in (task.train, task.test)))
 
     def __repr__(self) -> str:
         return (f"Scenario({self.kind}, {self.dataset_name!r}, {len(self)} tasks, "

@@ -58,17 +58,21 @@ def file_backed_empty(shape: tuple[int, ...], dtype, folder: Path) -> np.ndarray
     return np.frombuffer(mapped, dtype=dtype, count=count).reshape(shape)
 
 
-def release_pages(array: np.ndarray) -> bool:
-    """Hand the resident pages of a :func:`file_backed_empty` array (or a view of one) back to the operating
-    system; the contents stay (in the file, and in the page cache while memory allows).  False, and nothing done,
-    for an array in ordinary memory or where the system lacks ``madvise``."""
-    buffer = _owner(array).base
-    if isinstance(buffer, memoryview):  # np.frombuffer's arrays hold a memoryview of the mmap
-        buffer = buffer.obj
-    if not isinstance(buffer, mmap.mmap) or not hasattr(buffer, "madvise"):
-        return False
-    buffer.madvise(mmap.MADV_DONTNEED)
-    return True
+def release_pages(*arrays: np.ndarray) -> int:
+    """Hand the resident pages of :func:`file_backed_empty` arrays (or views of them) back to the operating system,
+    each mapping once however many views share it; the contents stay (in the file, and in the page cache while
+    memory allows).  Returns the number of mappings released: arrays in ordinary memory, or a system without
+    ``madvise``, are left as they are."""
+    mappings = {}
+    for array in arrays:
+        buffer = _owner(array).base
+        if isinstance(buffer, memoryview):  # np.frombuffer's arrays hold a memoryview of the mmap
+            buffer = buffer.obj
+        if isinstance(buffer, mmap.mmap) and hasattr(buffer, "madvise"):
+            mappings[id(buffer)] = buffer
+    for buffer in mappings.values():
+        buffer.madvise(mmap.MADV_DONTNEED)
+    return len(mappings)
 
 
 def _owner(array: np.ndarray) -> np.ndarray:
