@@ -5,10 +5,11 @@ process and prints the resident set size (``VmRSS``) after each step of its star
 the run's peak so far) after each of its tasks, trained with ``--iterations`` gradient steps each.  The steps:
 
 * ``import torch`` and ``import cilearn`` (what every run pays);
-* ``import torch._dynamo``: the first ``torch.optim`` optimizer imports PyTorch's compiler stack (sympy,
-  torch.distributed, torch.onnx, ...) — ``Optimizer.add_param_group`` and ``step`` are wrapped by
-  ``torch._disable_dynamo``, which imports it on first use, whether or not anything is compiled.  It is done
-  here explicitly, so that its cost is a line of its own (a run pays it when its first task starts);
+* ``--stock-optimizer`` only: ``import torch._dynamo``, PyTorch's compiler stack (sympy, torch.distributed,
+  torch.onnx, ...), which a stock ``torch.optim`` optimizer imports on its first ``add_param_group`` and
+  ``step`` (``torch._disable_dynamo``'s wrappers), whether or not anything is compiled.  cilearn's
+  optimizers leave those wrappers out (``cilearn.engine.optim.eager_optimizer``); the option shows what the
+  import costs, as a line of its own.  The script says at the end whether the run imported it;
 * ``Run.setup()``: the dataset (decoded uint8 arrays; CIFAR-10 (JPEG) 146 + 29 MiB), the network, the method;
 * each task, run as ``cilearn run`` runs it (``Run.execute``: its evaluations, checkpoints and result files) with
   ``--iterations`` gradient steps: the RSS after it and the run's peak so far (the run's own meter).
@@ -61,6 +62,8 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5, help="tasks to run (default 5: the protocol's all; "
                                                                 "the first has no teacher)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stock-optimizer", action="store_true",
+                        help="import torch._dynamo first, as a stock torch.optim optimizer would (its cost as a line)")
     args = parser.parse_args()
 
     table = Table()
@@ -72,9 +75,10 @@ def main() -> int:
     from cilearn.config import apply_overrides, load_yaml, parse_config
     from cilearn.engine.runner import Run
     table.row(f"import cilearn ({len(sys.modules) - modules} modules)")
-    modules = len(sys.modules)
-    import torch._dynamo  # noqa: F401  (what the first torch.optim optimizer imports)
-    table.row(f"import torch._dynamo, as torch.optim's first use ({len(sys.modules) - modules} modules)")
+    if args.stock_optimizer:
+        modules = len(sys.modules)
+        import torch._dynamo  # noqa: F401  (what a stock torch.optim optimizer imports on first use)
+        table.row(f"import torch._dynamo, as a stock torch.optim's first use ({len(sys.modules) - modules} modules)")
 
     torch.set_num_threads(args.threads)
     overrides = ["train.precision=fp32", *args.set, f"train.iterations={args.iterations}",
@@ -96,6 +100,7 @@ def main() -> int:
         run.execute()
         phases = ", ".join(f"{name} {mib:.0f}" for name, mib in run.meter.peaks_mib.items() if mib is not None)
         print(f"peak RSS MiB per phase (the run's own meter): {phases}")
+    print("PyTorch's compiler stack (torch._dynamo) imported: " + ("yes" if "torch._dynamo" in sys.modules else "no"))
     preload = os.environ.get("LD_PRELOAD") or "none (glibc malloc)"
     print(f"precision {run.precision}, {args.threads} threads, torch {torch.__version__}, LD_PRELOAD {preload}")
     return 0

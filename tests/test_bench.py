@@ -194,26 +194,33 @@ def test_seed_spread_script_reads_run_folders_and_tests_the_variance_ratio(tmp_p
 
 
 def test_memory_breakdown_script_prints_each_step_and_the_run_peak(tmp_path):
-    """benchmarks/memory_breakdown.py on a digits run: one line per start-up step (imports, torch._dynamo as the
-    first optimizer imports it, setup) and per task, each RSS above the last import's, the run's peak never below
-    what a task ended with, and the run's own per-phase meter."""
+    """benchmarks/memory_breakdown.py on a digits run: one line per start-up step (imports, setup) and per task,
+    each RSS above the last import's, the run's peak never below what a task ended with, the run's own per-phase
+    meter, and that the run did not import PyTorch's compiler stack; with ``--stock-optimizer`` that import is a
+    line of its own."""
     config = tmp_path / "icarl.yaml"
     config.write_text("data: {name: digits}\nscenario: {classes_per_task: 2, class_order: sorted}\n"
                       "model: {name: mlp, options: {hidden: [16]}}\nmethod: {name: icarl, memory_size: 20}\n"
                       "train: {batch_size: 16, lr: 0.05, progress: false}\nseed: 0\n")
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/memory_breakdown.py"), "--config", str(config),
-                          "--iterations", "3", "--tasks", "2", "--threads", "1"], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
-    lines = out.splitlines()
-    steps = [line for line in lines if line.startswith(("import ", "Run.setup", "task "))]
-    assert [s.split()[0] for s in steps] == ["import", "import", "import", "Run.setup():", "task", "task"]
-    assert "torch._dynamo" in steps[2] and "3 steps" in steps[4]
-    rss = [float(s.split()[-2]) for s in steps[:4]]  # the start-up lines: RSS, then the change
+    def breakdown(*options: str) -> tuple[str, list[str]]:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks/memory_breakdown.py"), "--config", str(config),
+                              "--iterations", "3", "--tasks", "2", "--threads", "1", *options], capture_output=True,
+                             text=True, check=True, cwd=tmp_path).stdout
+        return out, [line for line in out.splitlines() if line.startswith(("import ", "Run.setup", "task "))]
+
+    out, steps = breakdown()
+    assert [s.split()[0] for s in steps] == ["import", "import", "Run.setup():", "task", "task"]
+    assert "3 steps" in steps[3]
+    rss = [float(s.split()[-2]) for s in steps[:3]]  # the start-up lines: RSS, then the change
     assert rss[0] > 50 and all(later >= rss[0] for later in rss[1:])  # torch alone is more than 50 MiB
-    for task in steps[4:]:
+    for task in steps[3:]:
         *_, after, _, peak = task.split()
         assert float(peak) >= float(after) > rss[0]
     assert "peak RSS MiB per phase (the run's own meter): data" in out and "train" in out.split("meter")[-1]
+    assert "compiler stack (torch._dynamo) imported: no" in out
+    out, steps = breakdown("--stock-optimizer")
+    assert [s.split()[0] for s in steps] == ["import", "import", "import", "Run.setup():", "task", "task"]
+    assert "torch._dynamo" in steps[2] and "compiler stack (torch._dynamo) imported: yes" in out
 
 
 def test_gpu_checks_script_runs_every_step_and_records_each_exit(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, expand_runs, parse_config
 from cilearn.data import ImageData
-from cilearn.engine.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
+from cilearn.engine.optim import eager_optimizer, make_optimizer, make_schedule, make_scheduler, parameter_kinds
 from cilearn.engine.train import Trainer
 from cilearn.errors import ConfigError
 from cilearn.methods import Method, MethodContext, MethodOptions
@@ -95,13 +96,109 @@ def test_groups_given_by_a_method_are_kept_and_split():
 def test_optimizer_kinds_and_their_knobs():
     params = list(_net().parameters())
     sgd = make_optimizer(params, _train(nesterov=True, momentum=0.8))
-    assert type(sgd) is torch.optim.SGD and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+    assert type(sgd) is eager_optimizer(torch.optim.SGD)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
     adam = make_optimizer(params, _train(optimizer="adam", lr=1e-3, betas=[0.8, 0.99], weight_decay=0.0))
-    assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.99) and adam.defaults["lr"] == 1e-3
+    assert type(adam) is eager_optimizer(torch.optim.Adam)
+    assert adam.defaults["betas"] == (0.8, 0.99) and adam.defaults["lr"] == 1e-3
     adamw = make_optimizer(params, _train(optimizer="adamw", weight_decay=0.01))
-    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.01
+    assert type(adamw) is eager_optimizer(torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.01
     adagrad = make_optimizer(params, _train(optimizer="adagrad", lr=0.01, weight_decay=0.0))
-    assert type(adagrad) is torch.optim.Adagrad and adagrad.defaults["lr"] == 0.01
+    assert type(adagrad) is eager_optimizer(torch.optim.Adagrad) and adagrad.defaults["lr"] == 0.01
+    for optimizer, stock in ((sgd, torch.optim.SGD), (adam, torch.optim.Adam), (adamw, torch.optim.AdamW),
+                             (adagrad, torch.optim.Adagrad)):
+        assert isinstance(optimizer, stock)
+    # train.compile keeps PyTorch's classes as they are (their wrappers tell the compiler not to trace them)
+    assert type(make_optimizer(params, _train(compile=True))) is torch.optim.SGD
+
+
+@pytest.mark.parametrize("stock, options", [
+    (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)),
+    (torch.optim.SGD, dict(lr=0.1)),
+    (torch.optim.Adam, dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-3)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05)),
+    (torch.optim.Adagrad, dict(lr=0.05, weight_decay=1e-3)),
+])
+def test_eager_optimizers_update_and_save_as_pytorchs_own(stock, options):
+    """The optimizers without PyTorch's compiler wrappers: the same parameters, states and state dicts as the
+    stock class to the bit, over steps, zero_grad, a state dict saved by one and loaded into the other (a
+    checkpoint of an earlier version), and a parameter group added on the way."""
+    torch.manual_seed(0)
+    start = [torch.randn(3, 4), torch.randn(4), torch.randn(2)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(6)]
+
+    def build(cls):
+        params = [nn.Parameter(t.clone()) for t in start]
+        optimizer = cls(params[:2], **options)
+        return params, optimizer
+
+    (p_eager, eager), (p_stock, stock_optimizer) = build(eager_optimizer(stock)), build(stock)
+    for step, g in enumerate(grads):
+        if step == 2:  # a new group mid-way, as a growing head's parameters would be
+            eager.add_param_group({"params": [p_eager[2]]})
+            stock_optimizer.add_param_group({"params": [p_stock[2]]})
+        if step == 4:  # resume each from the other's state dict
+            eager_state, stock_state = eager.state_dict(), stock_optimizer.state_dict()
+            eager.load_state_dict(stock_state)
+            stock_optimizer.load_state_dict(eager_state)
+        for params in (p_eager, p_stock):
+            for p, grad in zip(params, g):
+                p.grad = grad.clone()
+        eager.step()
+        stock_optimizer.step()
+        eager.zero_grad()
+        stock_optimizer.zero_grad()
+        assert all(torch.equal(a, b) for a, b in zip(p_eager, p_stock)), step
+        assert all(p.grad is None and p.grad_fn is None for group in eager.param_groups for p in group["params"])
+    eager_state, stock_state = eager.state_dict(), stock_optimizer.state_dict()
+    assert eager_state["param_groups"] == stock_state["param_groups"]
+    assert eager_state["state"].keys() == stock_state["state"].keys()
+    for index, state in eager_state["state"].items():
+        assert state.keys() == stock_state["state"][index].keys()
+        for key, value in state.items():
+            other = stock_state["state"][index][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+def test_eager_optimizer_keeps_a_wrapper_it_does_not_know():
+    """Another PyTorch version may wrap a method differently: what is not one of the two known compiler
+    wrappers stays as the stock class has it."""
+    import functools
+
+    def logged(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            wrapper.calls += 1
+            return fn(*args, **kwargs)
+        wrapper.calls = 0
+        return wrapper
+
+    class Custom(torch.optim.SGD):
+        step = logged(torch.optim.SGD.step)
+
+    eager = eager_optimizer(Custom)
+    assert eager.step is Custom.step and "step" not in vars(eager)
+    assert "zero_grad" in vars(eager)  # the inherited compiler wrapper is still left out
+    param = nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    eager([param], lr=0.5).step()
+    assert Custom.step.calls == 1 and torch.equal(param.detach(), torch.full((2,), 0.5))
+
+
+def test_a_run_does_not_import_pytorchs_compiler_stack(tmp_path):
+    """``cilearn run`` (iCaRL: herding, class means, the folded inference copy, checkpoints) trains without
+    importing torch._dynamo: 71 MiB resident that an eager loop does not use."""
+    import subprocess
+    import sys
+    code = ("import sys; from cilearn.cli import main; "
+            "main(['run', 'configs/icarl_digits.yaml', '--out', sys.argv[1], '--set', 'train.epochs=1', "
+            "'--set', 'scenario.classes_per_task=5', '--set', 'train.progress=false']); "
+            "print('compiler imported:', 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compiler imported: False" in out.stdout
+    assert (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_adagrad_steps_follow_its_rule_by_hand():
@@ -250,7 +347,7 @@ def test_optimizer_knobs_in_a_run(tmp_path):
     run = Run(parse_config(expand_runs(raw)[0]), tmp_path / "run")
     result = run.execute()
     optimizer = run.trainer.optimizer
-    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.8, 0.99)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.8, 0.99)
     assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]
     with open(tmp_path / "run" / "log.csv") as handle:
         lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
@@ -301,7 +398,7 @@ def test_optimizer_state_keep_carries_adams_moments_and_step_count_into_the_next
 
 def test_optimizer_state_keep_carries_adagrads_sums_of_squares():
     trainer, model, _, after_task_1 = _two_tasks("keep", optimizer="adagrad")
-    assert type(trainer.optimizer) is torch.optim.Adagrad
+    assert isinstance(trainer.optimizer, torch.optim.Adagrad)
     for name, p in model.named_parameters():
         total = trainer.optimizer.state[p]["sum"]
         if name.startswith("head.chunks.1."):

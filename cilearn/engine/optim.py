@@ -1,7 +1,8 @@
 """The optimizer and the learning-rate schedule of a task's training, built from a :class:`TrainConfig`.
 
 - :func:`make_optimizer`: SGD (momentum, Nesterov), Adam or AdamW (betas), Adagrad, with the parameters that
-  ``train.no_weight_decay`` names (biases, normalisation scales) in groups without weight decay;
+  ``train.no_weight_decay`` names (biases, normalisation scales) in groups without weight decay, as
+  :func:`eager_optimizer` classes (PyTorch's, without the import of its compiler stack);
 - :func:`make_schedule`: the learning-rate factor of every step of a task's training — multistep,
   cosine or constant, after an optional linear warm-up — and :func:`make_scheduler`, the
   ``LambdaLR`` that applies it.
@@ -14,8 +15,10 @@ within epochs (warm-up, cosine) and multistep drops at the same epoch boundaries
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,18 +73,45 @@ def weight_decay_groups(params: Iterable, cfg: TrainConfig, model: nn.Module | N
     return split
 
 
+# The wrappers PyTorch puts around optimizer methods for torch.compile, which import torch._dynamo on their first
+# call: ``torch._disable_dynamo``'s (add_param_group, zero_grad, state_dict, load_state_dict) and
+# ``_use_grad_for_differentiable``'s (step).  Known by the file and name of their code.
+_COMPILER_WRAPPERS = {(Path(torch._compile.__file__).name, "inner"), ("optimizer.py", "_use_grad")}
+_WRAPPED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict", "step")
+
+
+@functools.cache
+def eager_optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of ``cls`` whose methods are PyTorch's own without the wrappers meant for ``torch.compile``.
+
+    Those wrappers import ``torch._dynamo`` on the first step (PyTorch's compiler stack, 819 modules with
+    sympy: 71 MiB resident, about a second) only to tell the compiler not to trace into the optimizer, which
+    an eager loop never asks; ``step``'s wrapper otherwise only turns gradients off, as here.  Every update,
+    state and state dict is the stock class's (tests/test_optim.py compares them to the bit).  A wrapper this
+    code does not recognise (another PyTorch version) is kept as it is.  Not used with ``train.compile``."""
+    body: dict = {"__doc__": cls.__doc__, "__module__": __name__, "__qualname__": f"eager_optimizer.{cls.__name__}"}
+    for name in _WRAPPED_METHODS:
+        wrapper = getattr(cls, name)
+        inner, code = getattr(wrapper, "__wrapped__", None), getattr(wrapper, "__code__", None)
+        if inner is None or code is None or (Path(code.co_filename).name, code.co_name) not in _COMPILER_WRAPPERS:
+            continue
+        body[name] = torch.no_grad()(inner) if name == "step" else inner
+    return type(cls.__name__, (cls,), body)
+
+
 def make_optimizer(params: Iterable, cfg: TrainConfig, model: nn.Module | None = None) -> torch.optim.Optimizer:
     """The configured optimizer over ``params`` (parameters, or groups of them); ``model`` tells which
     parameters ``train.no_weight_decay`` exempts.  Adam's ``weight_decay`` is the L2 term added to the
     gradient (PyTorch's Adam); AdamW's is decoupled (Loshchilov & Hutter).  Adagrad keeps PyTorch's defaults
     (no lr decay, sums of squares from 0, eps 1e-10), as Hsu et al.'s benchmark builds it."""
     groups = weight_decay_groups(params, cfg, model)
+    stock = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam,
+             "adamw": torch.optim.AdamW}[cfg.optimizer]
+    optimizer = stock if cfg.compile else eager_optimizer(stock)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return optimizer(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+        return optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
