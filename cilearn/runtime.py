@@ -1,11 +1,14 @@
-"""Process-wide state a run sets up: random number generators, the device, torch's threads and flags."""
+"""Process-wide state a run sets up: random number generators, the device, torch's threads and flags, and
+the optimizer classes it steps with (PyTorch's, eager)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,3 +171,30 @@ def autocast(precision: str, device: torch.device):
     if precision == "fp16":
         return torch.autocast(device.type, dtype=torch.float16)
     return nullcontext()
+
+
+# The wrappers PyTorch puts around optimizer methods for torch.compile, which import torch._dynamo on their first
+# call: ``torch._disable_dynamo``'s (add_param_group, zero_grad, state_dict, load_state_dict) and
+# ``_use_grad_for_differentiable``'s (step).  Known by the file and name of their code.
+_COMPILER_WRAPPERS = {(Path(torch._compile.__file__).name, "inner"), ("optimizer.py", "_use_grad")}
+_WRAPPED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict", "step")
+
+
+@functools.cache
+def eager_optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of ``cls`` whose methods are PyTorch's own without the wrappers meant for ``torch.compile``.
+
+    Those wrappers import ``torch._dynamo`` on the first step (PyTorch's compiler stack, 819 modules with
+    sympy: 71 MiB resident and 1.3 s of start-up here) only to tell the compiler not to trace into the
+    optimizer, which an eager loop never asks; ``step``'s wrapper otherwise only turns gradients off, as
+    here.  Every update, state and state dict is the stock class's (tests/test_optim.py compares them to the
+    bit).  A wrapper this code does not recognise (another PyTorch version) is kept as it is.  With
+    ``train.compile`` the training loop keeps the stock classes."""
+    body: dict = {"__doc__": cls.__doc__, "__module__": __name__, "__qualname__": f"eager_optimizer.{cls.__name__}"}
+    for name in _WRAPPED_METHODS:
+        wrapper = getattr(cls, name)
+        inner, code = getattr(wrapper, "__wrapped__", None), getattr(wrapper, "__code__", None)
+        if inner is None or code is None or (Path(code.co_filename).name, code.co_name) not in _COMPILER_WRAPPERS:
+            continue
+        body[name] = torch.no_grad()(inner) if name == "step" else inner
+    return type(cls.__name__, (cls,), body)

@@ -14,11 +14,12 @@ from torch import nn
 from cilearn.augment import BatchAugment
 from cilearn.config import TrainConfig, expand_runs, parse_config
 from cilearn.data import ImageData
-from cilearn.engine.optim import eager_optimizer, make_optimizer, make_schedule, make_scheduler, parameter_kinds
+from cilearn.engine.optim import make_optimizer, make_schedule, make_scheduler, parameter_kinds
 from cilearn.engine.train import Trainer
 from cilearn.errors import ConfigError
 from cilearn.methods import Method, MethodContext, MethodOptions
 from cilearn.models import build_model
+from cilearn.runtime import eager_optimizer
 
 
 def _net() -> nn.Module:

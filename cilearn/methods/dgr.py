@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import distillation_loss
 from ..models.vae import VAE
+from ..runtime import eager_optimizer
 from ..scenarios import Scenario, Task
 from ..schema import option
 from .base import Batch, Method, Output
@@ -76,8 +77,8 @@ class DGR(Method):
         self.full_head = options.head == "full"
         height, width, channels = context.scenario.image_shape
         self.generator = VAE((channels, height, width), options.generator_hidden, options.z_dim).to(context.device)
-        self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=options.generator_lr,
-                                                    betas=(0.9, 0.999))
+        self.generator_optimizer = eager_optimizer(torch.optim.Adam)(
+            self.generator.parameters(), lr=options.generator_lr, betas=(0.9, 0.999))
         self.previous_generator: VAE | None = None
         self.teacher = Teacher()
         self.rng = torch.Generator().manual_seed(context.seed * 7919 + 17)  # replayed samples and VAE noise

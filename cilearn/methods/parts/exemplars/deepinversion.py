@@ -68,6 +68,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ....log import get_logger, progress_disabled
+from ....runtime import eager_optimizer
 from ....schema import option
 from ..memory import KIND_CODES, ClassPool, herding
 
@@ -222,7 +223,7 @@ class Student:
     def create(cls, teacher: nn.Module, lr: float, generator: torch.Generator,
                build: Callable[[], nn.Module] | None = None) -> Student:
         model = random_student(teacher, generator, build)
-        return cls(model, torch.optim.Adam(model.parameters(), lr=lr))
+        return cls(model, eager_optimizer(torch.optim.Adam)(model.parameters(), lr=lr))
 
     def distill(self, inputs: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> float:
         """One step of KL(p_T ‖ p_S)·T² on ``inputs`` (BatchNorm in training mode), then back to eval mode."""
@@ -246,7 +247,7 @@ def synthesize(teacher: nn.Module, start: torch.Tensor, targets: torch.Tensor, o
     ``trace`` (optional) receives every iteration's terms (floats, before the step).  Returns the final
     batch, detached, inside [low, high]."""
     x = start.detach().clamp(low, high).contiguous(memory_format=memory_format_of(teacher)).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=options.lr)
+    optimizer = eager_optimizer(torch.optim.Adam)([x], lr=options.lr)
     with BatchNormStatistics(teacher) as statistics:
         for _ in range(options.iterations):
             shifted = jitter(x, options.jitter, options.flip, generator)
