@@ -190,11 +190,20 @@ def eager_optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimi
     here.  Every update, state and state dict is the stock class's (tests/test_optim.py compares them to the
     bit).  A wrapper this code does not recognise (another PyTorch version) is kept as it is.  With
     ``train.compile`` the training loop keeps the stock classes."""
-    body: dict = {"__doc__": cls.__doc__, "__module__": __name__, "__qualname__": f"eager_optimizer.{cls.__name__}"}
-    for name in _WRAPPED_METHODS:
-        wrapper = getattr(cls, name)
+    name = f"Eager{cls.__name__}"
+    body: dict = {"__doc__": cls.__doc__, "__module__": __name__, "__qualname__": name}
+    for method in _WRAPPED_METHODS:
+        wrapper = getattr(cls, method)
         inner, code = getattr(wrapper, "__wrapped__", None), getattr(wrapper, "__code__", None)
         if inner is None or code is None or (Path(code.co_filename).name, code.co_name) not in _COMPILER_WRAPPERS:
             continue
-        body[name] = torch.no_grad()(inner) if name == "step" else inner
-    return type(cls.__name__, (cls,), body)
+        body[method] = torch.no_grad()(inner) if method == "step" else inner
+    return type(name, (cls,), body)
+
+
+def __getattr__(name: str):
+    """``EagerSGD``, ``EagerAdam``, ...: the :func:`eager_optimizer` classes by name, so that pickle finds them."""
+    stock = getattr(torch.optim, name[len("Eager"):], None) if name.startswith("Eager") else None
+    if isinstance(stock, type) and issubclass(stock, torch.optim.Optimizer):
+        return eager_optimizer(stock)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,9 @@ def test_optimizer_kinds_and_their_knobs():
     for optimizer, stock in ((sgd, torch.optim.SGD), (adam, torch.optim.Adam), (adamw, torch.optim.AdamW),
                              (adagrad, torch.optim.Adagrad)):
         assert isinstance(optimizer, stock)
+        again = pickle.loads(pickle.dumps(optimizer))  # found by name (cilearn.runtime.EagerSGD, ...)
+        assert type(again) is type(optimizer) and repr(again) == repr(optimizer)
+        assert repr(optimizer).startswith(f"Eager{stock.__name__} (")
     # train.compile keeps PyTorch's classes as they are (their wrappers tell the compiler not to trace them)
     assert type(make_optimizer(params, _train(compile=True))) is torch.optim.SGD
 
