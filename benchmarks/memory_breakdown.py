@@ -78,7 +78,7 @@ def main() -> int:
     if args.stock_optimizer:
         modules = len(sys.modules)
         import torch._dynamo  # noqa: F401  (what a stock torch.optim optimizer imports on first use)
-        table.row(f"import torch._dynamo, as a stock torch.optim's first use ({len(sys.modules) - modules} modules)")
+        table.row(f"import torch._dynamo, as stock torch.optim does ({len(sys.modules) - modules} modules)")
 
     torch.set_num_threads(args.threads)
     overrides = ["train.precision=fp32", *args.set, f"train.iterations={args.iterations}",
