@@ -194,6 +194,8 @@ def eager_optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimi
     body: dict = {"__doc__": cls.__doc__, "__module__": __name__, "__qualname__": name}
     for method in _WRAPPED_METHODS:
         wrapper = getattr(cls, method)
+        if getattr(wrapper, "hooked", False):  # the step hooks Optimizer.__init__ adds to a class it made (its own
+            wrapper = wrapper.__wrapped__      # instances' step runs them: it adds them to this subclass too)
         inner, code = getattr(wrapper, "__wrapped__", None), getattr(wrapper, "__code__", None)
         if inner is None or code is None or (Path(code.co_filename).name, code.co_name) not in _COMPILER_WRAPPERS:
             continue

@@ -165,6 +165,22 @@ def test_eager_optimizers_update_and_save_as_pytorchs_own(stock, options):
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
 
 
+def test_eager_optimizer_leaves_the_wrappers_out_after_a_stock_optimizer_was_made():
+    """A stock optimizer, once made, wraps its class's ``step`` in PyTorch's step hooks: the eager class is still
+    made without the compiler wrapper, and still runs step hooks (which Optimizer.__init__ adds to it)."""
+    param = nn.Parameter(torch.ones(2))
+    torch.optim.SGD([param], lr=0.1)
+    assert getattr(torch.optim.SGD.step, "hooked", False)
+    eager = eager_optimizer.__wrapped__(torch.optim.SGD)  # a fresh class, not the cached one
+    code = vars(eager)["step"].__wrapped__.__code__
+    assert code is torch.optim.SGD.step.__wrapped__.__wrapped__.__code__  # sgd.py's step itself
+    optimizer, calls = eager([param], lr=0.5), []
+    optimizer.register_step_post_hook(lambda *_: calls.append(1))
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert calls == [1] and torch.equal(param.detach(), torch.full((2,), 0.5))
+
+
 def test_eager_optimizer_keeps_a_wrapper_it_does_not_know():
     """Another PyTorch version may wrap a method differently: what is not one of the two known compiler
     wrappers stays as the stock class has it."""
