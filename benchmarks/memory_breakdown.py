@@ -8,7 +8,7 @@ the run's peak so far) after each of its tasks, trained with ``--iterations`` gr
 * ``--stock-optimizer`` only: ``import torch._dynamo``, PyTorch's compiler stack (sympy, torch.distributed,
   torch.onnx, ...), which a stock ``torch.optim`` optimizer imports on its first ``add_param_group`` and
   ``step`` (``torch._disable_dynamo``'s wrappers), whether or not anything is compiled.  cilearn's
-  optimizers leave those wrappers out (``cilearn.engine.optim.eager_optimizer``); the option shows what the
+  optimizers leave those wrappers out (``cilearn.runtime.eager_optimizer``); the option shows what the
   import costs, as a line of its own.  The script says at the end whether the run imported it;
 * ``Run.setup()``: the dataset (decoded uint8 arrays; CIFAR-10 (JPEG) 146 + 29 MiB), the network, the method;
 * each task, run as ``cilearn run`` runs it (``Run.execute``: its evaluations, checkpoints and result files) with

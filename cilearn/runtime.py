@@ -176,7 +176,7 @@ def autocast(precision: str, device: torch.device):
 # The wrappers PyTorch puts around optimizer methods for torch.compile, which import torch._dynamo on their first
 # call: ``torch._disable_dynamo``'s (add_param_group, zero_grad, state_dict, load_state_dict) and
 # ``_use_grad_for_differentiable``'s (step).  Known by the file and name of their code.
-_COMPILER_WRAPPERS = {(Path(torch._compile.__file__).name, "inner"), ("optimizer.py", "_use_grad")}
+_COMPILER_WRAPPERS = {("_compile.py", "inner"), ("optimizer.py", "_use_grad")}
 _WRAPPED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict", "step")
 
 
